@@ -1,0 +1,20 @@
+"""The built-in plugin. It registers through the ``sparsebench`` entry point exactly as a third-party
+package does (see ``pyproject.toml``), so built-ins get no special path."""
+
+from __future__ import annotations
+
+from sparsebench.hookspecs import hookimpl
+
+
+@hookimpl
+def sparsebench_policies() -> list[type]:
+    from sparsebench.policies import Dense, Quest, StreamingLLM
+
+    return [Dense, StreamingLLM, Quest]
+
+
+@hookimpl
+def sparsebench_backends() -> list[type]:
+    from sparsebench.kernels.torch_backend import TorchBackend
+
+    return [TorchBackend]

@@ -1,0 +1,215 @@
+"""The teacher-forced decode loop: prefill densely, then one token at a time through the policy.
+
+Reading order: :class:`EngineConfig` (the knobs), :class:`SparseAttentionRouter` (what happens in one
+layer of one step: summaries -> policy -> backend -> observers) and :meth:`TeacherForcedEngine.evaluate`
+(the loop). The model keeps its own KV cache; we only route its attention.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+from sparsebench.errors import UsageError
+from sparsebench.evals.metrics import DENSE_LAYER, SLIDING, SPARSE, KVAccessMeter, KVAccessSummary, StepTimer
+from sparsebench.hf_attention import cache_kwarg, routed
+from sparsebench.kernels.base import AttentionBackend
+from sparsebench.kvcache import BlockSummaryStore
+from sparsebench.policy import Policy, SelectionContext
+from sparsebench.selection import Selection, n_blocks_for
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the loop runs. Defaults follow the SpecAttn paper (16-token blocks, 10% dense prefill)."""
+
+    block_size: int = 16
+    dense_layers: int = 2
+    """The first ``dense_layers`` layers always attend densely (the policy is not asked)."""
+    prefill_frac: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1:
+            raise UsageError(f"--block-size must be >= 1, got {self.block_size}; the paper uses 16")
+        if self.dense_layers < 0:
+            raise UsageError(f"--dense-layers must be >= 0, got {self.dense_layers}")
+        if not 0.0 < self.prefill_frac < 1.0:
+            raise UsageError(f"--prefill-frac must be in (0, 1), got {self.prefill_frac}; the paper uses 0.1")
+
+    def prefill_len(self, seq_len: int) -> int:
+        """Tokens prefilled densely: ``round(prefill_frac * seq_len)``, at least 1, leaving >= 1 step."""
+        return min(max(1, round(self.prefill_frac * seq_len)), seq_len - 2)
+
+
+def block_attention_mass(query: torch.Tensor, key: torch.Tensor, scaling: float, block_size: int) -> torch.Tensor:
+    """Exact attention probabilities of ``query`` ``[B, Hq, 1, D]`` summed per KV block: ``[B, Hq, N]``."""
+    groups = query.shape[1] // key.shape[1]
+    k = key.repeat_interleave(groups, dim=1).float()
+    probs = torch.softmax((query.float() @ k.transpose(-1, -2)) * scaling, dim=-1)[:, :, 0]
+    n = probs.shape[-1]
+    pad = n_blocks_for(n, block_size) * block_size - n
+    return torch.nn.functional.pad(probs, (0, pad)).unflatten(-1, (-1, block_size)).sum(-1)
+
+
+class SparseAttentionRouter:
+    """Serves each attention call of a decode step: dense, sliding-window, or policy-selected blocks."""
+
+    def __init__(self, policy: Policy, backend: AttentionBackend, config: EngineConfig) -> None:
+        self.policy = policy
+        self.backend = backend
+        self.config = config
+        self.summaries = BlockSummaryStore(policy.requires.summaries, config.block_size)
+        self.meter = KVAccessMeter()
+        self.timer = StepTimer()
+        self.decoding = False
+        self.step = 0
+
+    def reset(self) -> None:
+        self.summaries.reset()
+        self.meter = KVAccessMeter()
+        self.timer = StepTimer()
+        self.decoding = False
+        self.step = 0
+        self.policy.reset()
+
+    def attention(
+        self,
+        layer: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        *,
+        scaling: float,
+        sliding_window: int | None,
+        softcap: float | None,
+    ) -> torch.Tensor | None:
+        b, hkv, n_tokens, _ = key.shape
+        if sliding_window is not None:  # Gemma-3-style local layer: keeps its window, never sparsified
+            if self.decoding:
+                self.meter.observe(layer, SLIDING, b * hkv * min(n_tokens, sliding_window),
+                                   b * hkv * min(n_tokens, sliding_window))
+            return None
+        if layer < self.config.dense_layers:
+            if self.decoding:
+                self.meter.observe(layer, DENSE_LAYER, b * hkv * n_tokens, b * hkv * n_tokens)
+            return None
+        self.summaries.update(layer, key)
+        if not self.decoding:
+            return None  # prefill is dense
+        if query.shape[2] != 1:
+            raise RuntimeError("the teacher-forced engine decodes one token per step")
+        n_blocks = n_blocks_for(n_tokens, self.config.block_size)
+        ctx = SelectionContext(
+            layer=layer, query=query, n_tokens=n_tokens, block_size=self.config.block_size,
+            n_blocks=n_blocks, num_kv_heads=hkv, scaling=scaling, step=self.step,
+            summaries=self.summaries.view(layer),
+            exact_scores=(block_attention_mass(query, key, scaling, self.config.block_size)
+                          if self.policy.requires.exact_scores else None),
+        )
+        t0 = time.perf_counter()
+        selection = self.policy.select(ctx)
+        t1 = time.perf_counter()
+        selection = _finalize(selection, self.policy, b, hkv, n_blocks)
+        result = self.backend.attend(query, key, value, selection, block_size=self.config.block_size,
+                                     scaling=scaling, softcap=softcap)
+        self.timer.add("select", t1 - t0)
+        self.timer.add("attend", time.perf_counter() - t1)
+        self.meter.observe(layer, SPARSE, result.tokens_read, b * hkv * n_tokens)
+        return result.out
+
+
+def _finalize(selection: Selection, policy: Policy, batch: int, kv_heads: int, n_blocks: int) -> Selection:
+    """Check the policy's answer and add the newest block (always attended)."""
+    if not isinstance(selection, Selection):
+        raise TypeError(f"policy {policy.name!r} returned {type(selection).__name__}, not a Selection")
+    if tuple(selection.mask.shape) != (batch, kv_heads, n_blocks):
+        raise ValueError(
+            f"policy {policy.name!r} returned a selection of shape {tuple(selection.mask.shape)}, "
+            f"expected [batch, kv_heads, n_blocks] = {[batch, kv_heads, n_blocks]}"
+        )
+    return selection.with_blocks(n_blocks - 1)
+
+
+@dataclass
+class DocumentResult:
+    """What one teacher-forced pass over one (batch of) document(s) measured."""
+
+    nll: torch.Tensor
+    """``[B, steps]`` negative log-likelihood of each decoded token (fp64, CPU): the per-step trace."""
+    prefill_tokens: int
+    kv: KVAccessSummary
+    decode_seconds: float
+    timing: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def decoded_tokens(self) -> int:
+        return self.nll.numel()
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.decoded_tokens / self.decode_seconds if self.decode_seconds > 0 else float("nan")
+
+
+class TeacherForcedEngine:
+    """Runs a model over known token sequences with a policy choosing each sparse layer's KV blocks.
+
+    The first ``prefill_len`` tokens go through one dense forward pass. Then every remaining token but
+    the last is fed one at a time; its step's logits score the next true token. Only those decode-step
+    predictions are scored (the prefill's last prediction is dense and excluded), so the perplexity is
+    that of ``seq_len - prefill_len - 1`` tokens each predicted under the policy.
+    """
+
+    def __init__(self, model: torch.nn.Module, policy: Policy, backend: AttentionBackend,
+                 config: EngineConfig | None = None) -> None:
+        self.model = model
+        self.config = config or EngineConfig()
+        n_layers = model.config.get_text_config().num_hidden_layers
+        if self.config.dense_layers >= n_layers:
+            raise UsageError(f"--dense-layers {self.config.dense_layers} leaves no sparse layer in a "
+                             f"{n_layers}-layer model; use at most {n_layers - 1}")
+        self.router = SparseAttentionRouter(policy, backend, self.config)
+        self._cache_arg = cache_kwarg(model)
+
+    @torch.inference_mode()
+    def evaluate(self, token_ids: torch.Tensor, progress: Callable[[int], None] | None = None) -> DocumentResult:
+        """Teacher-forced pass over ``token_ids`` ``[B, L]`` (on the model's device)."""
+        if token_ids.dim() != 2 or token_ids.shape[1] < 3:
+            raise UsageError(f"need token ids [batch, length >= 3], got shape {tuple(token_ids.shape)}")
+        seq_len = token_ids.shape[1]
+        prefill = self.config.prefill_len(seq_len)
+        router = self.router
+        router.reset()
+        cache = DynamicCache(config=self.model.config)
+        nll = []
+        with routed(self.model, router):
+            self.model(input_ids=token_ids[:, :prefill], use_cache=True, **{self._cache_arg: cache})
+            router.decoding = True
+            _sync(token_ids.device)
+            start = time.perf_counter()
+            for pos in range(prefill, seq_len - 1):
+                router.step = pos - prefill
+                logits = self.model(input_ids=token_ids[:, pos : pos + 1], use_cache=True,
+                                    **{self._cache_arg: cache}).logits[:, -1].float()
+                logp = torch.log_softmax(logits, dim=-1)
+                nll.append(-logp.gather(-1, token_ids[:, pos + 1 : pos + 2]))
+                if progress is not None:
+                    progress(1)
+            _sync(token_ids.device)
+            elapsed = time.perf_counter() - start
+        router.decoding = False
+        return DocumentResult(
+            nll=torch.cat(nll, dim=-1).double().cpu(),
+            prefill_tokens=prefill,
+            kv=router.meter.summary(),
+            decode_seconds=elapsed,
+            timing=dict(router.timer.seconds),
+        )
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,1 @@
+"""Metrics and evaluations. Metrics observe the engine; they never steer it."""

@@ -1,0 +1,9 @@
+"""Built-in policies (registered by :mod:`sparsebench.builtin`, the built-in plugin)."""
+
+from __future__ import annotations
+
+from sparsebench.policies.dense import Dense
+from sparsebench.policies.quest import Quest
+from sparsebench.policies.streamingllm import StreamingLLM
+
+__all__ = ["Dense", "Quest", "StreamingLLM"]

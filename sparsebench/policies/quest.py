@@ -1,0 +1,52 @@
+"""Quest (Tang et al., 2024): query-aware top-k pages by an upper bound on the attention score."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sparsebench.params import param
+from sparsebench.policy import GROUP_REDUCTIONS, Policy, Requirements, SelectionContext, reduce_groups
+from sparsebench.selection import Selection
+
+
+def quest_upper_bound(query: torch.Tensor, key_min: torch.Tensor, key_max: torch.Tensor) -> torch.Tensor:
+    """Per-block bound ``sum_d max(q_d * min_d, q_d * max_d)`` on ``q . k`` for any key in the block.
+
+    ``query`` is ``[B, Hkv, G, D]``; ``key_min``/``key_max`` are ``[B, Hkv, N, D]``; returns
+    ``[B, Hkv, G, N]``. ``max(q*lo, q*hi) = relu(q)*hi + min(q, 0)*lo`` turns the bound into two
+    matrix products instead of a ``[.., N, D]`` broadcast.
+    """
+    q = query.float()
+    return q.clamp(min=0) @ key_max.float().transpose(-1, -2) + q.clamp(max=0) @ key_min.float().transpose(-1, -2)
+
+
+@dataclass
+class Quest(Policy):
+    """Query-aware top-k blocks ranked by the Quest upper bound from per-block key min/max.
+
+    GQA: each query head of a kv head's group scores every block; the group's scores are combined by
+    `group_reduce` (default ``max``: a block is kept if any head of the group bounds it high), then the
+    top-k blocks are kept for that kv head. The budget is in tokens (`budget`) or, when `budget` is not
+    given, a fraction of the current context (`budget_frac`); both round up to whole blocks.
+    """
+
+    name = "quest"
+    requires = Requirements(summaries=frozenset({"minmax"}))
+
+    budget: int | None = param(None, "token budget per kv head; overrides --budget-frac when given", min=1)
+    budget_frac: float = param(
+        0.25, "budget as a fraction of the current context", min=0.0, max=1.0, min_inclusive=False
+    )
+    group_reduce: str = param("max", "how a GQA group's query heads combine block scores",
+                              choices=GROUP_REDUCTIONS)
+
+    def select(self, ctx: SelectionContext) -> Selection:
+        k = ctx.budget_blocks(self.budget, None if self.budget is not None else self.budget_frac)
+        if k >= ctx.n_blocks:
+            return ctx.full()
+        bound = quest_upper_bound(ctx.grouped_query(), ctx.summaries["key_min"], ctx.summaries["key_max"])
+        scores = reduce_groups(bound, self.group_reduce)
+        top = scores.topk(k, dim=-1).indices
+        return Selection.from_indices(top, ctx.n_blocks)

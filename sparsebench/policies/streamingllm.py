@@ -1,0 +1,40 @@
+"""StreamingLLM (Xiao et al., 2023): attention sinks plus a window of recent tokens."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from sparsebench.params import param
+from sparsebench.policy import Policy, SelectionContext
+from sparsebench.selection import Selection
+
+
+@dataclass
+class StreamingLLM(Policy):
+    """Keep the first `sink_tokens` tokens and the most recent window; query-independent.
+
+    Granularity is the KV block: every block overlapping the sinks or the window is read, so the budget
+    is rounded up to whole blocks (the KV reduction reported counts those whole blocks).
+    """
+
+    name = "streamingllm"
+
+    sink_tokens: int = param(4, "attention-sink tokens kept at the start of the context", min=0)
+    window_tokens: int = param(256, "most recent tokens kept (the recent window)", min=1)
+    window_frac: float | None = param(
+        None, "recent window as a fraction of the current context; overrides --window-tokens",
+        min=0.0, max=1.0, min_inclusive=False,
+    )
+
+    def select(self, ctx: SelectionContext) -> Selection:
+        window = (
+            math.ceil(self.window_frac * ctx.n_tokens) if self.window_frac is not None else self.window_tokens
+        )
+        first_recent_block = max(0, ctx.n_tokens - window) // ctx.block_size
+        sink_blocks = -(-self.sink_tokens // ctx.block_size)
+        blocks = torch.arange(ctx.n_blocks, device=ctx.query.device)
+        keep = (blocks < sink_blocks) | (blocks >= first_recent_block)
+        return Selection(keep.expand(ctx.batch, ctx.num_kv_heads, ctx.n_blocks).clone())
