@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import abc
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -116,6 +116,9 @@ class Policy(abc.ABC):
     api_version: ClassVar[str] = HOOKSPEC_VERSION
     description: ClassVar[str] = ""
     """One line for ``sparsebench policies`` (defaults to the docstring's first line)."""
+    full_budget_params: ClassVar[dict[str, Any] | None] = None
+    """Parameters under which the policy reads every block. The shared test runs every registered
+    policy with them and requires dense attention's logits; a policy that leaves it ``None`` fails it."""
 
     def __post_init__(self) -> None:
         for spec in self.param_specs():
@@ -150,8 +153,7 @@ class Policy(abc.ABC):
 
     def params(self) -> dict[str, Any]:
         """Current parameter values, defaults included (goes into every results row)."""
-        values = asdict(self)  # type: ignore[call-overload]
-        return {s.name: values[s.name] for s in self.param_specs()}
+        return {s.name: getattr(self, s.name) for s in self.param_specs()}
 
     def label(self) -> str:
         """``name:k=v,...`` with the parameters that differ from their defaults."""

@@ -13,6 +13,7 @@ class Dense(Policy):
     """Read every KV block (the baseline; runs through the same block-sparse path as the others)."""
 
     name = "dense"
+    full_budget_params = {}
 
     def select(self, ctx: SelectionContext) -> Selection:
         return ctx.full()

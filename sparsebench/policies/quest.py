@@ -33,6 +33,7 @@ class Quest(Policy):
     """
 
     name = "quest"
+    full_budget_params = {"budget_frac": 1.0}
     requires = Requirements(summaries=frozenset({"minmax"}))
 
     budget: int | None = param(None, "token budget per kv head; overrides --budget-frac when given", min=1)

@@ -1,0 +1,133 @@
+"""One evaluation run: load, select documents, run the engine per document, store a row per document.
+
+The CLI's ``run`` is a thin wrapper around :func:`run_evaluation`; the comparison suite calls it once
+per policy so every policy sees the same documents, tokens and engine settings.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from sparsebench.config import RunConfig, resolve_device
+from sparsebench.data import load_corpus, select_documents, tokenize_documents
+from sparsebench.engine import EngineConfig, TeacherForcedEngine
+from sparsebench.errors import UsageError
+from sparsebench.evals.results import append_row, environment_info, now_iso
+from sparsebench.kernels import resolve_backend
+from sparsebench.plugins import make_policy
+
+
+@dataclass
+class RunResult:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def aggregate(self) -> dict[str, float]:
+        """Token-weighted perplexity and KV reduction over all documents of the run."""
+        tokens = sum(r["metrics"]["tokens"] for r in self.rows)
+        nll = sum(r["metrics"]["nll_sum"] for r in self.rows)
+        read_s = sum(r["metrics"]["kv_read_sparse"] for r in self.rows)
+        dense_s = sum(r["metrics"]["kv_dense_sparse"] for r in self.rows)
+        read_a = sum(r["metrics"]["kv_read_all"] for r in self.rows)
+        dense_a = sum(r["metrics"]["kv_dense_all"] for r in self.rows)
+        secs = sum(r["metrics"]["decode_seconds"] for r in self.rows)
+        return {
+            "tokens": tokens,
+            "perplexity": math.exp(nll / tokens) if tokens else float("nan"),
+            "kv_reduction_sparse": 1 - read_s / dense_s if dense_s else 0.0,
+            "kv_reduction_all": 1 - read_a / dense_a if dense_a else 0.0,
+            "tokens_per_s": tokens / secs if secs else float("nan"),
+        }
+
+
+def run_evaluation(cfg: RunConfig, *, log: Callable[[str], None] | None = None,
+                   progress: bool = True) -> RunResult:
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    policy = make_policy(cfg.policy, cfg.policy_params)  # validate before any slow loading
+    engine_cfg = EngineConfig(cfg.block_size, cfg.dense_layers, cfg.prefill_frac)
+    device = resolve_device(cfg.device)
+    dtype = cfg.torch_dtype()
+    torch.manual_seed(cfg.seed)
+
+    from sparsebench.models import load_model
+
+    loaded = load_model(cfg.model, dtype=dtype, device=str(device), progress=progress)
+    if cfg.seq_len > loaded.max_positions:
+        raise UsageError(f"--seq-len {cfg.seq_len} exceeds {cfg.model}'s maximum of {loaded.max_positions} "
+                         f"positions; use --seq-len {loaded.max_positions} or less")
+    text_cfg = loaded.model.config.get_text_config()
+    head_dim = getattr(text_cfg, "head_dim", None) or text_cfg.hidden_size // text_cfg.num_attention_heads
+    backend = resolve_backend(cfg.backend, device=device, dtype=dtype, head_dim=head_dim,
+                              softcap=getattr(text_cfg, "attn_logit_softcapping", None) is not None)
+    engine = TeacherForcedEngine(loaded.model, policy, backend, engine_cfg)
+
+    corpus = load_corpus(cfg.dataset, data_dir=cfg.data_dir, source=cfg.data_source, log=log)
+    docs, too_short = tokenize_documents(select_documents(corpus.documents, cfg.seed), loaded.tokenizer,
+                                         cfg.seq_len, cfg.docs)
+    if not docs:
+        raise UsageError(f"no document of {cfg.dataset!r} has {cfg.seq_len} tokens; lower --seq-len")
+    if len(docs) < cfg.docs:
+        log(f"sparsebench: only {len(docs)} of {len(corpus.documents)} documents have {cfg.seq_len} tokens "
+            f"({too_short} too short); running {len(docs)}")
+    log(f"sparsebench: {policy.label()} on {cfg.model} | {len(docs)} doc(s) of {corpus.origin} | "
+        f"{cfg.seq_len} tokens, {engine_cfg.prefill_len(cfg.seq_len)} prefilled | backend {backend.name} | "
+        f"{device} {str(dtype).removeprefix('torch.')}")
+
+    env = environment_info(device)
+    result = RunResult()
+    steps = cfg.seq_len - engine_cfg.prefill_len(cfg.seq_len) - 1
+    bar = tqdm(total=steps * len(docs), unit="tok", desc=policy.label(), disable=not progress, file=sys.stderr)
+    for doc, ids in docs:
+        started = now_iso()
+        t0 = time.perf_counter()
+        out = engine.evaluate(torch.tensor([ids], device=device), progress=bar.update)
+        row = {
+            "policy": policy.name,
+            "policy_params": policy.params(),
+            "policy_label": policy.label(),
+            "policy_source": _policy_source(policy.name),
+            "config": cfg.as_dict() | {"dtype": str(dtype).removeprefix("torch."), "backend": backend.name},
+            "model": {"name": cfg.model, **loaded.identity},
+            "dataset": {"name": cfg.dataset, "origin": corpus.origin},
+            "document": {"id": doc.id, "title": doc.title},
+            "seed": cfg.seed,
+            "metrics": {
+                "tokens": out.decoded_tokens,
+                "prefill_tokens": out.prefill_tokens,
+                "nll_sum": float(out.nll.sum()),
+                "perplexity": math.exp(float(out.nll.mean())),
+                "kv_reduction_sparse": out.kv.reduction_sparse,
+                "kv_reduction_all": out.kv.reduction_all,
+                "kv_read_sparse": out.kv.read_sparse,
+                "kv_dense_sparse": out.kv.dense_sparse,
+                "kv_read_all": out.kv.read_all,
+                "kv_dense_all": out.kv.dense_all,
+                "tokens_per_s": out.tokens_per_second,
+                "decode_seconds": out.decode_seconds,
+                "timing_host_seconds": out.timing,
+                "per_layer": out.kv.layer_rows(),
+                "nll_trace": [round(x, 6) for x in out.nll[0].tolist()],
+            },
+            "environment": env,
+            "started": started,
+            "finished": now_iso(),
+            "wall_seconds": time.perf_counter() - t0,
+        }
+        result.rows.append(row)
+        if cfg.out:
+            append_row(cfg.out, row)
+    bar.close()
+    return result
+
+
+def _policy_source(name: str) -> str:
+    from sparsebench.plugins import registry
+
+    return registry().sources.get(f"policy:{name}", "unknown")
