@@ -93,8 +93,8 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 def _build_run_parser(prog: str, policy_cls: type[Policy] | None) -> _Parser:
     epilog = None if policy_cls is not None else _all_policies_epilog()
-    p = _Parser(prog=prog, description="Teacher-forced evaluation of one policy (perplexity, KV reduction, "
-                                       "tokens/s).", epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog=prog, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter,
+                description="Teacher-forced evaluation of one policy (perplexity, KV reduction, tokens/s).")
     _add_run_arguments(p)
     if policy_cls is not None:
         group = p.add_argument_group(f"parameters of policy {policy_cls.name!r}")

@@ -114,7 +114,7 @@ def test_policy_returning_wrong_shape_is_named() -> None:
     import dataclasses
 
     policy = dataclasses.dataclass(_BadShape)()
-    with pytest.raises(ValueError, match="bad_shape.*shape"):
+    with pytest.raises(ValueError, match=r"bad_shape.*shape"):
         TeacherForcedEngine(get_tiny("llama"), policy, TorchBackend(), EngineConfig(block_size=8)).evaluate(_ids())
 
 

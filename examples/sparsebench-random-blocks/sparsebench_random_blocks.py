@@ -9,6 +9,7 @@ dataclass subclass of ``sparsebench.policy.Policy`` with declared parameters (th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 
@@ -23,7 +24,7 @@ class RandomBlocks(Policy):
     """Keep a uniformly random `keep_frac` of the KV blocks per (sequence, kv head), reseeded per document."""
 
     name = "random_blocks"
-    full_budget_params = {"keep_frac": 1.0}
+    full_budget_params: ClassVar[dict[str, Any]] = {"keep_frac": 1.0}
 
     keep_frac: float = param(0.25, "fraction of blocks kept", min=0.0, max=1.0, min_inclusive=False)
     rng_seed: int = param(0, "seed of the block sampler (reset at each document)", min=0)

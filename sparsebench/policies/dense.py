@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from sparsebench.policy import Policy, SelectionContext
 from sparsebench.selection import Selection
@@ -13,7 +14,7 @@ class Dense(Policy):
     """Read every KV block (the baseline; runs through the same block-sparse path as the others)."""
 
     name = "dense"
-    full_budget_params = {}
+    full_budget_params: ClassVar[dict[str, Any]] = {}
 
     def select(self, ctx: SelectionContext) -> Selection:
         return ctx.full()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
@@ -33,7 +34,7 @@ class Quest(Policy):
     """
 
     name = "quest"
-    full_budget_params = {"budget_frac": 1.0}
+    full_budget_params: ClassVar[dict[str, Any]] = {"budget_frac": 1.0}
     requires = Requirements(summaries=frozenset({"minmax"}))
 
     budget: int | None = param(None, "token budget per kv head; overrides --budget-frac when given", min=1)

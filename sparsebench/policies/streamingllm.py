@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
@@ -21,7 +22,7 @@ class StreamingLLM(Policy):
     """
 
     name = "streamingllm"
-    full_budget_params = {"window_frac": 1.0}
+    full_budget_params: ClassVar[dict[str, Any]] = {"window_frac": 1.0}
 
     sink_tokens: int = param(4, "attention-sink tokens kept at the start of the context", min=0)
     window_tokens: int = param(256, "most recent tokens kept (the recent window)", min=1)
