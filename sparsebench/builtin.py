@@ -8,9 +8,9 @@ from sparsebench.hookspecs import hookimpl
 
 @hookimpl
 def sparsebench_policies() -> list[type]:
-    from sparsebench.policies import Dense, Quest, StreamingLLM
+    from sparsebench.policies import Dense, OracleTopP, Quest, SpecAttn, StreamingLLM
 
-    return [Dense, StreamingLLM, Quest]
+    return [Dense, StreamingLLM, Quest, SpecAttn, OracleTopP]
 
 
 @hookimpl

@@ -72,6 +72,9 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"alias (see `sparsebench models`), HF id, local directory or .gguf file, or "
                         f"tiny:llama|qwen2|gemma3 (default {DEFAULT_MODEL})")
+    p.add_argument("--draft", default=None,
+                   help="draft for policies that need one: self:SPEC (self:0-14, self:every=3, self:first-half) "
+                        "or a model like --model (default: the model's default self-draft)")
     p.add_argument("--dataset", default="pg19",
                    help="pg19, wikitext, govreport, or a .txt/.jsonl file or folder (default pg19)")
     p.add_argument("--data-dir", default=None, help="offline corpus directory (default: $SPARSEBENCH_DATA, "
@@ -80,7 +83,8 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="where named corpora come from (default auto: hub if reachable, else offline)")
     p.add_argument("--seq-len", type=int, default=1024, help="tokens per document (default 1024)")
     p.add_argument("--prefill-frac", type=float, default=0.1, help="dense prefill fraction (default 0.1)")
-    p.add_argument("--docs", type=int, default=2, help="documents to evaluate (default 2)")
+    p.add_argument("--docs", type=int, default=1, help="documents to evaluate (default 1)")
+    p.add_argument("--batch-size", type=int, default=1, help="documents decoded together (default 1)")
     p.add_argument("--block-size", type=int, default=16, help="KV block size in tokens (default 16)")
     p.add_argument("--dense-layers", type=int, default=2, help="first layers kept dense (default 2)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
@@ -126,8 +130,8 @@ def cmd_run(argv: Sequence[str]) -> int:
                          f"it takes: {', '.join(s.flag for s in specs.values()) or 'none'}")
     params = {k: specs[k].parse(v, policy_cls.name) for k, v in raw.items()}
     cfg = RunConfig(
-        policy=policy_cls.name, policy_params=params, model=args.model, dataset=args.dataset,
-        data_dir=args.data_dir, data_source=args.data_source, seq_len=args.seq_len,
+        policy=policy_cls.name, policy_params=params, model=args.model, draft=args.draft, dataset=args.dataset,
+        data_dir=args.data_dir, data_source=args.data_source, seq_len=args.seq_len, batch_size=args.batch_size,
         prefill_frac=args.prefill_frac, docs=args.docs, block_size=args.block_size,
         dense_layers=args.dense_layers, device=args.device, dtype=args.dtype, backend=args.backend,
         seed=args.seed, out=args.out,
@@ -197,11 +201,55 @@ def cmd_fetch(argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_layermap(argv: Sequence[str]) -> int:
+    from sparsebench.config import resolve_device
+    from sparsebench.models import load_model
+    from sparsebench.specattn.drafts import CalibrationSettings, resolve_draft
+
+    p = _Parser(prog="sparsebench layermap",
+                description="Compute (or show the cached) SpecAttn layer map between a target and a draft.")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"target model (default {DEFAULT_MODEL})")
+    p.add_argument("--draft", default=None, help="draft: self:SPEC or a model (default: the model's self-draft)")
+    p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--calib-docs", type=int, default=4, help="calibration sequences (default 4)")
+    p.add_argument("--calib-len", type=int, default=512, help="tokens per calibration sequence (default 512)")
+    p.add_argument("--rows", type=int, default=64, help="query positions per sequence compared (default 64)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--data-source", default="auto", choices=["auto", "hub", "offline"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default=None, choices=sorted(DTYPES))
+    p.add_argument("--recompute", action="store_true", help="ignore the cache")
+    p.add_argument("--plot", default=None, help="save the KL heatmap with the chosen path (PNG and SVG)")
+    args = p.parse_args(argv)
+    for flag, value in (("--calib-docs", args.calib_docs), ("--calib-len", args.calib_len), ("--rows", args.rows),
+                        ("--block-size", args.block_size)):
+        if value < 1:
+            raise UsageError(f"{flag} must be >= 1, got {value}")
+    device = resolve_device(args.device)
+    dtype = RunConfig(policy="dense", device=args.device, dtype=args.dtype).torch_dtype()
+    target = load_model(args.model, dtype=dtype, device=str(device))
+    settings = CalibrationSettings(docs=args.calib_docs, seq_len=args.calib_len, rows=args.rows)
+    draft, result = resolve_draft(args.draft, target, dtype=dtype, device=device, block_size=args.block_size,
+                                  data_dir=args.data_dir, data_source=args.data_source, settings=settings,
+                                  recompute=args.recompute)
+    rows = [[i, j, f"{result.kl[i][j]:.4f}", f"{min(result.kl[i]):.4f}"] for i, j in enumerate(draft.layer_map)]
+    print(tabulate(rows, headers=["target layer", "draft layer", "KL", "best KL in row"], tablefmt="github"))
+    print(f"total path cost {result.total_cost:.4f}")
+    if args.plot:
+        from sparsebench.evals.plots import plot_layer_map
+
+        paths = plot_layer_map(result.kl, result.path, result.target_to_draft, target_name=args.model,
+                               draft_name=draft.name, out=args.plot)
+        print("plot: " + ", ".join(str(x) for x in paths))
+    return 0
+
+
 COMMANDS = {
     "run": (cmd_run, "evaluate one policy (perplexity, KV reduction, tokens/s)"),
     "policies": (cmd_policies, "list registered policies and their parameters"),
     "models": (cmd_models, "list model aliases and their cache state"),
     "fetch": (cmd_fetch, "pre-fetch a model alias"),
+    "layermap": (cmd_layermap, "compute the SpecAttn target-to-draft layer map (and plot it)"),
 }
 
 

@@ -21,12 +21,16 @@ class RunConfig:
     policy: str
     policy_params: dict[str, Any] = field(default_factory=dict)
     model: str = DEFAULT_MODEL
+    draft: str | None = None
+    """Draft for policies that need one (``self:SPEC`` or a model); None: the model's default self-draft."""
     dataset: str = "pg19"
     data_dir: str | None = None
     data_source: str = "auto"
     seq_len: int = 1024
     prefill_frac: float = 0.1
-    docs: int = 2
+    docs: int = 1
+    batch_size: int = 1
+    """Documents decoded together (same length, so no padding); rows stay one per document."""
     block_size: int = 16
     dense_layers: int = 2
     device: str = "cpu"
@@ -40,6 +44,8 @@ class RunConfig:
             raise UsageError(f"--seq-len must be >= 3, got {self.seq_len}")
         if self.docs < 1:
             raise UsageError(f"--docs must be >= 1, got {self.docs}")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.dtype is not None and self.dtype not in DTYPES:
             raise UsageError(f"--dtype {self.dtype!r} unknown; choose one of {', '.join(DTYPES)}")
 

@@ -16,11 +16,13 @@ from transformers import DynamicCache
 
 from sparsebench.errors import UsageError
 from sparsebench.evals.metrics import DENSE_LAYER, SLIDING, SPARSE, KVAccessMeter, KVAccessSummary, StepTimer
-from sparsebench.hf_attention import cache_kwarg, routed
+from sparsebench.hf_attention import attached, cache_kwarg, use_router
 from sparsebench.kernels.base import AttentionBackend
+from sparsebench.kernels.mass import block_attention_mass
 from sparsebench.kvcache import BlockSummaryStore
 from sparsebench.policy import Policy, SelectionContext
 from sparsebench.selection import Selection, n_blocks_for
+from sparsebench.specattn.capture import Draft, DraftAttentionCapture
 
 
 @dataclass(frozen=True)
@@ -45,16 +47,6 @@ class EngineConfig:
         return min(max(1, round(self.prefill_frac * seq_len)), seq_len - 2)
 
 
-def block_attention_mass(query: torch.Tensor, key: torch.Tensor, scaling: float, block_size: int) -> torch.Tensor:
-    """Exact attention probabilities of ``query`` ``[B, Hq, 1, D]`` summed per KV block: ``[B, Hq, N]``."""
-    groups = query.shape[1] // key.shape[1]
-    k = key.repeat_interleave(groups, dim=1).float()
-    probs = torch.softmax((query.float() @ k.transpose(-1, -2)) * scaling, dim=-1)[:, :, 0]
-    n = probs.shape[-1]
-    pad = n_blocks_for(n, block_size) * block_size - n
-    return torch.nn.functional.pad(probs, (0, pad)).unflatten(-1, (-1, block_size)).sum(-1)
-
-
 class SparseAttentionRouter:
     """Serves each attention call of a decode step: dense, sliding-window, or policy-selected blocks."""
 
@@ -67,6 +59,8 @@ class SparseAttentionRouter:
         self.timer = StepTimer()
         self.decoding = False
         self.step = 0
+        self.draft_attention: dict[int, torch.Tensor] = {}
+        self.layer_map: list[int] | None = None
 
     def reset(self) -> None:
         self.summaries.reset()
@@ -74,6 +68,7 @@ class SparseAttentionRouter:
         self.timer = StepTimer()
         self.decoding = False
         self.step = 0
+        self.draft_attention = {}
         self.policy.reset()
 
     def attention(
@@ -90,12 +85,12 @@ class SparseAttentionRouter:
         b, hkv, n_tokens, _ = key.shape
         if sliding_window is not None:  # Gemma-3-style local layer: keeps its window, never sparsified
             if self.decoding:
-                self.meter.observe(layer, SLIDING, b * hkv * min(n_tokens, sliding_window),
-                                   b * hkv * min(n_tokens, sliding_window))
+                window = hkv * min(n_tokens, sliding_window)
+                self.meter.observe(layer, SLIDING, window, window)
             return None
         if layer < self.config.dense_layers:
             if self.decoding:
-                self.meter.observe(layer, DENSE_LAYER, b * hkv * n_tokens, b * hkv * n_tokens)
+                self.meter.observe(layer, DENSE_LAYER, hkv * n_tokens, hkv * n_tokens)
             return None
         self.summaries.update(layer, key)
         if not self.decoding:
@@ -107,7 +102,9 @@ class SparseAttentionRouter:
             layer=layer, query=query, n_tokens=n_tokens, block_size=self.config.block_size,
             n_blocks=n_blocks, num_kv_heads=hkv, scaling=scaling, step=self.step,
             summaries=self.summaries.view(layer),
-            exact_scores=(block_attention_mass(query, key, scaling, self.config.block_size)
+            draft_attention=(self.draft_attention.get(self.layer_map[layer])
+                             if self.layer_map is not None else None),
+            exact_scores=(block_attention_mass(query, key, scaling, self.config.block_size, softcap=softcap)[:, :, 0]
                           if self.policy.requires.exact_scores else None),
         )
         t0 = time.perf_counter()
@@ -118,7 +115,7 @@ class SparseAttentionRouter:
                                      scaling=scaling, softcap=softcap)
         self.timer.add("select", t1 - t0)
         self.timer.add("attend", time.perf_counter() - t1)
-        self.meter.observe(layer, SPARSE, result.tokens_read, b * hkv * n_tokens)
+        self.meter.observe(layer, SPARSE, result.tokens_read, hkv * n_tokens)
         return result.out
 
 
@@ -141,9 +138,18 @@ class DocumentResult:
     nll: torch.Tensor
     """``[B, steps]`` negative log-likelihood of each decoded token (fp64, CPU): the per-step trace."""
     prefill_tokens: int
-    kv: KVAccessSummary
+    kv_rows: list[KVAccessSummary]
+    """KV reads of each sequence of the batch."""
     decode_seconds: float
     timing: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def kv(self) -> KVAccessSummary:
+        """KV reads summed over the batch."""
+        merged = {layer: (sum(r.per_layer[layer][0] for r in self.kv_rows),
+                          sum(r.per_layer[layer][1] for r in self.kv_rows), kind)
+                  for layer, (_, _, kind) in self.kv_rows[0].per_layer.items()}
+        return KVAccessSummary(merged)
 
     @property
     def decoded_tokens(self) -> int:
@@ -164,15 +170,37 @@ class TeacherForcedEngine:
     """
 
     def __init__(self, model: torch.nn.Module, policy: Policy, backend: AttentionBackend,
-                 config: EngineConfig | None = None) -> None:
+                 config: EngineConfig | None = None, draft: Draft | None = None) -> None:
         self.model = model
         self.config = config or EngineConfig()
         n_layers = model.config.get_text_config().num_hidden_layers
         if self.config.dense_layers >= n_layers:
             raise UsageError(f"--dense-layers {self.config.dense_layers} leaves no sparse layer in a "
                              f"{n_layers}-layer model; use at most {n_layers - 1}")
+        if policy.requires.draft_attention and draft is None:
+            raise UsageError(f"policy {policy.name!r} needs a draft model's attention; give --draft "
+                             "(for example --draft self:first-half)")
         self.router = SparseAttentionRouter(policy, backend, self.config)
+        self.draft = draft if policy.requires.draft_attention else None
+        self.capture: DraftAttentionCapture | None = None
+        if self.draft is not None:
+            if len(self.draft.layer_map) != n_layers:
+                raise ValueError(f"layer map has {len(self.draft.layer_map)} entries for {n_layers} target layers")
+            self.router.layer_map = self.draft.layer_map
+            needed = {self.draft.layer_map[i] for i in range(self.config.dense_layers, n_layers)}
+            self.capture = DraftAttentionCapture(self.config.block_size, frozenset(needed))
         self._cache_arg = cache_kwarg(model)
+
+    def _draft_forward(self, tokens: torch.Tensor, cache: DynamicCache | None, n_tokens: int) -> None:
+        """Run the draft on ``tokens`` (it keeps its own cache); capture its attention when decoding."""
+        if self.draft is None or self.capture is None:
+            return
+        self.capture.n_tokens = n_tokens
+        self.capture.probs = {}
+        t0 = time.perf_counter()
+        with use_router(self.capture):
+            self.draft.model(input_ids=tokens, use_cache=True, **{cache_kwarg(self.draft.model): cache})
+        self.router.timer.add("draft", time.perf_counter() - t0)
 
     @torch.inference_mode()
     def evaluate(self, token_ids: torch.Tensor, progress: Callable[[int], None] | None = None) -> DocumentResult:
@@ -181,20 +209,28 @@ class TeacherForcedEngine:
             raise UsageError(f"need token ids [batch, length >= 3], got shape {tuple(token_ids.shape)}")
         seq_len = token_ids.shape[1]
         prefill = self.config.prefill_len(seq_len)
-        router = self.router
+        router, capture, draft = self.router, self.capture, self.draft
         router.reset()
         cache = DynamicCache(config=self.model.config)
+        draft_cache = DynamicCache(config=draft.model.config) if draft is not None else None
+        models = [self.model] + ([draft.model] if draft is not None else [])
         nll = []
-        with routed(self.model, router):
-            self.model(input_ids=token_ids[:, :prefill], use_cache=True, **{self._cache_arg: cache})
+        with attached(*models):
+            self._draft_forward(token_ids[:, :prefill], draft_cache, n_tokens=prefill)
+            with use_router(router):
+                self.model(input_ids=token_ids[:, :prefill], use_cache=True, **{self._cache_arg: cache})
             router.decoding = True
             _sync(token_ids.device)
             start = time.perf_counter()
             for pos in range(prefill, seq_len - 1):
                 router.step = pos - prefill
-                logits = self.model(input_ids=token_ids[:, pos : pos + 1], use_cache=True,
-                                    **{self._cache_arg: cache}).logits[:, -1].float()
-                logp = torch.log_softmax(logits, dim=-1)
+                token = token_ids[:, pos : pos + 1]
+                if capture is not None:
+                    self._draft_forward(token, draft_cache, n_tokens=pos + 1)
+                    router.draft_attention = capture.probs
+                with use_router(router):
+                    logits = self.model(input_ids=token, use_cache=True, **{self._cache_arg: cache}).logits[:, -1]
+                logp = torch.log_softmax(logits.float(), dim=-1)
                 nll.append(-logp.gather(-1, token_ids[:, pos + 1 : pos + 2]))
                 if progress is not None:
                     progress(1)
@@ -204,7 +240,7 @@ class TeacherForcedEngine:
         return DocumentResult(
             nll=torch.cat(nll, dim=-1).double().cpu(),
             prefill_tokens=prefill,
-            kv=router.meter.summary(),
+            kv_rows=router.meter.summaries(token_ids.shape[0]),
             decode_seconds=elapsed,
             timing=dict(router.timer.seconds),
         )

@@ -102,17 +102,38 @@ def install() -> None:
 
 
 @contextlib.contextmanager
-def routed(model: torch.nn.Module, router: AttentionRouter) -> Iterator[None]:
-    """Within the block, ``model``'s attention goes through ``router``; restored afterwards."""
+def attached(*models: torch.nn.Module) -> Iterator[None]:
+    """Within the block, the models' attention goes through ``sparsebench_attention``; restored after.
+
+    A model whose modules are shared with another (a self-draft) may be passed too: switching is
+    idempotent.
+    """
     install()
-    previous = model.config._attn_implementation
-    model.set_attn_implementation(ATTN_NAME)
+    previous = [m.config._attn_implementation for m in models]
+    for model in models:
+        model.set_attn_implementation(ATTN_NAME)
+    try:
+        yield
+    finally:
+        for model, impl in zip(models, previous, strict=True):
+            model.set_attn_implementation(impl)
+
+
+@contextlib.contextmanager
+def use_router(router: AttentionRouter | None) -> Iterator[None]:
+    """Route attention calls made within the block to ``router`` (cheap: one context-variable set)."""
     token = _ACTIVE.set(router)
     try:
         yield
     finally:
         _ACTIVE.reset(token)
-        model.set_attn_implementation(previous)
+
+
+@contextlib.contextmanager
+def routed(model: torch.nn.Module, router: AttentionRouter) -> Iterator[None]:
+    """``attached(model)`` and ``use_router(router)`` together."""
+    with attached(model), use_router(router):
+        yield
 
 
 def cache_kwarg(model: torch.nn.Module) -> str:

@@ -66,7 +66,18 @@ def run_evaluation(cfg: RunConfig, *, log: Callable[[str], None] | None = None,
     head_dim = getattr(text_cfg, "head_dim", None) or text_cfg.hidden_size // text_cfg.num_attention_heads
     backend = resolve_backend(cfg.backend, device=device, dtype=dtype, head_dim=head_dim,
                               softcap=getattr(text_cfg, "attn_logit_softcapping", None) is not None)
-    engine = TeacherForcedEngine(loaded.model, policy, backend, engine_cfg)
+    draft, layer_map, draft_info = None, None, None
+    if policy.requires.draft_attention:
+        from sparsebench.specattn.drafts import resolve_draft
+
+        draft, layer_map = resolve_draft(cfg.draft, loaded, dtype=dtype, device=device, block_size=cfg.block_size,
+                                         data_dir=cfg.data_dir, data_source=cfg.data_source, progress=progress,
+                                         log=log)
+        draft_info = {"name": draft.name, "description": draft.description, "layer_map": draft.layer_map,
+                      "layer_map_key": layer_map.meta.get("key"), "identity": layer_map.meta.get("draft")}
+    elif cfg.draft is not None:
+        log(f"sparsebench: note: policy {policy.name!r} does not use a draft; --draft is ignored")
+    engine = TeacherForcedEngine(loaded.model, policy, backend, engine_cfg, draft=draft)
 
     corpus = load_corpus(cfg.dataset, data_dir=cfg.data_dir, source=cfg.data_source, log=log)
     docs, too_short = tokenize_documents(select_documents(corpus.documents, cfg.seed), loaded.tokenizer,
@@ -84,45 +95,51 @@ def run_evaluation(cfg: RunConfig, *, log: Callable[[str], None] | None = None,
     result = RunResult()
     steps = cfg.seq_len - engine_cfg.prefill_len(cfg.seq_len) - 1
     bar = tqdm(total=steps * len(docs), unit="tok", desc=policy.label(), disable=not progress, file=sys.stderr)
-    for doc, ids in docs:
+    for first in range(0, len(docs), cfg.batch_size):
+        batch = docs[first : first + cfg.batch_size]
         started = now_iso()
         t0 = time.perf_counter()
-        out = engine.evaluate(torch.tensor([ids], device=device), progress=bar.update)
-        row = {
-            "policy": policy.name,
-            "policy_params": policy.params(),
-            "policy_label": policy.label(),
-            "policy_source": _policy_source(policy.name),
-            "config": cfg.as_dict() | {"dtype": str(dtype).removeprefix("torch."), "backend": backend.name},
-            "model": {"name": cfg.model, **loaded.identity},
-            "dataset": {"name": cfg.dataset, "origin": corpus.origin},
-            "document": {"id": doc.id, "title": doc.title},
-            "seed": cfg.seed,
-            "metrics": {
-                "tokens": out.decoded_tokens,
-                "prefill_tokens": out.prefill_tokens,
-                "nll_sum": float(out.nll.sum()),
-                "perplexity": math.exp(float(out.nll.mean())),
-                "kv_reduction_sparse": out.kv.reduction_sparse,
-                "kv_reduction_all": out.kv.reduction_all,
-                "kv_read_sparse": out.kv.read_sparse,
-                "kv_dense_sparse": out.kv.dense_sparse,
-                "kv_read_all": out.kv.read_all,
-                "kv_dense_all": out.kv.dense_all,
-                "tokens_per_s": out.tokens_per_second,
-                "decode_seconds": out.decode_seconds,
-                "timing_host_seconds": out.timing,
-                "per_layer": out.kv.layer_rows(),
-                "nll_trace": [round(x, 6) for x in out.nll[0].tolist()],
-            },
-            "environment": env,
-            "started": started,
-            "finished": now_iso(),
-            "wall_seconds": time.perf_counter() - t0,
-        }
-        result.rows.append(row)
-        if cfg.out:
-            append_row(cfg.out, row)
+        out = engine.evaluate(torch.tensor([ids for _, ids in batch], device=device), progress=bar.update)
+        wall = time.perf_counter() - t0
+        for i, (doc, _) in enumerate(batch):
+            kv = out.kv_rows[i]
+            row = {
+                "policy": policy.name,
+                "policy_params": policy.params(),
+                "policy_label": policy.label(),
+                "policy_source": _policy_source(policy.name),
+                "config": cfg.as_dict() | {"dtype": str(dtype).removeprefix("torch."), "backend": backend.name},
+                "model": {"name": cfg.model, **loaded.identity},
+                "draft": draft_info,
+                "dataset": {"name": cfg.dataset, "origin": corpus.origin},
+                "document": {"id": doc.id, "title": doc.title},
+                "seed": cfg.seed,
+                "metrics": {
+                    "tokens": out.nll.shape[1],
+                    "prefill_tokens": out.prefill_tokens,
+                    "nll_sum": float(out.nll[i].sum()),
+                    "perplexity": math.exp(float(out.nll[i].mean())),
+                    "kv_reduction_sparse": kv.reduction_sparse,
+                    "kv_reduction_all": kv.reduction_all,
+                    "kv_read_sparse": kv.read_sparse,
+                    "kv_dense_sparse": kv.dense_sparse,
+                    "kv_read_all": kv.read_all,
+                    "kv_dense_all": kv.dense_all,
+                    "batch_size": len(batch),
+                    "tokens_per_s": out.tokens_per_second,
+                    "decode_seconds": out.decode_seconds / len(batch),
+                    "timing_host_seconds": out.timing,
+                    "per_layer": kv.layer_rows(),
+                    "nll_trace": [round(x, 6) for x in out.nll[i].tolist()],
+                },
+                "environment": env,
+                "started": started,
+                "finished": now_iso(),
+                "wall_seconds": wall / len(batch),
+            }
+            result.rows.append(row)
+            if cfg.out:
+                append_row(cfg.out, row)
     bar.close()
     return result
 

@@ -10,10 +10,12 @@ from sparsebench.engine import EngineConfig, TeacherForcedEngine
 from sparsebench.errors import UsageError
 from sparsebench.evals.metrics import DENSE_LAYER, SLIDING, SPARSE
 from sparsebench.kernels.torch_backend import TorchBackend
+from sparsebench.models import build_self_draft
 from sparsebench.plugins import registry
 from sparsebench.policies import Dense, Quest, StreamingLLM
 from sparsebench.policy import Policy, SelectionContext
 from sparsebench.selection import Selection
+from sparsebench.specattn.capture import Draft
 
 SEQ = 96
 
@@ -42,6 +44,25 @@ def test_dense_steps_match_parallel_teacher_forcing(tiny_arch_model) -> None:
 REGISTERED = sorted(registry().policies)
 
 
+def _half_draft(model: torch.nn.Module) -> Draft:
+    """A first-half self-draft, target layer i guided by draft layer min(i, last)."""
+    draft = build_self_draft(model, "first-half")
+    n_draft = len(draft.draft_source_layers)
+    return Draft(draft, [min(i, n_draft - 1) for i in range(model.config.num_hidden_layers)], "self:first-half")
+
+
+def test_batched_documents_match_one_by_one() -> None:
+    model = get_tiny("llama")
+    ids = torch.cat([_ids(7), _ids(8)])
+    cfg = EngineConfig(block_size=8, dense_layers=1)
+    engine = TeacherForcedEngine(model, Quest(budget_frac=0.3), TorchBackend(), cfg)
+    both = engine.evaluate(ids)
+    for row in range(2):
+        single = engine.evaluate(ids[row : row + 1])
+        torch.testing.assert_close(both.nll[row], single.nll[0], rtol=1e-4, atol=1e-4)
+        assert both.kv_rows[row].read_sparse == single.kv.read_sparse
+
+
 @pytest.mark.parametrize("policy_name", REGISTERED)
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
 def test_every_policy_at_full_budget_reproduces_dense(policy_name: str, arch: str) -> None:
@@ -54,9 +75,7 @@ def test_every_policy_at_full_budget_reproduces_dense(policy_name: str, arch: st
     cfg = EngineConfig(block_size=8, dense_layers=1)
     dense = TeacherForcedEngine(model, Dense(), TorchBackend(), cfg).evaluate(ids)
     policy = cls.from_params(dict(cls.full_budget_params))
-    if policy.requires.draft_attention:
-        pytest.skip("draft-attention policies are tested with a draft in their own test module")
-    out = TeacherForcedEngine(model, policy, TorchBackend(), cfg).evaluate(ids)
+    out = TeacherForcedEngine(model, policy, TorchBackend(), cfg, draft=_half_draft(model)).evaluate(ids)
     rel = ((out.nll - dense.nll).abs() / dense.nll.abs()).max().item()
     assert rel < 1e-4
     assert out.kv.read_sparse == dense.kv.read_sparse

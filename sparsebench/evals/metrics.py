@@ -17,27 +17,37 @@ SPARSE, DENSE_LAYER, SLIDING = "sparse", "dense_layer", "sliding_window"
 
 
 class KVAccessMeter:
-    """Sums, per layer, KV tokens read and KV tokens a dense step would read, over decode steps."""
+    """Sums, per layer and per sequence of the batch, KV tokens read and KV tokens a dense step would read."""
 
     def __init__(self) -> None:
-        self.read: dict[int, torch.Tensor] = {}
+        self.read: dict[int, torch.Tensor | int] = {}
         self.dense: dict[int, int] = {}
         self.kind: dict[int, str] = {}
 
     def observe(self, layer: int, kind: str, tokens_read: torch.Tensor | int, dense_tokens: int) -> None:
-        """Record one layer of one decode step. ``tokens_read`` is a device tensor or an int."""
+        """Record one layer of one decode step.
+
+        ``tokens_read`` is the backend's ``[B, Hkv]`` device tensor, or an int per sequence for layers
+        served densely; ``dense_tokens`` is per sequence (kv heads x KV length).
+        """
         if isinstance(tokens_read, torch.Tensor):
-            tokens_read = tokens_read.sum()
-        self.read[layer] = self.read.get(layer, 0) + tokens_read  # type: ignore[assignment]
+            tokens_read = tokens_read.sum(-1)  # [B], stays on the device
+        self.read[layer] = self.read.get(layer, 0) + tokens_read
         self.dense[layer] = self.dense.get(layer, 0) + dense_tokens
         self.kind[layer] = kind
 
-    def summary(self) -> KVAccessSummary:
-        """Read the counters back (one host sync) and compute reductions."""
-        per_layer = {
-            layer: (int(self.read[layer]), self.dense[layer], self.kind[layer]) for layer in sorted(self.read)
-        }
-        return KVAccessSummary(per_layer)
+    def summaries(self, batch: int) -> list[KVAccessSummary]:
+        """One summary per sequence of the batch (one host sync for all counters)."""
+        layers = sorted(self.read)
+        rows = []
+        for layer in layers:
+            value = self.read[layer]
+            per_seq = value.tolist() if isinstance(value, torch.Tensor) else [value] * batch
+            rows.append([int(x) for x in per_seq])
+        return [
+            KVAccessSummary({lay: (rows[i][b], self.dense[lay], self.kind[lay]) for i, lay in enumerate(layers)})
+            for b in range(batch)
+        ]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,54 @@
+"""Figures (matplotlib, PNG and SVG). Imported lazily: plotting is optional (``sparsebench[plots]``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sparsebench.errors import DependencyError
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise DependencyError("plots need matplotlib: pip install 'sparsebench[plots]'") from exc
+    return plt
+
+
+def save_figure(fig: Any, out: str | Path) -> list[Path]:
+    """Save as the given path's format and as its PNG/SVG sibling; returns the written paths."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out.with_suffix(".png"), out.with_suffix(".svg")]
+    for path in paths:
+        fig.savefig(path, dpi=150, bbox_inches="tight")
+    return paths
+
+
+def plot_layer_map(kl: list[list[float]], path: list[tuple[int, int]], target_to_draft: list[int], *,
+                   target_name: str, draft_name: str, out: str | Path) -> list[Path]:
+    """KL-divergence heatmap (target layers x draft layers, log colour scale) with the chosen alignment."""
+    import numpy as np
+
+    plt = _pyplot()
+    from matplotlib.colors import LogNorm
+
+    matrix = np.asarray(kl, dtype=float)
+    floor = max(matrix[matrix > 0].min() if (matrix > 0).any() else 1e-6, 1e-6)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.28 * matrix.shape[1], 1.0 + 0.24 * matrix.shape[0]))
+    im = ax.imshow(np.maximum(matrix, floor), cmap="viridis_r", norm=LogNorm(), aspect="auto", origin="upper")
+    fig.colorbar(im, ax=ax, label="KL(target || draft), mean over tokens")
+    ys, xs = zip(*path, strict=True)
+    ax.plot(xs, ys, color="white", linewidth=1.0, alpha=0.7, label="DP path")
+    ax.scatter(target_to_draft, range(len(target_to_draft)), color="red", s=14, zorder=3, label="chosen draft layer")
+    ax.set_xlabel(f"draft layer ({draft_name})")
+    ax.set_ylabel(f"target layer ({target_name})")
+    ax.set_title("SpecAttn layer map: attention KL divergence and monotone alignment")
+    ax.legend(loc="lower left", fontsize=7)
+    paths = save_figure(fig, out)
+    plt.close(fig)
+    return paths
