@@ -66,9 +66,10 @@ def _all_policies_epilog() -> str:
     return "\n".join(lines)
 
 
-def _add_run_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--policy", required=True,
-                   help="policy name, optionally with parameters: quest or quest:budget_frac=0.5")
+def _add_run_arguments(p: argparse.ArgumentParser, *, single_policy: bool = True) -> None:
+    if single_policy:
+        p.add_argument("--policy", required=True,
+                       help="policy name, optionally with parameters: quest or quest:budget_frac=0.5")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"alias (see `sparsebench models`), HF id, local directory or .gguf file, or "
                         f"tiny:llama|qwen2|gemma3 (default {DEFAULT_MODEL})")
@@ -120,22 +121,10 @@ def cmd_run(argv: Sequence[str]) -> int:
         policy_cls = registry().policy_class(name)
     args = _build_run_parser("sparsebench run", policy_cls).parse_args(argv)
     assert policy_cls is not None  # --policy is required, so parse_args has failed otherwise
-    specs = {s.name: s for s in policy_cls.param_specs()}
-    raw = dict(spec_params)
-    raw.update({name: getattr(args, f"param_{name}") for name in specs
-                if getattr(args, f"param_{name}") is not None})
-    unknown = sorted(set(raw) - set(specs))
-    if unknown:
-        raise UsageError(f"policy {policy_cls.name!r} has no parameter {', '.join(unknown)}; "
-                         f"it takes: {', '.join(s.flag for s in specs.values()) or 'none'}")
-    params = {k: specs[k].parse(v, policy_cls.name) for k, v in raw.items()}
-    cfg = RunConfig(
-        policy=policy_cls.name, policy_params=params, model=args.model, draft=args.draft, dataset=args.dataset,
-        data_dir=args.data_dir, data_source=args.data_source, seq_len=args.seq_len, batch_size=args.batch_size,
-        prefill_frac=args.prefill_frac, docs=args.docs, block_size=args.block_size,
-        dense_layers=args.dense_layers, device=args.device, dtype=args.dtype, backend=args.backend,
-        seed=args.seed, out=args.out,
-    )
+    flag_params = {s.name: getattr(args, f"param_{s.name}") for s in policy_cls.param_specs()
+                   if getattr(args, f"param_{s.name}") is not None}
+    params = _typed_params(policy_cls, spec_params | flag_params)
+    cfg = _run_config(args, policy_cls.name, params)
     result = run_evaluation(cfg, progress=not args.no_progress)
     _print_run_summary(result)
     if cfg.seq_len != 2048 or cfg.docs < 20:
@@ -143,6 +132,28 @@ def cmd_run(argv: Sequence[str]) -> int:
     if cfg.out:
         print(f"results appended to {cfg.out}")
     return 0
+
+
+def _typed_params(policy_cls: type[Policy], raw: dict[str, str]) -> dict[str, Any]:
+    """Parameter text from the command line -> typed, validated values."""
+    specs = {s.name: s for s in policy_cls.param_specs()}
+    unknown = sorted(set(raw) - set(specs))
+    if unknown:
+        raise UsageError(f"policy {policy_cls.name!r} has no parameter {', '.join(unknown)}; "
+                         f"it takes: {', '.join(s.flag for s in specs.values()) or 'none'}")
+    params = {k: specs[k].parse(v, policy_cls.name) for k, v in raw.items()}
+    policy_cls.from_params(params)  # validate ranges now, before any model is loaded
+    return params
+
+
+def _run_config(args: argparse.Namespace, policy: str, params: dict[str, Any]) -> RunConfig:
+    return RunConfig(
+        policy=policy, policy_params=params, model=args.model, draft=args.draft, dataset=args.dataset,
+        data_dir=args.data_dir, data_source=args.data_source, seq_len=args.seq_len, batch_size=args.batch_size,
+        prefill_frac=args.prefill_frac, docs=args.docs, block_size=args.block_size,
+        dense_layers=args.dense_layers, device=args.device, dtype=args.dtype, backend=args.backend,
+        seed=args.seed, out=args.out,
+    )
 
 
 def _print_run_summary(result: Any) -> None:
@@ -153,13 +164,41 @@ def _print_run_summary(result: Any) -> None:
     rows.append(["ALL", agg["tokens"], f"{agg['perplexity']:.3f}", f"{100 * agg['kv_reduction_sparse']:.1f}%",
                  f"{100 * agg['kv_reduction_all']:.1f}%", f"{agg['tokens_per_s']:.1f}"])
     label = result.rows[0]["policy_label"]
-    print(f"\n{label} on {result.rows[0]['model']['name']} ({result.rows[0]['config']['backend']} backend)")
+    print(f"\n{label} on {result.rows[0]['model']['name']} ({result.rows[0]['resolved']['backend']} backend)")
     print(tabulate(rows, headers=["document", "decoded tokens", "perplexity", "KV reduction (sparse layers)",
                                   "KV reduction (all layers)", "tokens/s"], tablefmt="github"))
     print("KV reduction = 1 - KV tokens the backend read / KV tokens dense attention reads, over decode "
           "steps; the headline is over the sparse layers (all layers also counts dense and sliding-window "
           "layers). tokens/s is the teacher-forced loop's wall-clock rate on this device, not a tuned "
           "decode engine.")
+
+
+def cmd_compare(argv: Sequence[str]) -> int:
+    from sparsebench.compare import run_comparison, split_policy_specs, table_one
+    from sparsebench.plugins import registry
+
+    p = _Parser(prog="sparsebench compare", description="Run several policies on the same documents and print "
+                                                          "the SpecAttn paper's Table 1 (relative to dense).")
+    p.add_argument("--policies", required=True,
+                   help="comma-separated policy specs, e.g. dense,quest:budget_frac=0.25,specattn:p=0.95,sink_blocks=1")
+    p.add_argument("--format", default="github", choices=["github", "markdown", "latex", "csv", "plain"],
+                   help="table format (default github)")
+    _add_run_arguments(p, single_policy=False)
+    args = p.parse_args(argv)
+    specs = []
+    for text in split_policy_specs(args.policies):
+        name, raw = parse_policy_spec(text)
+        specs.append((registry().policy_class(name).name, _typed_params(registry().policy_class(name), raw)))
+    base = _run_config(args, "dense", {})
+    results = run_comparison(base, specs, progress=not args.no_progress)
+    fmt = {"markdown": "pipe", "csv": "tsv"}.get(args.format, args.format)
+    table = table_one(results, tablefmt=fmt)
+    print(table.replace("\t", ",") if args.format == "csv" else table)
+    first = results[0].rows[0]
+    print(f"model {first['model']['name']}, {len(results[0].rows)} document(s) of {first['dataset']['origin']}, "
+          f"{base.seq_len} tokens, prefill {base.prefill_frac}, block {base.block_size}, first {base.dense_layers} "
+          f"layers dense, {first['resolved']['backend']} backend on {first['environment']['device_name']}")
+    return 0
 
 
 def cmd_policies(argv: Sequence[str]) -> int:
@@ -246,6 +285,7 @@ def cmd_layermap(argv: Sequence[str]) -> int:
 
 COMMANDS = {
     "run": (cmd_run, "evaluate one policy (perplexity, KV reduction, tokens/s)"),
+    "compare": (cmd_compare, "run several policies on the same documents (Table 1)"),
     "policies": (cmd_policies, "list registered policies and their parameters"),
     "models": (cmd_models, "list model aliases and their cache state"),
     "fetch": (cmd_fetch, "pre-fetch a model alias"),

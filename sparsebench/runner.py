@@ -56,9 +56,7 @@ def run_evaluation(cfg: RunConfig, *, log: Callable[[str], None] | None = None,
     dtype = cfg.torch_dtype()
     torch.manual_seed(cfg.seed)
 
-    from sparsebench.models import load_model
-
-    loaded = load_model(cfg.model, dtype=dtype, device=str(device), progress=progress)
+    loaded = _load_model_once(cfg.model, dtype, str(device), progress)
     if cfg.seq_len > loaded.max_positions:
         raise UsageError(f"--seq-len {cfg.seq_len} exceeds {cfg.model}'s maximum of {loaded.max_positions} "
                          f"positions; use --seq-len {loaded.max_positions} or less")
@@ -108,7 +106,9 @@ def run_evaluation(cfg: RunConfig, *, log: Callable[[str], None] | None = None,
                 "policy_params": policy.params(),
                 "policy_label": policy.label(),
                 "policy_source": _policy_source(policy.name),
-                "config": cfg.as_dict() | {"dtype": str(dtype).removeprefix("torch."), "backend": backend.name},
+                "config": cfg.as_dict(),
+                "resolved": {"dtype": str(dtype).removeprefix("torch."), "backend": backend.name,
+                             "device": str(device)},
                 "model": {"name": cfg.model, **loaded.identity},
                 "draft": draft_info,
                 "dataset": {"name": cfg.dataset, "origin": corpus.origin},
@@ -142,6 +142,21 @@ def run_evaluation(cfg: RunConfig, *, log: Callable[[str], None] | None = None,
                 append_row(cfg.out, row)
     bar.close()
     return result
+
+
+_LAST_MODEL: dict[tuple[str, torch.dtype, str], Any] = {}
+
+
+def _load_model_once(spec: str, dtype: torch.dtype, device: str, progress: bool) -> Any:
+    """Load ``spec``, reusing the last model loaded in this process (a comparison runs many policies on one
+    model); only one model is kept, so memory does not grow."""
+    from sparsebench.models import load_model
+
+    key = (spec, dtype, device)
+    if key not in _LAST_MODEL:
+        _LAST_MODEL.clear()
+        _LAST_MODEL[key] = load_model(spec, dtype=dtype, device=device, progress=progress)
+    return _LAST_MODEL[key]
 
 
 def _policy_source(name: str) -> str:

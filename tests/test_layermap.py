@@ -145,7 +145,7 @@ def test_kl_zero_iff_same_distribution() -> None:
     target = random_attention(4, tokens=6, heads=4, positions=10)
     kl = kl_matrix(target, target)
     assert kl.shape == (4, 4) and kl.dtype == torch.float64
-    assert torch.allclose(kl.diagonal(), torch.zeros(4), atol=1e-10)
+    assert torch.allclose(kl.diagonal(), torch.zeros(4, dtype=torch.float64), atol=1e-10)
     off = kl[~torch.eye(4, dtype=torch.bool)]
     assert (off > 1e-3).all(), kl
     assert align_layers(kl).target_to_draft == [0, 1, 2, 3]
@@ -156,7 +156,7 @@ def test_kl_head_counts_differ() -> None:
     target = random_attention(3, tokens=5, heads=4, positions=8)
     draft = [0.5 * (a[:, 0::2] + a[:, 1::2]) for a in target]
     kl = kl_matrix(target, draft)
-    assert torch.allclose(kl.diagonal(), torch.zeros(3), atol=1e-10)
+    assert torch.allclose(kl.diagonal(), torch.zeros(3, dtype=torch.float64), atol=1e-10)
     assert (kl[~torch.eye(3, dtype=torch.bool)] > 1e-3).all()
 
 

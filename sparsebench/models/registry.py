@@ -209,14 +209,21 @@ ALIASES: dict[str, ModelEntry] = {
 }
 
 
-def cache_dir() -> Path:
-    """Root of the model cache; ``$SPARSEBENCH_CACHE/models`` when that variable is set."""
+def cache_root() -> Path:
+    """sparsebench's cache root: ``$SPARSEBENCH_CACHE``, else the user cache directory."""
     root = os.environ.get("SPARSEBENCH_CACHE")
     if root:
-        return Path(root).expanduser() / "models"
-    import platformdirs
+        return Path(root).expanduser()
+    try:
+        import platformdirs
+    except ImportError:  # optional: fall back to the XDG default
+        return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "sparsebench"
+    return Path(platformdirs.user_cache_dir("sparsebench"))
 
-    return Path(platformdirs.user_cache_dir("sparsebench")) / "models"
+
+def cache_dir() -> Path:
+    """Root of the model cache: ``cache_root()/models``."""
+    return cache_root() / "models"
 
 
 def get_entry(alias: str) -> ModelEntry:

@@ -94,7 +94,7 @@ def resolve_draft(spec: str | None, target: Any, *, dtype: torch.dtype, device: 
                   settings: CalibrationSettings | None = None, progress: bool = True, recompute: bool = False,
                   log: Callable[[str], None] | None = None) -> tuple[Draft, LayerMapResult]:
     """Build the draft for ``target`` and its (cached) layer map."""
-    from sparsebench.models import cache_dir
+    from sparsebench.models.registry import cache_root
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
     settings = settings or CalibrationSettings()
@@ -105,7 +105,7 @@ def resolve_draft(spec: str | None, target: Any, *, dtype: torch.dtype, device: 
     calib_info["rows"] = settings.rows
     result, path, cached = load_or_compute_layer_map(
         target.model, model, target_id=target.identity, draft_id=draft_id, sequences=seqs,
-        calibration=calib_info, block_size=block_size, rows=settings.rows, cache_dir=cache_dir() / "layermaps",
+        calibration=calib_info, block_size=block_size, rows=settings.rows, cache_dir=cache_root() / "layermaps",
         progress=progress, recompute=recompute,
     )
     log(f"sparsebench: draft = {description}")

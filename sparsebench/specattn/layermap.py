@@ -45,7 +45,7 @@ import torch
 
 from sparsebench.errors import UsageError
 
-__all__ = ["LayerMap", "align_layers", "kl_matrix"]
+__all__ = ["LayerMap", "align_layers", "kl_matrix", "path_to_assignment"]
 
 #: Step order for tie-breaking: diagonal match, horizontal repeat, vertical skip.
 _STEPS: tuple[tuple[int, int], ...] = ((1, 1), (1, 0), (0, 1))

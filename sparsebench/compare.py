@@ -1,0 +1,91 @@
+"""Several policies on the same documents, tabulated like the SpecAttn paper's Table 1.
+
+Every policy runs through :func:`sparsebench.runner.run_evaluation` with the same base configuration
+(model, documents, sequence length, engine settings), so rows differ only in the policy. Perplexity
+differences are relative to the ``dense`` row, which is added when missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tabulate import tabulate
+
+from sparsebench.config import RunConfig
+from sparsebench.errors import UsageError
+from sparsebench.evals.results import read_rows
+from sparsebench.runner import RunResult, run_evaluation
+
+
+def split_policy_specs(text: str) -> list[str]:
+    """``dense,quest:budget_frac=0.3,group_reduce=sum,specattn:p=0.95`` -> one spec per policy.
+
+    An item with ``=`` but no ``:`` continues the previous policy's parameters.
+    """
+    specs: list[str] = []
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        if "=" in item and ":" not in item:
+            if not specs:
+                raise UsageError(f"--policies: parameter {item!r} has no policy before it")
+            specs[-1] += ("," if ":" in specs[-1] else ":") + item
+        else:
+            specs.append(item)
+    if not specs:
+        raise UsageError("--policies is empty; give e.g. dense,quest,specattn:p=0.95")
+    return specs
+
+
+def run_comparison(base: RunConfig, specs: list[tuple[str, dict[str, Any]]], *, progress: bool = True,
+                   log: Callable[[str], None] | None = None) -> list[RunResult]:
+    """Run each ``(policy, params)`` with ``base``'s other settings; dense first when missing.
+
+    When ``base.out`` already holds the rows of a run with the identical configuration (policy parameters
+    included), they are reused instead of rerun, so a comparison extended by one policy reruns only it.
+    """
+    if not any(name == "dense" for name, _ in specs):
+        specs = [("dense", {}), *specs]
+    stored = read_rows(base.out) if base.out and Path(base.out).exists() else []
+    results = []
+    for name, params in specs:
+        cfg = dataclasses.replace(base, policy=name, policy_params=params)
+        reused = _stored_run(stored, cfg)
+        if reused:
+            (log or print)(f"sparsebench: reusing {len(reused)} stored row(s) of {name} {params} from {base.out}")
+            results.append(RunResult(reused))
+        else:
+            results.append(run_evaluation(cfg, progress=progress, log=log))
+    return results
+
+
+def _stored_run(rows: list[dict[str, Any]], cfg: RunConfig) -> list[dict[str, Any]]:
+    """Rows of a finished run with exactly this configuration (policy defaults filled in), else []."""
+    from sparsebench.plugins import make_policy
+
+    want = cfg.as_dict() | {"policy_params": make_policy(cfg.policy, cfg.policy_params).params()}
+    keys = [k for k in want if k not in {"out"}]
+    match = [r for r in rows if all(_cfg_value(r, k) == want[k] for k in keys)]
+    return match[-cfg.docs:] if len(match) >= cfg.docs else []
+
+
+def _cfg_value(row: dict[str, Any], key: str) -> Any:
+    return row.get("policy_params") if key == "policy_params" else row.get("config", {}).get(key)
+
+
+def table_one(results: list[RunResult], tablefmt: str = "github") -> str:
+    """Method | Perplexity | Perp. Diff. | Rel. Increase | KV Reduction, relative to dense."""
+    dense = next(r for r in results if r.rows[0]["policy"] == "dense").aggregate()
+    rows = []
+    for result in results:
+        agg = result.aggregate()
+        diff = agg["perplexity"] - dense["perplexity"]
+        rows.append([
+            result.rows[0]["policy_label"], f"{agg['perplexity']:.3f}", f"{diff:+.3f}",
+            f"{100 * diff / dense['perplexity']:+.2f}%", f"{100 * agg['kv_reduction_sparse']:.1f}%",
+            f"{100 * agg['kv_reduction_all']:.1f}%", f"{agg['tokens_per_s']:.1f}",
+        ])
+    return tabulate(rows, headers=["Method", "Perplexity", "Perp. Diff.", "Rel. Increase",
+                                   "KV Reduction (sparse layers)", "KV Reduction (all layers)", "tokens/s"],
+                    tablefmt=tablefmt, disable_numparse=True)
