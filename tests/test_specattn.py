@@ -84,8 +84,9 @@ def test_sink_blocks_are_always_read() -> None:
 
 def test_topk_mode_reads_its_budget() -> None:
     model = get_tiny("llama")
-    out = TeacherForcedEngine(model, SpecAttn(select_by="topk", budget_frac=0.25), TorchBackend(),
-                              EngineConfig(block_size=8, dense_layers=2), draft=_all_layer_draft(model)).evaluate(_ids(4, 400))
+    policy = SpecAttn(select_by="topk", budget_frac=0.25)
+    cfg = EngineConfig(block_size=8, dense_layers=2)
+    out = TeacherForcedEngine(model, policy, TorchBackend(), cfg, draft=_all_layer_draft(model)).evaluate(_ids(4, 400))
     assert 0.6 < out.kv.reduction_sparse < 0.76
 
 

@@ -1,0 +1,342 @@
+"""Tests of the top-p masks: the sort-based reference against brute force, the Triton kernel against
+the semantics (mass reached, minimal up to ties, threshold-shaped) and the reference, and input checks.
+
+How the kernel runs on a CPU-only CI: Triton's interpreter must be chosen before ``triton`` is first
+imported, for the whole process. Setting ``TRITON_INTERPRET=1`` here would leak into every other test
+file (and come too late if one of them imported triton first), so the kernel cases run in one child
+process started with ``TRITON_INTERPRET=1``; this process only builds inputs and checks the masks the
+child sends back. Inputs are fresh each run; set ``SPARSEBENCH_TEST_SEED`` to replay a failure.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from sparsebench.errors import UsageError
+from sparsebench.kernels.topp import (
+    default_config,
+    topp_mask,
+    topp_mask_nd,
+    topp_mask_torch,
+    topp_mask_triton,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+PS = (0.5, 0.9, 0.95, 0.99, 1.0)
+HAVE_TRITON = importlib.util.find_spec("triton") is not None
+SEED = int(os.environ.get("SPARSEBENCH_TEST_SEED", int.from_bytes(os.urandom(4), "little")))
+#: Relative margin within which a prefix "nearly" reaches p; the kernel's own margin is below 1e-5.
+NEAR = 1e-5
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs
+
+
+def row_kinds(n: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """One row of each shape of distribution that top-p must handle, length ``n``, float32."""
+    rows: dict[str, torch.Tensor] = {}
+    for temp in (0.1, 0.3, 1.0, 3.0, 10.0):
+        rows[f"softmax_t{temp}"] = torch.softmax(torch.randn(n, generator=gen) * temp, -1)
+    onehot = torch.zeros(n)
+    onehot[int(torch.randint(n, (1,), generator=gen))] = 1.0
+    rows["onehot"] = onehot
+    rows["uniform"] = torch.full((n,), 1.0 / n)
+    ties = torch.randint(1, 4, (n,), generator=gen).float()  # few distinct levels: many exact ties
+    rows["ties"] = ties / ties.sum()
+    zeros = torch.softmax(torch.randn(n, generator=gen) * 2, -1)
+    zeros[torch.rand(n, generator=gen) < 0.4] = 0.0
+    if zeros.sum() == 0:
+        zeros[0] = 1.0
+    rows["zeros"] = zeros
+    rows["unnormalised"] = torch.rand(n, generator=gen) * 1000.0
+    tiny = torch.softmax(torch.randn(n, generator=gen) * 3, -1)
+    tiny[torch.rand(n, generator=gen) < 0.5] *= 1e-38  # subnormals: the bit-pattern search must order them
+    rows["subnormal"] = tiny
+    rows["all_zero"] = torch.zeros(n)
+    return rows
+
+
+def make_cases(gen: torch.Generator) -> list[dict]:
+    """Kernel cases: many N (one tile and several), dtypes, a strided input, the nd entry point."""
+    cases = []
+    for n in (1, 2, 3, 5, 8, 16, 33, 100, 257):
+        kinds = row_kinds(n, gen)
+        probs = torch.stack(list(kinds.values()))
+        for p in PS:
+            # The default configuration (one candidate a pass, ~27 passes) costs the interpreter about
+            # 50 ms a row, so most cases use 8 candidates with tightening (~4 passes); some p=0.9
+            # cases and the dtype, strided and nd cases below keep the defaults.
+            kw = {} if p == 0.9 and n in (1, 5, 33, 257) else dict(num_candidates=8, tighten=True)
+            cases.append(dict(name=f"n{n}_p{p}", probs=probs, kinds=list(kinds), p=p, kw=kw))
+    # Several tiles per row (BLOCK_N forced small) and other candidate counts: the streaming loop.
+    kinds = row_kinds(300, gen)
+    probs = torch.stack(list(kinds.values()))
+    for p, cand in ((0.9, 1), (0.99, 4), (0.95, 8)):
+        cases.append(dict(name=f"tiles_p{p}_k{cand}", probs=probs, kinds=list(kinds), p=p,
+                          kw=dict(block_n=64, num_candidates=cand)))
+    cases.append(dict(name="notighten", probs=probs, kinds=list(kinds), p=0.95, kw=dict(tighten=False)))
+    # The register-resident configuration used for 4K-16K entries, at a size the interpreter affords.
+    for p in (0.5, 0.99):
+        cases.append(dict(name=f"resident_k1_p{p}", probs=probs, kinds=list(kinds), p=p,
+                          kw=dict(num_candidates=1, tighten=False)))
+    for dtype in (torch.bfloat16, torch.float16):
+        kinds = row_kinds(64, gen)
+        cases.append(dict(name=f"{dtype}", probs=torch.stack(list(kinds.values())).to(dtype),
+                          kinds=list(kinds), p=0.9, kw={}))
+    base = torch.softmax(torch.randn(40, 6, generator=gen) * 2, 0)
+    cases.append(dict(name="strided", probs=base.t(), kinds=["strided"] * 6, p=0.9, kw={}))
+    nd = torch.softmax(torch.randn(2, 3, 50, generator=gen) * 2, -1)
+    cases.append(dict(name="nd", probs=nd, kinds=["nd"] * 6, p=0.95, kw={}, nd=True))
+    return cases
+
+
+# ---------------------------------------------------------------------------------------------
+# semantic checks shared by every backend
+
+
+def check_mask(probs: torch.Tensor, mask: torch.Tensor, p: float, where: str) -> None:
+    """Assert the top-p semantics row by row, in float64, independently of any reference.
+
+    Kept mass reaches p; the mask is ``{x >= t}`` for its smallest kept value t and holds no zeros;
+    and without the entries tied at t it falls short of p (by more than the near-tie margin), so no
+    strictly smaller set reaches p except by splitting ties.
+    """
+    x = probs.double().reshape(-1, probs.shape[-1])
+    mask = mask.reshape(x.shape)
+    assert mask.dtype == torch.bool
+    for r in range(x.shape[0]):
+        xr, mr = x[r], mask[r]
+        total = float(xr.sum())
+        ctx = f"{where} row {r} p={p} seed={SEED}"
+        if total == 0:
+            assert not mr.any(), f"{ctx}: all-zero row must keep nothing"
+            continue
+        assert mr.any(), f"{ctx}: nothing kept"
+        kept = float(xr[mr].sum())
+        assert kept >= p * total * (1 - 1e-12), f"{ctx}: kept mass {kept / total} < p"
+        t = float(xr[mr].min())
+        assert t > 0, f"{ctx}: a zero entry was kept"
+        assert torch.equal(mr, xr >= t), f"{ctx}: mask is not a threshold set"
+        above = float(xr[xr > t].sum())
+        if p < 1.0:
+            assert above < p * total * (1 + NEAR), f"{ctx}: not minimal, {above / total} >= p without ties at t"
+        else:
+            assert torch.equal(mr, xr > 0), f"{ctx}: p=1 must keep exactly the positive entries"
+
+
+def check_against_reference(probs: torch.Tensor, mask: torch.Tensor, p: float, where: str) -> int:
+    """Assert the mask equals the reference's except for near-ties; return the number of near-tie rows.
+
+    A near-tie row may keep one more distinct value than the reference, and only when the reference's
+    own set reaches p by less than the relative margin ``NEAR``.
+    """
+    x = probs.double().reshape(-1, probs.shape[-1])
+    mask = mask.reshape(x.shape)
+    ref = topp_mask_torch(probs.reshape(x.shape), p)
+    near = 0
+    for r in torch.nonzero((mask != ref).any(-1)).flatten().tolist():
+        xr = x[r]
+        total = float(xr.sum())
+        t_ref, t_got = float(xr[ref[r]].min()), float(xr[mask[r]].min())
+        ctx = f"{where} row {r} p={p} seed={SEED}"
+        below = xr[xr < t_ref]
+        assert below.numel() and t_got == float(below.max()), f"{ctx}: differs from reference beyond a near-tie"
+        assert float(xr[ref[r]].sum()) < p * total * (1 + NEAR), f"{ctx}: differs without a near-tie"
+        near += 1
+    return near
+
+
+# ---------------------------------------------------------------------------------------------
+# the reference
+
+
+def brute_force_min_size(x: list[float], p: float) -> int:
+    """Smallest number of entries whose sum reaches p * total, by trying every subset."""
+    total = sum(x)
+    if total == 0:
+        return 0
+    for k in range(1, len(x) + 1):
+        if any(sum(c) >= p * total for c in itertools.combinations(x, k)):
+            return k
+    raise AssertionError("unreachable: the full set reaches p <= 1")
+
+
+def test_reference_matches_brute_force() -> None:
+    """On tiny integer-valued rows (exact sums, many ties and zeros) the reference keeps the k* largest
+    entries, k* found by brute force, plus the entries tied with the k*-th."""
+    gen = torch.Generator().manual_seed(SEED)
+    for _ in range(300):
+        n = int(torch.randint(1, 8, (1,), generator=gen))
+        x = torch.randint(0, 6, (n,), generator=gen).double()
+        for p in PS:
+            mask = topp_mask_torch(x[None], p)[0]
+            k = brute_force_min_size(x.tolist(), p)
+            if k == 0:
+                assert not mask.any()
+                continue
+            t = float(x.sort(descending=True).values[k - 1])
+            assert torch.equal(mask, (x >= t) & (x > 0)), (x.tolist(), p, k, mask.tolist())
+            check_mask(x[None], mask[None], p, "reference")
+
+
+def test_reference_semantics_random() -> None:
+    gen = torch.Generator().manual_seed(SEED)
+    for n in (1, 7, 64, 1000):
+        probs = torch.stack(list(row_kinds(n, gen).values()))
+        for p in PS:
+            check_mask(probs, topp_mask_torch(probs, p), p, f"reference n={n}")
+
+
+def test_dispatch_and_nd_on_torch_backend() -> None:
+    gen = torch.Generator().manual_seed(SEED)
+    probs = torch.softmax(torch.randn(2, 3, 17, generator=gen), -1)
+    out = topp_mask_nd(probs, 0.9, backend="torch")
+    assert out.shape == probs.shape and out.dtype == torch.bool
+    assert torch.equal(out.reshape(6, 17), topp_mask_torch(probs.reshape(6, 17), 0.9))
+    assert torch.equal(topp_mask(probs[0], 0.9, backend="torch"), out[0])
+    assert topp_mask(torch.zeros(0, 5), 0.9).shape == (0, 5)
+    assert topp_mask(torch.zeros(3, 0), 0.9).shape == (3, 0)
+    # float64 is outside the kernel's dtypes: auto must fall back to the reference, not fail.
+    assert torch.equal(topp_mask(probs[0].double(), 0.9), topp_mask_torch(probs[0], 0.9))
+
+
+# ---------------------------------------------------------------------------------------------
+# input validation
+
+
+@pytest.mark.parametrize("p", [0.0, -0.1, 1.5, float("nan"), float("inf"), "0.9", True, None])
+def test_bad_p(p: object) -> None:
+    with pytest.raises(UsageError, match="p must"):
+        topp_mask(torch.full((1, 4), 0.25), p)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("probs", "match"),
+    [
+        (torch.full((4,), 0.25), "2-D"),
+        (torch.full((1, 2, 4), 0.25), "2-D"),
+        (torch.tensor([[0.5, -0.1, 0.6]]), "negative"),
+        (torch.tensor([[0.5, float("nan"), 0.5]]), "NaN"),
+        (torch.tensor([[0.5, float("inf")]]), "inf"),
+        (torch.tensor([[3e38, 3e38]]), "sums to inf"),
+        (torch.tensor([[1, 2, 3]]), "floating-point"),
+    ],
+)
+def test_bad_probs(probs: torch.Tensor, match: str) -> None:
+    for backend in ("auto", "torch"):
+        with pytest.raises(UsageError, match=match):
+            topp_mask(probs, 0.9, backend=backend)
+
+
+def test_bad_backend_and_nd_rank() -> None:
+    with pytest.raises(UsageError, match="backend"):
+        topp_mask(torch.full((1, 4), 0.25), 0.9, backend="cuda")  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="at least one dimension"):
+        topp_mask_nd(torch.tensor(1.0), 0.9)
+
+
+@pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")
+def test_triton_rejects_what_it_cannot_run() -> None:
+    with pytest.raises(UsageError, match="float32, bfloat16 or float16"):
+        topp_mask_triton(torch.full((1, 4), 0.25, dtype=torch.float64), 0.9)
+    with pytest.raises(UsageError, match="power of two"):
+        topp_mask_triton(torch.full((1, 4), 0.25), 0.9, num_candidates=3)
+
+
+# ---------------------------------------------------------------------------------------------
+# the Triton kernel, under the interpreter in a child process
+
+CHILD = textwrap.dedent(
+    """
+    import sys, torch
+    from sparsebench.kernels.topp import (interpreter_enabled, topp_mask, topp_mask_nd,
+                                          topp_mask_triton, triton_usable)
+    assert interpreter_enabled(), "child did not get Triton's interpreter"
+    assert triton_usable("cpu")
+    cases = torch.load(sys.argv[1])
+    out = []
+    for c in cases:
+        if c.get("nd"):
+            out.append(dict(mask=topp_mask_nd(c["probs"], c["p"]), passes=None))
+            continue
+        passes = torch.zeros(c["probs"].shape[0], dtype=torch.int32)
+        mask = topp_mask_triton(c["probs"], c["p"], passes_out=passes, **c["kw"])
+        if c["name"] == "strided":  # auto dispatch must pick the kernel here and agree with it
+            assert torch.equal(topp_mask(c["probs"], c["p"]), mask)
+        out.append(dict(mask=mask, passes=passes))
+    torch.save(out, sys.argv[2])
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def interpreted(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], list[dict]]:
+    """Run every kernel case once in a child with TRITON_INTERPRET=1; return (cases, outputs)."""
+    if not HAVE_TRITON:
+        pytest.skip("triton is not installed; the kernel runs only with triton (pip install triton)")
+    tmp = tmp_path_factory.mktemp("topp")
+    cases = make_cases(torch.Generator().manual_seed(SEED))
+    torch.save(cases, tmp / "cases.pt")
+    env = {**os.environ, "TRITON_INTERPRET": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(tmp / "cases.pt"), str(tmp / "out.pt")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, f"interpreter child failed (seed {SEED}):\n{proc.stderr[-4000:]}"
+    return cases, torch.load(tmp / "out.pt")
+
+
+@pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")
+def test_triton_semantics_interpreted(interpreted: tuple[list[dict], list[dict]]) -> None:
+    cases, outs = interpreted
+    near = 0
+    for case, out in zip(cases, outs, strict=True):
+        probs, mask = case["probs"], out["mask"]
+        assert mask.shape == probs.shape and mask.dtype == torch.bool, case["name"]
+        check_mask(probs, mask, case["p"], case["name"])
+        near += check_against_reference(probs, mask, case["p"], case["name"])
+    # Near-ties need a prefix sum within ~1e-6 of p; with random inputs they should be rare.
+    total_rows = sum(math.prod(c["probs"].shape[:-1]) for c in cases)
+    assert near <= max(2, total_rows // 100), f"{near} near-tie rows out of {total_rows} (seed {SEED})"
+
+
+@pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")
+def test_triton_pass_bound(interpreted: tuple[list[dict], list[dict]]) -> None:
+    """Each search pass at least divides the bit range by NUM_CAND + 1 (31 bits at most)."""
+    cases, outs = interpreted
+    for case, out in zip(cases, outs, strict=True):
+        if out["passes"] is None:
+            continue
+        n = case["probs"].shape[-1]
+        cand = case["kw"].get("num_candidates", default_config(n)["num_candidates"])
+        bound = math.ceil(31 / math.log2(cand + 1)) + 1
+        assert int(out["passes"].max()) <= bound, (case["name"], out["passes"].tolist())
+
+
+# ---------------------------------------------------------------------------------------------
+# the compiled kernel on a GPU (skipped in CPU CI)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAVE_TRITON and torch.cuda.is_available()), reason="needs a CUDA device and triton")
+def test_triton_cuda_large() -> None:
+    gen = torch.Generator().manual_seed(SEED)
+    for n in (1, 100, 1000, 4097, 65536):
+        probs = torch.stack(list(row_kinds(n, gen).values()))
+        for dtype, p in itertools.product((torch.float32, torch.bfloat16), PS):
+            x = probs.to(dtype).cuda()
+            mask = topp_mask(x, p)
+            check_mask(x.cpu(), mask.cpu(), p, f"cuda n={n} {dtype}")
+            check_against_reference(x.cpu(), mask.cpu(), p, f"cuda n={n} {dtype}")
