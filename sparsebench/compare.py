@@ -74,6 +74,12 @@ def _cfg_value(row: dict[str, Any], key: str) -> Any:
     return row.get("policy_params") if key == "policy_params" else row.get("config", {}).get(key)
 
 
+def method_label(row: dict[str, Any]) -> str:
+    """``name:k=v`` with the parameters the user set explicitly (``specattn:p=0.95`` even at the default)."""
+    explicit = row.get("config", {}).get("policy_params") or {}
+    return row["policy"] + (":" + ",".join(f"{k}={v}" for k, v in explicit.items()) if explicit else "")
+
+
 def table_one(results: list[RunResult], tablefmt: str = "github") -> str:
     """Method | Perplexity | Perp. Diff. | Rel. Increase | KV Reduction, relative to dense."""
     dense = next(r for r in results if r.rows[0]["policy"] == "dense").aggregate()
@@ -82,7 +88,7 @@ def table_one(results: list[RunResult], tablefmt: str = "github") -> str:
         agg = result.aggregate()
         diff = agg["perplexity"] - dense["perplexity"]
         rows.append([
-            result.rows[0]["policy_label"], f"{agg['perplexity']:.3f}", f"{diff:+.3f}",
+            method_label(result.rows[0]), f"{agg['perplexity']:.3f}", f"{diff:+.3f}",
             f"{100 * diff / dense['perplexity']:+.2f}%", f"{100 * agg['kv_reduction_sparse']:.1f}%",
             f"{100 * agg['kv_reduction_all']:.1f}%", f"{agg['tokens_per_s']:.1f}",
         ])
