@@ -13,10 +13,10 @@ common=(--model smollm2-135m --dataset pg19 --data-source offline --seq-len 2048
         --docs "$docs" --batch-size "$docs" --block-size 16 --dense-layers 2 --device cuda --dtype fp32
         --out "$out" --no-progress)
 if [ "$phase" = a ]; then
-  python -m sparsebench.cli compare "${common[@]}" \
+  python3 -m sparsebench.cli compare "${common[@]}" \
     --policies dense,specattn:p=0.95,specattn:p=0.97,specattn:p=0.99,specattn:p=0.95,sink_blocks=1,oracle-topp:p=0.95
 else
-  frac=$(python - "$out" <<'PY'
+  frac=$(python3 - "$out" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 spec = [r for r in rows if r["policy"] == "specattn" and r["config"]["policy_params"] == {"p": 0.95}]
@@ -26,6 +26,6 @@ print(f"{max(0.01, read / dense - 16 / 2048):.4f}")
 PY
 )
   echo "matched budget fraction: $frac"
-  python -m sparsebench.cli compare "${common[@]}" \
+  python3 -m sparsebench.cli compare "${common[@]}" \
     --policies "dense,specattn:p=0.95,specattn:p=0.97,specattn:p=0.99,specattn:p=0.95,sink_blocks=1,oracle-topp:p=0.95,quest:budget_frac=$frac,streamingllm:window_frac=$frac"
 fi
