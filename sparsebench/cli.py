@@ -201,6 +201,33 @@ def cmd_compare(argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_report(argv: Sequence[str]) -> int:
+    from pathlib import Path
+
+    from sparsebench.compare import group_runs, table_one
+    from sparsebench.evals.results import read_rows
+
+    p = _Parser(prog="sparsebench report", description="Regenerate Table 1 from stored results (no rerun).")
+    p.add_argument("results", help="JSONL file written by run/compare --out")
+    p.add_argument("--format", default="github", choices=["github", "markdown", "latex", "plain"])
+    args = p.parse_args(argv)
+    if not Path(args.results).is_file():
+        raise UsageError(f"results file {args.results!r} does not exist")
+    runs = group_runs(read_rows(args.results))
+    if not runs:
+        raise UsageError(f"{args.results!r} holds no result rows")
+    if not any(r.rows[0]["policy"] == "dense" for r in runs):
+        raise UsageError(f"{args.results!r} has no dense run to compare against; run --policy dense too")
+    print(table_one(runs, tablefmt={"markdown": "pipe"}.get(args.format, args.format)))
+    docs = sorted({len(r.rows) for r in runs})
+    first = runs[0].rows[0]
+    resolved = first["resolved"]
+    print(f"model {first['model']['name']}, {'/'.join(map(str, docs))} document(s) per run of "
+          f"{first['dataset']['origin']}, {first['config']['seq_len']} tokens, {resolved['backend']} backend, "
+          f"{resolved['dtype']} on {first['environment']['device_name']}")
+    return 0
+
+
 def cmd_policies(argv: Sequence[str]) -> int:
     from sparsebench.plugins import registry
 
@@ -286,6 +313,7 @@ def cmd_layermap(argv: Sequence[str]) -> int:
 COMMANDS = {
     "run": (cmd_run, "evaluate one policy (perplexity, KV reduction, tokens/s)"),
     "compare": (cmd_compare, "run several policies on the same documents (Table 1)"),
+    "report": (cmd_report, "regenerate Table 1 from a results JSONL"),
     "policies": (cmd_policies, "list registered policies and their parameters"),
     "models": (cmd_models, "list model aliases and their cache state"),
     "fetch": (cmd_fetch, "pre-fetch a model alias"),

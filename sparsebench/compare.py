@@ -8,6 +8,7 @@ differences are relative to the ``dense`` row, which is added when missing.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,19 @@ def _stored_run(rows: list[dict[str, Any]], cfg: RunConfig) -> list[dict[str, An
 
 def _cfg_value(row: dict[str, Any], key: str) -> Any:
     return row.get("policy_params") if key == "policy_params" else row.get("config", {}).get(key)
+
+
+def group_runs(rows: list[dict[str, Any]]) -> list[RunResult]:
+    """Stored rows grouped into runs by (policy, explicit parameters, model, dataset, length), in first-seen
+    order; a rerun's duplicate rows of the same document are dropped (the last one wins)."""
+    groups: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in rows:
+        cfg = row.get("config", {})
+        key = json.dumps([row["policy"], cfg.get("policy_params"), cfg.get("model"), cfg.get("dataset"),
+                          cfg.get("seq_len"), cfg.get("block_size"), cfg.get("dense_layers"), cfg.get("draft")],
+                         sort_keys=True)
+        groups.setdefault(key, {})[row["document"]["id"]] = row
+    return [RunResult(list(docs.values())) for docs in groups.values()]
 
 
 def method_label(row: dict[str, Any]) -> str:

@@ -27,5 +27,5 @@ PY
 )
   echo "matched budget fraction: $frac"
   python3 -m sparsebench.cli compare "${common[@]}" \
-    --policies "dense,specattn:p=0.95,specattn:p=0.97,specattn:p=0.99,specattn:p=0.95,sink_blocks=1,oracle-topp:p=0.95,quest:budget_frac=$frac,streamingllm:window_frac=$frac"
+    --policies "dense,specattn:p=0.95,specattn:p=0.97,specattn:p=0.99,quest:budget_frac=$frac,streamingllm:window_frac=$frac,specattn:p=0.95,sink_blocks=1,oracle-topp:p=0.95"
 fi
