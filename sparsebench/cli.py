@@ -228,6 +228,27 @@ def cmd_report(argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_bench(argv: Sequence[str]) -> int:
+    import importlib
+
+    from sparsebench.bench import BENCHMARKS
+
+    if not argv or argv[0] in {"-h", "--help"}:
+        print("usage: sparsebench bench NAME [options]\n\nbenchmarks:")
+        for name, (_, text) in BENCHMARKS.items():
+            print(f"  {name:<8} {text}")
+        return 0
+    if argv[0] not in BENCHMARKS:
+        raise UsageError(f"unknown benchmark {argv[0]!r}; known: {', '.join(BENCHMARKS)}")
+    module = importlib.import_module(BENCHMARKS[argv[0]][0])
+    try:
+        return int(module.main(list(argv[1:])))
+    except SystemExit as exc:  # argparse inside the benchmark
+        if exc.code not in (0, None):
+            raise UsageError(f"sparsebench bench {argv[0]}: bad arguments (see --help)") from None
+        return 0
+
+
 def cmd_policies(argv: Sequence[str]) -> int:
     from sparsebench.plugins import registry
 
@@ -313,6 +334,7 @@ def cmd_layermap(argv: Sequence[str]) -> int:
 COMMANDS = {
     "run": (cmd_run, "evaluate one policy (perplexity, KV reduction, tokens/s)"),
     "compare": (cmd_compare, "run several policies on the same documents (Table 1)"),
+    "bench": (cmd_bench, "benchmarks (bench topp: the top-p kernel on a GPU)"),
     "report": (cmd_report, "regenerate Table 1 from a results JSONL"),
     "policies": (cmd_policies, "list registered policies and their parameters"),
     "models": (cmd_models, "list model aliases and their cache state"),

@@ -61,7 +61,7 @@ Why not the paper's fixed 10 bisection steps on values: after 10 steps the thres
 about 1/1024 of the max, so the set is neither guaranteed minimal nor exact, and a value-space
 bisection cannot tell when it is done. The bit-pattern search is exact and has a hard pass bound.
 
-Performance limits (measured on an H200, see ``benchmarks/bench_topp.py``): with one program per row,
+Performance limits (measured on an H200, see ``sparsebench/bench/topp.py``): with one program per row,
 32 rows occupy 32 of 132 SMs, and one SM streams only ~30-50 GB/s, so at N >= 32K each pass over a
 row costs ~10-40 us and the ~12 passes dominate. The one-program-per-row design therefore cannot get
 near one read of the input at large N; splitting rows across programs (a cross-program reduction per

@@ -7,10 +7,10 @@ warm-up, median of many repeats, L2 flushed before every timed call so that a 16
 served from the 60 MB L2 of repeated runs) and checks every kernel result against the exact float64
 reference while it is at it (column "rows ≠ ref", and the JSON's min_kept_mass).
 
-    python benchmarks/bench_topp.py --out DIR            # GPU: 32 rows, N = 1K ... 128K, fp32
-    python benchmarks/bench_topp.py --out DIR --dry-run  # CPU, Triton interpreter, tiny sizes
-    python benchmarks/bench_topp.py --out DIR --sweep    # GPU: also time kernel configurations
-    python benchmarks/bench_topp.py --out DIR --eager    # GPU: eager calls, launch overhead included
+    sparsebench bench topp --out DIR            # GPU: 32 rows, N = 1K ... 128K, fp32
+    sparsebench bench topp --out DIR --dry-run  # CPU, Triton interpreter, tiny sizes
+    sparsebench bench topp --out DIR --sweep    # GPU: also time kernel configurations
+    sparsebench bench topp --out DIR --eager    # GPU: eager calls, launch overhead included
 
 Writes DIR/bench_topp.json and DIR/bench_topp.md. Targets reported against (from the project brief):
 Triton >= 10x faster than sort for every N <= 32K, and Triton time <= 2x one read of the input.
