@@ -22,6 +22,8 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
 
 BAD_INPUTS = {
     "unknown policy": (["run", "--policy", "qeust"], "did you mean 'quest'"),
+    "p above 1": (["run", "--policy", "specattn", "--p", "1.5"], "--p=1.5 is out of range; it must be (0, 1]"),
+    "p zero": (["run", "--policy", "specattn", "--p", "0"], "--p=0.0 is out of range"),
     "fraction above 1": (["run", "--policy", "quest", "--budget-frac", "1.5"], "must be (0, 1]"),
     "zero budget": (["run", "--policy", "quest", "--budget", "0"], "--budget=0 is out of range"),
     "negative budget": (["run", "--policy", "quest", "--budget=-16"], "--budget=-16 is out of range"),
