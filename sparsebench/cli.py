@@ -82,7 +82,7 @@ def _add_run_arguments(p: argparse.ArgumentParser, *, single_policy: bool = True
                                                     "../shared/data, or the packaged sample)")
     p.add_argument("--data-source", default="auto", choices=["auto", "hub", "offline"],
                    help="where named corpora come from (default auto: hub if reachable, else offline)")
-    p.add_argument("--seq-len", type=int, default=1024, help="tokens per document (default 1024)")
+    p.add_argument("--seq-len", type=int, default=768, help="tokens per document (default 768: a quick first run)")
     p.add_argument("--prefill-frac", type=float, default=0.1, help="dense prefill fraction (default 0.1)")
     p.add_argument("--docs", type=int, default=1, help="documents to evaluate (default 1)")
     p.add_argument("--batch-size", type=int, default=1, help="documents decoded together (default 1)")

@@ -65,8 +65,10 @@ def _stored_run(rows: list[dict[str, Any]], cfg: RunConfig) -> list[dict[str, An
     """Rows of a finished run with exactly this configuration (policy defaults filled in), else []."""
     from sparsebench.plugins import make_policy
 
-    want = cfg.as_dict() | {"policy_params": make_policy(cfg.policy, cfg.policy_params).params()}
-    keys = [k for k in want if k not in {"out"}]
+    policy = make_policy(cfg.policy, cfg.policy_params)
+    want = cfg.as_dict() | {"policy_params": policy.params()}
+    ignored = {"out"} | (set() if policy.requires.draft_attention else {"draft"})  # dense needs no draft
+    keys = [k for k in want if k not in ignored]
     match = [r for r in rows if all(_cfg_value(r, k) == want[k] for k in keys)]
     return match[-cfg.docs:] if len(match) >= cfg.docs else []
 

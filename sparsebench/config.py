@@ -26,7 +26,7 @@ class RunConfig:
     dataset: str = "pg19"
     data_dir: str | None = None
     data_source: str = "auto"
-    seq_len: int = 1024
+    seq_len: int = 768
     prefill_frac: float = 0.1
     docs: int = 1
     batch_size: int = 1
