@@ -86,3 +86,20 @@ def test_wikitext_lines_become_articles() -> None:
     arts = list(_wikitext_articles(lines))
     assert [a.title for a in arts] == ["A", "B"]
     assert "Sub" in arts[0].text
+
+
+def test_hub_failure_falls_back_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reachable hub whose dataset fails to load (moved, script-based) is a message, not a crash."""
+    import sparsebench.data.loaders as loaders
+
+    def broken(corpus):
+        raise RuntimeError("Dataset scripts are no longer supported")
+
+    monkeypatch.setattr(loaders, "_hub_unavailable_reason", lambda timeout=3.0: None)
+    monkeypatch.setattr(loaders, "_load_from_hub", broken)
+    messages: list[str] = []
+    corpus = load_corpus("govreport", log=messages.append)
+    assert corpus.documents and "hub" not in corpus.origin.split()[0]
+    assert any("scripts are no longer supported" in m for m in messages)
+    with pytest.raises(UsageError, match="--data-source offline"):
+        load_corpus("govreport", source="hub")
