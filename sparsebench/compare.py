@@ -10,15 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from tabulate import tabulate
 
 from sparsebench.config import RunConfig
 from sparsebench.errors import UsageError
-from sparsebench.evals.results import read_rows
-from sparsebench.runner import RunResult, run_evaluation
+from sparsebench.runner import RunResult, run_evaluation, stored_rows
 
 
 def split_policy_specs(text: str) -> list[str]:
@@ -48,33 +46,16 @@ def run_comparison(base: RunConfig, specs: list[tuple[str, dict[str, Any]]], *, 
     """
     if not any(name == "dense" for name, _ in specs):
         specs = [("dense", {}), *specs]
-    stored = read_rows(base.out) if base.out and Path(base.out).exists() else []
     results = []
     for name, params in specs:
         cfg = dataclasses.replace(base, policy=name, policy_params=params)
-        reused = _stored_run(stored, cfg)
-        if reused:
-            (log or print)(f"sparsebench: reusing {len(reused)} stored row(s) of {name} {params} from {base.out}")
-            results.append(RunResult(reused))
+        stored = stored_rows(cfg)
+        if len(stored) >= cfg.docs:  # finished earlier: no need to even load the model
+            (log or print)(f"sparsebench: reusing {len(stored)} stored row(s) of {name} {params} from {base.out}")
+            results.append(RunResult(list(stored.values())[: cfg.docs]))
         else:
             results.append(run_evaluation(cfg, progress=progress, log=log))
     return results
-
-
-def _stored_run(rows: list[dict[str, Any]], cfg: RunConfig) -> list[dict[str, Any]]:
-    """Rows of a finished run with exactly this configuration (policy defaults filled in), else []."""
-    from sparsebench.plugins import make_policy
-
-    policy = make_policy(cfg.policy, cfg.policy_params)
-    want = cfg.as_dict() | {"policy_params": policy.params()}
-    ignored = {"out"} | (set() if policy.requires.draft_attention else {"draft"})  # dense needs no draft
-    keys = [k for k in want if k not in ignored]
-    match = [r for r in rows if all(_cfg_value(r, k) == want[k] for k in keys)]
-    return match[-cfg.docs:] if len(match) >= cfg.docs else []
-
-
-def _cfg_value(row: dict[str, Any], key: str) -> Any:
-    return row.get("policy_params") if key == "policy_params" else row.get("config", {}).get(key)
 
 
 def group_runs(rows: list[dict[str, Any]]) -> list[RunResult]:

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,7 +21,7 @@ from sparsebench.config import RunConfig, resolve_device
 from sparsebench.data import load_corpus, select_documents, tokenize_documents
 from sparsebench.engine import EngineConfig, TeacherForcedEngine
 from sparsebench.errors import UsageError
-from sparsebench.evals.results import append_row, environment_info, now_iso
+from sparsebench.evals.results import append_row, environment_info, now_iso, read_rows
 from sparsebench.kernels import resolve_backend
 from sparsebench.plugins import make_policy
 
@@ -90,7 +91,11 @@ def run_evaluation(cfg: RunConfig, *, log: Callable[[str], None] | None = None,
         f"{device} {str(dtype).removeprefix('torch.')}")
 
     env = environment_info(device)
-    result = RunResult()
+    stored = stored_rows(cfg)
+    result = RunResult([stored[doc.id] for doc, _ in docs if doc.id in stored])
+    if result.rows:
+        log(f"sparsebench: resuming: {len(result.rows)} of {len(docs)} document(s) already in {cfg.out}")
+    docs = [(doc, ids) for doc, ids in docs if doc.id not in stored]
     steps = cfg.seq_len - engine_cfg.prefill_len(cfg.seq_len) - 1
     bar = tqdm(total=steps * len(docs), unit="tok", desc=policy.label(), disable=not progress, file=sys.stderr)
     for first in range(0, len(docs), cfg.batch_size):
@@ -142,6 +147,23 @@ def run_evaluation(cfg: RunConfig, *, log: Callable[[str], None] | None = None,
                 append_row(cfg.out, row)
     bar.close()
     return result
+
+
+def stored_rows(cfg: RunConfig) -> dict[str, dict[str, Any]]:
+    """Rows already in ``cfg.out`` from a run with exactly this configuration (policy defaults filled in),
+    by document id. A rerun skips these documents, so an interrupted run loses and duplicates nothing."""
+    if not cfg.out or not Path(cfg.out).exists():
+        return {}
+    policy = make_policy(cfg.policy, cfg.policy_params)
+    want = cfg.as_dict() | {"policy_params": policy.params()}
+    ignored = {"out", "docs", "batch_size"} | (set() if policy.requires.draft_attention else {"draft"})
+    keys = [k for k in want if k not in ignored]
+    found = {}
+    for row in read_rows(cfg.out):
+        got = {k: row.get("policy_params") if k == "policy_params" else row.get("config", {}).get(k) for k in keys}
+        if all(got[k] == want[k] for k in keys):
+            found[row["document"]["id"]] = row
+    return found
 
 
 _LAST_MODEL: dict[tuple[str, torch.dtype, str], Any] = {}
