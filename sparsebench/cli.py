@@ -210,6 +210,8 @@ def cmd_report(argv: Sequence[str]) -> int:
     p = _Parser(prog="sparsebench report", description="Regenerate Table 1 from stored results (no rerun).")
     p.add_argument("results", help="JSONL file written by run/compare --out")
     p.add_argument("--format", default="github", choices=["github", "markdown", "latex", "plain"])
+    p.add_argument("--plots", default=None, metavar="DIR",
+                   help="also write the cumulative-log-perplexity and Pareto plots (PNG and SVG) to DIR")
     args = p.parse_args(argv)
     if not Path(args.results).is_file():
         raise UsageError(f"results file {args.results!r} does not exist")
@@ -225,6 +227,10 @@ def cmd_report(argv: Sequence[str]) -> int:
     print(f"model {first['model']['name']}, {'/'.join(map(str, docs))} document(s) per run of "
           f"{first['dataset']['origin']}, {first['config']['seq_len']} tokens, {resolved['backend']} backend, "
           f"{resolved['dtype']} on {first['environment']['device_name']}")
+    if args.plots:
+        from sparsebench.compare import write_plots
+
+        print("plots: " + ", ".join(str(x) for x in write_plots(runs, args.plots)))
     return 0
 
 

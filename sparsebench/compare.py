@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from tabulate import tabulate
@@ -77,18 +78,71 @@ def method_label(row: dict[str, Any]) -> str:
     return row["policy"] + (":" + ",".join(f"{k}={v}" for k, v in explicit.items()) if explicit else "")
 
 
+def bootstrap_ci(rows: list[dict[str, Any]], dense_rows: list[dict[str, Any]], *, resamples: int = 2000,
+                 seed: int = 0) -> dict[str, tuple[float, float]] | None:
+    """95% percentile-bootstrap intervals over documents, paired with dense on the same documents.
+
+    Each resample draws documents with replacement and recomputes the token-weighted relative perplexity
+    increase and the KV reduction, so the interval reflects document-to-document variation (the main
+    source of spread in long-context perplexity). None when fewer than two documents are shared.
+    """
+    import numpy as np
+
+    dense_by_id = {r["document"]["id"]: r["metrics"] for r in dense_rows}
+    pairs = [(r["metrics"], dense_by_id[r["document"]["id"]]) for r in rows if r["document"]["id"] in dense_by_id]
+    if len(pairs) < 2:
+        return None
+    nll = np.array([m["nll_sum"] for m, _ in pairs])
+    nll_dense = np.array([d["nll_sum"] for _, d in pairs])
+    tokens = np.array([m["tokens"] for m, _ in pairs], dtype=float)
+    read = np.array([m["kv_read_sparse"] for m, _ in pairs], dtype=float)
+    dense_kv = np.array([m["kv_dense_sparse"] for m, _ in pairs], dtype=float)
+    idx = np.random.default_rng(seed).integers(0, len(pairs), size=(resamples, len(pairs)))
+    toks = tokens[idx].sum(1)
+    rel = np.exp((nll[idx].sum(1) - nll_dense[idx].sum(1)) / toks) - 1
+    denom = dense_kv[idx].sum(1)
+    kv = 1 - read[idx].sum(1) / np.where(denom > 0, denom, 1)
+    lo, hi = 2.5, 97.5
+    return {"rel_increase": (float(np.percentile(rel, lo)), float(np.percentile(rel, hi))),
+            "kv_reduction": (float(np.percentile(kv, lo)), float(np.percentile(kv, hi)))}
+
+
 def table_one(results: list[RunResult], tablefmt: str = "github") -> str:
-    """Method | Perplexity | Perp. Diff. | Rel. Increase | KV Reduction, relative to dense."""
-    dense = next(r for r in results if r.rows[0]["policy"] == "dense").aggregate()
+    """Method | Perplexity | Perp. Diff. | Rel. Increase [95% CI] | KV Reduction [95% CI], relative to dense."""
+    dense_run = next(r for r in results if r.rows[0]["policy"] == "dense")
+    dense = dense_run.aggregate()
     rows = []
     for result in results:
         agg = result.aggregate()
         diff = agg["perplexity"] - dense["perplexity"]
+        ci = bootstrap_ci(result.rows, dense_run.rows) if result is not dense_run else None
+        rel_ci = f"[{100 * ci['rel_increase'][0]:+.2f}%, {100 * ci['rel_increase'][1]:+.2f}%]" if ci else "-"
+        kv_ci = f"[{100 * ci['kv_reduction'][0]:.1f}%, {100 * ci['kv_reduction'][1]:.1f}%]" if ci else "-"
         rows.append([
             method_label(result.rows[0]), f"{agg['perplexity']:.3f}", f"{diff:+.3f}",
-            f"{100 * diff / dense['perplexity']:+.2f}%", f"{100 * agg['kv_reduction_sparse']:.1f}%",
+            f"{100 * diff / dense['perplexity']:+.2f}%", rel_ci, f"{100 * agg['kv_reduction_sparse']:.1f}%", kv_ci,
             f"{100 * agg['kv_reduction_all']:.1f}%", f"{agg['tokens_per_s']:.1f}",
         ])
-    return tabulate(rows, headers=["Method", "Perplexity", "Perp. Diff.", "Rel. Increase",
-                                   "KV Reduction (sparse layers)", "KV Reduction (all layers)", "tokens/s"],
-                    tablefmt=tablefmt, disable_numparse=True)
+    return tabulate(rows, headers=["Method", "Perplexity", "Perp. Diff.", "Rel. Increase", "95% CI",
+                                   "KV Reduction (sparse layers)", "95% CI", "KV Reduction (all layers)",
+                                   "tokens/s"], tablefmt=tablefmt, disable_numparse=True)
+
+
+def write_plots(results: list[RunResult], out_dir: str | Path) -> list[Path]:
+    """Fig. 5 (cumulative log perplexity per policy) and the Pareto plot, from stored rows."""
+    from sparsebench.evals.plots import plot_cumulative_log_ppl, plot_pareto
+
+    out_dir = Path(out_dir)
+    first = results[0].rows[0]
+    setting = f"{first['model']['name']}, {len(results[0].rows)} doc(s) x {first['config']['seq_len']} tokens"
+    runs = [(method_label(r.rows[0]), [row["metrics"]["nll_trace"] for row in r.rows]) for r in results]
+    paths = plot_cumulative_log_ppl(runs, title=f"Cumulative log perplexity ({setting})",
+                                    out=out_dir / "cumulative_log_ppl.png")
+    dense = next(r for r in results if r.rows[0]["policy"] == "dense").aggregate()
+    points: dict[str, list[tuple[float, float, str]]] = {}
+    for r in results:
+        agg = r.aggregate()
+        points.setdefault(r.rows[0]["policy"], []).append(
+            (agg["kv_reduction_sparse"], agg["perplexity"] / dense["perplexity"] - 1, method_label(r.rows[0])))
+    paths += plot_pareto(points, title=f"Perplexity vs KV reduction ({setting})", out=out_dir / "pareto.png")
+    return paths

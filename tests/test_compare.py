@@ -34,3 +34,23 @@ def test_compare_prints_table_one_and_reuses_stored_rows(tmp_path: Path, text_fi
     captured = capsys.readouterr()
     assert len(out.read_text().splitlines()) == n_rows
     assert "reusing" in captured.out + captured.err
+
+
+def test_report_regenerates_table_and_plots(
+    tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(2):
+        (data / f"doc{i}.txt").write_text(text_file.read_text()[i * 50 :])
+    out = tmp_path / "r.jsonl"
+    assert main(["compare", "--policies", "quest:budget_frac=0.5", "--model", "tiny:qwen2", "--dataset", str(data),
+                 "--seq-len", "100", "--docs", "2", "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["report", str(out), "--plots", str(tmp_path / "plots")]) == 0
+    text = capsys.readouterr().out
+    assert "quest:budget_frac=0.5" in text and "95% CI" in text and "%, " in text  # an interval was computed
+    for name in ("cumulative_log_ppl", "pareto"):
+        for ext in (".png", ".svg"):
+            assert (tmp_path / "plots" / f"{name}{ext}").stat().st_size > 1000
+    assert main(["report", str(tmp_path / "missing.jsonl")]) == 2

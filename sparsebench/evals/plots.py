@@ -52,3 +52,45 @@ def plot_layer_map(kl: list[list[float]], path: list[tuple[int, int]], target_to
     paths = save_figure(fig, out)
     plt.close(fig)
     return paths
+
+
+def plot_cumulative_log_ppl(runs: list[tuple[str, list[list[float]]]], *, title: str, out: str | Path) -> list[Path]:
+    """Step-wise cumulative log perplexity (mean NLL of steps 0..t), averaged over documents, per policy.
+
+    ``runs`` is ``[(label, [nll trace of each document])]``. Where the curves separate shows when in the
+    decode a policy starts to lose information (the SpecAttn paper's Fig. 5).
+    """
+    import numpy as np
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for label, traces in runs:
+        length = min(len(t) for t in traces)
+        nll = np.array([t[:length] for t in traces], dtype=float)
+        cumulative = np.cumsum(nll, axis=1) / np.arange(1, length + 1)
+        ax.plot(np.arange(1, length + 1), cumulative.mean(0), label=label, linewidth=1.3)
+    ax.set_xlabel("decode step (tokens after the dense prefill)")
+    ax.set_ylabel("cumulative log perplexity (mean NLL so far)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    paths = save_figure(fig, out)
+    plt.close(fig)
+    return paths
+
+
+def plot_pareto(points: dict[str, list[tuple[float, float, str]]], *, title: str, out: str | Path) -> list[Path]:
+    """Perplexity increase vs KV reduction, one curve per policy; ``points[policy] = [(kv, rel, label)]``."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for policy, pts in sorted(points.items()):
+        pts = sorted(pts)
+        ax.plot([100 * kv for kv, _, _ in pts], [100 * rel for _, rel, _ in pts], marker="o", label=policy)
+    ax.set_xlabel("KV reduction over the sparse layers (%)")
+    ax.set_ylabel("perplexity increase over dense (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    paths = save_figure(fig, out)
+    plt.close(fig)
+    return paths
