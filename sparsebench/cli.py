@@ -174,8 +174,7 @@ def _print_run_summary(result: Any) -> None:
 
 
 def cmd_compare(argv: Sequence[str]) -> int:
-    from sparsebench.compare import run_comparison, split_policy_specs, table_one
-    from sparsebench.plugins import registry
+    from sparsebench.compare import expand_sweep, run_comparison, split_policy_specs, table_one
 
     p = _Parser(prog="sparsebench compare", description="Run several policies on the same documents and print "
                                                           "the SpecAttn paper's Table 1 (relative to dense).")
@@ -183,13 +182,20 @@ def cmd_compare(argv: Sequence[str]) -> int:
                    help="comma-separated policy specs, e.g. dense,quest:budget_frac=0.25,specattn:p=0.95,sink_blocks=1")
     p.add_argument("--format", default="github", choices=["github", "markdown", "latex", "csv", "plain"],
                    help="table format (default github)")
+    p.add_argument("--sweep", action="store_true",
+                   help="run each policy over its declared parameter grid (for the Pareto plot)")
+    p.add_argument("--match-kv-reduction", default=None, metavar="SPEC",
+                   help="bisect the other policies' budgets to read what SPEC reads (e.g. specattn:p=0.95)")
+    p.add_argument("--match-docs", type=int, default=2, help="documents used for the bisection (default 2)")
+    p.add_argument("--plots", default=None, metavar="DIR", help="also write the comparison plots to DIR")
     _add_run_arguments(p, single_policy=False)
     args = p.parse_args(argv)
-    specs = []
-    for text in split_policy_specs(args.policies):
-        name, raw = parse_policy_spec(text)
-        specs.append((registry().policy_class(name).name, _typed_params(registry().policy_class(name), raw)))
+    specs = [_typed_spec(text) for text in split_policy_specs(args.policies)]
+    if args.sweep:
+        specs = expand_sweep(specs)
     base = _run_config(args, "dense", {})
+    if args.match_kv_reduction:
+        specs = _matched_specs(base, specs, _typed_spec(args.match_kv_reduction), args.match_docs)
     results = run_comparison(base, specs, progress=not args.no_progress)
     fmt = {"markdown": "pipe", "csv": "tsv"}.get(args.format, args.format)
     table = table_one(results, tablefmt=fmt)
@@ -198,7 +204,44 @@ def cmd_compare(argv: Sequence[str]) -> int:
     print(f"model {first['model']['name']}, {len(results[0].rows)} document(s) of {first['dataset']['origin']}, "
           f"{base.seq_len} tokens, prefill {base.prefill_frac}, block {base.block_size}, first {base.dense_layers} "
           f"layers dense, {first['resolved']['backend']} backend on {first['environment']['device_name']}")
+    if args.plots:
+        from sparsebench.compare import write_plots
+
+        print("plots: " + ", ".join(str(x) for x in write_plots(results, args.plots)))
     return 0
+
+
+def _typed_spec(text: str) -> tuple[str, dict[str, Any]]:
+    from sparsebench.plugins import registry
+
+    name, raw = parse_policy_spec(text)
+    cls = registry().policy_class(name)
+    return cls.name, _typed_params(cls, raw)
+
+
+def _matched_specs(base: RunConfig, specs: list[tuple[str, dict[str, Any]]], reference: tuple[str, dict[str, Any]],
+                   docs: int) -> list[tuple[str, dict[str, Any]]]:
+    """The reference first, then every other policy with its budget bisected to the reference's reduction."""
+    import dataclasses
+
+    from sparsebench.compare import dedupe_specs, match_budget
+    from sparsebench.runner import run_evaluation
+
+    if docs < 1:
+        raise UsageError(f"--match-docs must be >= 1, got {docs}")
+    probe = dataclasses.replace(base, policy=reference[0], policy_params=reference[1], docs=docs,
+                                batch_size=min(base.batch_size, docs), out=None)
+    target = run_evaluation(probe, progress=False).aggregate()["kv_reduction_sparse"]
+    print(f"matching KV reduction {100 * target:.2f}% of {reference[0]} {reference[1]} on {docs} document(s)")
+    matched = [reference]
+    for name, params in specs:
+        if (name, params) == reference or name in {"dense", reference[0]}:
+            matched.append((name, params))
+            continue
+        found, reached = match_budget(base, name, params, target, docs=docs)
+        print(f"  {name}: {found} reads {100 * reached:.2f}% less")
+        matched.append((name, found))
+    return dedupe_specs(matched)
 
 
 def cmd_report(argv: Sequence[str]) -> int:

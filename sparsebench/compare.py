@@ -59,6 +59,64 @@ def run_comparison(base: RunConfig, specs: list[tuple[str, dict[str, Any]]], *, 
     return results
 
 
+def expand_sweep(specs: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """Each policy with a declared ``sweep`` grid becomes one spec per grid point (other params kept)."""
+    from sparsebench.plugins import registry
+
+    expanded: list[tuple[str, dict[str, Any]]] = []
+    for name, params in specs:
+        grid = registry().policy_class(name).sweep
+        if not grid:
+            expanded.append((name, params))
+            continue
+        (pname, values), *rest = grid.items()
+        if rest:
+            raise UsageError(f"policy {name!r} declares a multi-parameter sweep; only one parameter is supported")
+        expanded += [(name, params | {pname: v}) for v in values]
+    return dedupe_specs(expanded)
+
+
+def dedupe_specs(specs: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """Drop repeated ``(policy, params)`` pairs, keeping the first occurrence's position."""
+    unique: dict[tuple[str, tuple[tuple[str, Any], ...]], tuple[str, dict[str, Any]]] = {}
+    for name, params in specs:
+        unique.setdefault((name, tuple(sorted(params.items()))), (name, params))
+    return list(unique.values())
+
+
+def match_budget(base: RunConfig, name: str, params: dict[str, Any], target: float, *, docs: int,
+                 iterations: int = 8, tolerance: float = 0.005,
+                 log: Callable[[str], None] | None = None) -> tuple[dict[str, Any], float]:
+    """Bisect the policy's ``budget_param`` so it reads the share ``1 - target`` on ``docs`` documents.
+
+    Larger budgets read more, so the reduction falls as the parameter grows. Probe runs are not stored.
+    Returns the parameters and the reduction reached.
+    """
+    from sparsebench.plugins import registry
+
+    cls = registry().policy_class(name)
+    pname = cls.budget_param
+    if pname is None:
+        raise UsageError(f"policy {name!r} declares no budget_param, so its budget cannot be matched; drop it "
+                         "from --policies or give its budget explicitly")
+    probe = dataclasses.replace(base, docs=docs, batch_size=min(base.batch_size, docs), out=None)
+    lo, hi = 0.0, 1.0
+    best: tuple[float, float] | None = None
+    for _ in range(iterations):
+        mid = round((lo + hi) / 2, 6)
+        cfg = dataclasses.replace(probe, policy=name, policy_params=params | {pname: mid})
+        reached = run_evaluation(cfg, progress=False, log=lambda m: None).aggregate()["kv_reduction_sparse"]
+        (log or print)(f"sparsebench: match {name}: {pname}={mid} -> KV reduction {100 * reached:.2f}% "
+                       f"(target {100 * target:.2f}%)")
+        if best is None or abs(reached - target) < abs(best[1] - target):
+            best = (mid, reached)
+        if abs(reached - target) <= tolerance:
+            break
+        lo, hi = (mid, hi) if reached > target else (lo, mid)
+    assert best is not None
+    return params | {pname: best[0]}, best[1]
+
+
 def group_runs(rows: list[dict[str, Any]]) -> list[RunResult]:
     """Stored rows grouped into runs by (policy, explicit parameters, model, dataset, length), in first-seen
     order; a rerun's duplicate rows of the same document are dropped (the last one wins)."""

@@ -116,6 +116,11 @@ class Policy(abc.ABC):
     api_version: ClassVar[str] = HOOKSPEC_VERSION
     description: ClassVar[str] = ""
     """One line for ``sparsebench policies`` (defaults to the docstring's first line)."""
+    budget_param: ClassVar[str | None] = None
+    """The one float parameter in (0, 1] that sets how much the policy reads (larger reads more), used by
+    ``compare --match-kv-reduction`` to bisect budgets; None when the policy has no such knob."""
+    sweep: ClassVar[dict[str, tuple[Any, ...]]] = {}
+    """Grid of parameter values ``compare --sweep`` runs, for Pareto plots."""
     full_budget_params: ClassVar[dict[str, Any] | None] = None
     """Parameters under which the policy reads every block. The shared test runs every registered
     policy with them and requires dense attention's logits; a policy that leaves it ``None`` fails it."""

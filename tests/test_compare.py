@@ -54,3 +54,27 @@ def test_report_regenerates_table_and_plots(
         for ext in (".png", ".svg"):
             assert (tmp_path / "plots" / f"{name}{ext}").stat().st_size > 1000
     assert main(["report", str(tmp_path / "missing.jsonl")]) == 2
+
+
+def test_sweep_expands_declared_grids() -> None:
+    from sparsebench.compare import expand_sweep
+
+    specs = expand_sweep([("dense", {}), ("quest", {"group_reduce": "sum"}),
+                          ("quest", {"budget_frac": 0.2, "group_reduce": "sum"})])
+    assert specs[0] == ("dense", {})
+    fracs = [p["budget_frac"] for n, p in specs if n == "quest"]
+    assert fracs == [0.1, 0.2, 0.3, 0.4, 0.6]  # the duplicate 0.2 collapses
+    assert all(p.get("group_reduce") == "sum" for n, p in specs if n == "quest")
+
+
+def test_match_kv_reduction_bisects_budgets(tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["compare", "--policies", "dense,streamingllm", "--match-kv-reduction", "quest:budget_frac=0.3",
+            "--model", "tiny:llama", "--dataset", str(text_file), "--seq-len", "200", "--docs", "1",
+            "--match-docs", "1", "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    table = {line.split("|")[1].strip(): line.split("|") for line in out.splitlines() if line.startswith("| ")}
+    quest = float(table["quest:budget_frac=0.3"][6].strip(" %"))
+    stream_label = next(k for k in table if k.startswith("streamingllm"))
+    assert "window_frac=" in stream_label
+    assert abs(float(table[stream_label][6].strip(" %")) - quest) < 3.0  # within the bisection's reach

@@ -25,6 +25,7 @@ class RandomBlocks(Policy):
 
     name = "random_blocks"
     full_budget_params: ClassVar[dict[str, Any]] = {"keep_frac": 1.0}
+    budget_param = "keep_frac"
 
     keep_frac: float = param(0.25, "fraction of blocks kept", min=0.0, max=1.0, min_inclusive=False)
     rng_seed: int = param(0, "seed of the block sampler (reset at each document)", min=0)

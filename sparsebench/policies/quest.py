@@ -35,6 +35,8 @@ class Quest(Policy):
 
     name = "quest"
     full_budget_params: ClassVar[dict[str, Any]] = {"budget_frac": 1.0}
+    budget_param = "budget_frac"
+    sweep: ClassVar[dict[str, tuple[Any, ...]]] = {"budget_frac": (0.1, 0.2, 0.3, 0.4, 0.6)}
     requires = Requirements(summaries=frozenset({"minmax"}))
 
     budget: int | None = param(None, "token budget per kv head; overrides --budget-frac when given", min=1)

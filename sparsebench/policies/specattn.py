@@ -57,6 +57,8 @@ class SpecAttn(Policy):
     name = "specattn"
     requires = Requirements(draft_attention=True)
     full_budget_params: ClassVar[dict[str, Any]] = {"p": 1.0}
+    budget_param = "p"
+    sweep: ClassVar[dict[str, tuple[Any, ...]]] = {"p": (0.8, 0.9, 0.95, 0.97, 0.99)}
 
     p: float = param(0.95, "attention mass of the draft to keep (top-p over KV blocks); 1.0 is dense",
                      min=0.0, max=1.0, min_inclusive=False)
@@ -84,6 +86,8 @@ class OracleTopP(Policy):
     name = "oracle-topp"
     requires = Requirements(exact_scores=True)
     full_budget_params: ClassVar[dict[str, Any]] = {"p": 1.0}
+    budget_param = "p"
+    sweep: ClassVar[dict[str, tuple[Any, ...]]] = {"p": (0.8, 0.9, 0.95, 0.97, 0.99)}
 
     p: float = param(0.95, "exact attention mass to keep; 1.0 is dense", min=0.0, max=1.0, min_inclusive=False)
     head_reduce: str = param("mean", "how the query heads of a kv group combine", choices=HEAD_REDUCTIONS)

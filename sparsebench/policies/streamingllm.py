@@ -23,6 +23,8 @@ class StreamingLLM(Policy):
 
     name = "streamingllm"
     full_budget_params: ClassVar[dict[str, Any]] = {"window_frac": 1.0}
+    budget_param = "window_frac"
+    sweep: ClassVar[dict[str, tuple[Any, ...]]] = {"window_frac": (0.1, 0.2, 0.3, 0.4, 0.6)}
 
     sink_tokens: int = param(4, "attention-sink tokens kept at the start of the context", min=0)
     window_tokens: int = param(256, "most recent tokens kept (the recent window)", min=1)
