@@ -7,9 +7,12 @@ layer of one step: summaries -> policy -> backend -> observers) and :meth:`Teach
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers import DynamicCache
@@ -189,18 +192,15 @@ class TeacherForcedEngine:
             self.router.layer_map = self.draft.layer_map
             needed = {self.draft.layer_map[i] for i in range(self.config.dense_layers, n_layers)}
             self.capture = DraftAttentionCapture(self.config.block_size, frozenset(needed))
-        self._cache_arg = cache_kwarg(model)
 
-    def _draft_forward(self, tokens: torch.Tensor, cache: DynamicCache | None, n_tokens: int) -> None:
-        """Run the draft on ``tokens`` (it keeps its own cache); capture its attention when decoding."""
-        if self.draft is None or self.capture is None:
-            return
-        self.capture.n_tokens = n_tokens
-        self.capture.probs = {}
-        t0 = time.perf_counter()
-        with use_router(self.capture):
-            self.draft.model(input_ids=tokens, use_cache=True, **{cache_kwarg(self.draft.model): cache})
-        self.router.timer.add("draft", time.perf_counter() - t0)
+    @contextlib.contextmanager
+    def session(self) -> Iterator[DecodeSession]:
+        """A fresh decode of one batch: new KV caches, reset counters, attention routed while it lasts."""
+        self.router.reset()
+        models = [self.model] + ([self.draft.model] if self.draft is not None else [])
+        with attached(*models):
+            yield DecodeSession(self)
+        self.router.decoding = False
 
     @torch.inference_mode()
     def evaluate(self, token_ids: torch.Tensor, progress: Callable[[int], None] | None = None) -> DocumentResult:
@@ -209,43 +209,83 @@ class TeacherForcedEngine:
             raise UsageError(f"need token ids [batch, length >= 3], got shape {tuple(token_ids.shape)}")
         seq_len = token_ids.shape[1]
         prefill = self.config.prefill_len(seq_len)
-        router, capture, draft = self.router, self.capture, self.draft
-        router.reset()
-        cache = DynamicCache(config=self.model.config)
-        draft_cache = DynamicCache(config=draft.model.config) if draft is not None else None
-        models = [self.model] + ([draft.model] if draft is not None else [])
         nll = []
-        with attached(*models):
-            self._draft_forward(token_ids[:, :prefill], draft_cache, n_tokens=prefill)
-            with use_router(router):
-                self.model(input_ids=token_ids[:, :prefill], use_cache=True, **{self._cache_arg: cache})
-            router.decoding = True
-            _sync(token_ids.device)
+        with self.session() as decode:
+            decode.prefill(token_ids[:, :prefill])
+            synchronize(token_ids.device)
             start = time.perf_counter()
             for pos in range(prefill, seq_len - 1):
-                router.step = pos - prefill
-                token = token_ids[:, pos : pos + 1]
-                if capture is not None:
-                    self._draft_forward(token, draft_cache, n_tokens=pos + 1)
-                    router.draft_attention = capture.probs
-                with use_router(router):
-                    logits = self.model(input_ids=token, use_cache=True, **{self._cache_arg: cache}).logits[:, -1]
-                logp = torch.log_softmax(logits.float(), dim=-1)
+                logp = torch.log_softmax(decode.step(token_ids[:, pos : pos + 1]).float(), dim=-1)
                 nll.append(-logp.gather(-1, token_ids[:, pos + 1 : pos + 2]))
                 if progress is not None:
                     progress(1)
-            _sync(token_ids.device)
+            synchronize(token_ids.device)
             elapsed = time.perf_counter() - start
-        router.decoding = False
         return DocumentResult(
             nll=torch.cat(nll, dim=-1).double().cpu(),
             prefill_tokens=prefill,
-            kv_rows=router.meter.summaries(token_ids.shape[0]),
+            kv_rows=self.router.meter.summaries(token_ids.shape[0]),
             decode_seconds=elapsed,
-            timing=dict(router.timer.seconds),
+            timing=dict(self.router.timer.seconds),
         )
 
 
-def _sync(device: torch.device) -> None:
+class DecodeSession:
+    """The state of one decode: the target's and the draft's KV caches and the step counter.
+
+    ``prefill`` runs the prompt densely (building the policy's block summaries); each ``step`` feeds one
+    token per sequence, the draft first (so its attention for this token is captured), then the target
+    with the policy choosing every sparse layer's blocks. Teacher-forced evaluation and generation are
+    both short loops over these two calls.
+    """
+
+    def __init__(self, engine: TeacherForcedEngine) -> None:
+        self.engine = engine
+        self.cache = DynamicCache(config=engine.model.config)
+        draft = engine.draft
+        self.draft_cache = DynamicCache(config=draft.model.config) if draft is not None else None
+        self.n_tokens = 0
+        self.steps = 0
+        self._keep_last = ({"logits_to_keep": 1}
+                           if "logits_to_keep" in inspect.signature(engine.model.forward).parameters else {})
+
+    def _forward(self, model: torch.nn.Module, tokens: torch.Tensor, cache: DynamicCache,
+                 **kwargs: Any) -> torch.Tensor:
+        return model(input_ids=tokens, use_cache=True, **{cache_kwarg(model): cache}, **kwargs).logits[:, -1]
+
+    def _draft(self, tokens: torch.Tensor) -> None:
+        engine = self.engine
+        if engine.draft is None or engine.capture is None or self.draft_cache is None:
+            return
+        engine.capture.n_tokens = self.n_tokens
+        engine.capture.probs = {}
+        t0 = time.perf_counter()
+        with use_router(engine.capture):
+            self._forward(engine.draft.model, tokens, self.draft_cache, **self._keep_last)
+        engine.router.timer.add("draft", time.perf_counter() - t0)
+        engine.router.draft_attention = engine.capture.probs
+
+    def prefill(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Dense pass over ``tokens`` ``[B, P]``; returns the last position's logits ``[B, V]``."""
+        self.n_tokens += tokens.shape[1]
+        self.engine.router.decoding = False
+        self._draft(tokens)
+        with use_router(self.engine.router):
+            return self._forward(self.engine.model, tokens, self.cache, **self._keep_last)
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """One decode step for ``tokens`` ``[B, 1]`` under the policy; returns logits ``[B, V]``."""
+        router = self.engine.router
+        self.n_tokens += 1
+        router.decoding = True
+        router.step = self.steps
+        self.steps += 1
+        self._draft(tokens)
+        with use_router(router):
+            return self._forward(self.engine.model, tokens, self.cache)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device so wall-clock timings cover the work (no-op on the CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -67,7 +67,9 @@ def test_sweep_expands_declared_grids() -> None:
     assert all(p.get("group_reduce") == "sum" for n, p in specs if n == "quest")
 
 
-def test_match_kv_reduction_bisects_budgets(tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_match_kv_reduction_bisects_budgets(
+    tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     argv = ["compare", "--policies", "dense,streamingllm", "--match-kv-reduction", "quest:budget_frac=0.3",
             "--model", "tiny:llama", "--dataset", str(text_file), "--seq-len", "200", "--docs", "1",
             "--match-docs", "1", "--no-progress"]

@@ -13,7 +13,6 @@ truncation), :func:`rouge_l`, :func:`evaluate_govreport` (one row per document).
 from __future__ import annotations
 
 import functools
-import inspect
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -21,13 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import DynamicCache
 
 from sparsebench.data.loaders import Document
-from sparsebench.engine import EngineConfig, TeacherForcedEngine, _sync
+from sparsebench.engine import EngineConfig, TeacherForcedEngine, synchronize
 from sparsebench.errors import DependencyError, UsageError
 from sparsebench.evals.metrics import KVAccessSummary
-from sparsebench.hf_attention import attached, use_router
 from sparsebench.kernels.base import AttentionBackend
 from sparsebench.policy import Policy
 from sparsebench.specattn.capture import Draft
@@ -123,32 +120,20 @@ def generate(
                          f"{max_positions} positions; shorten the prompt or generate fewer tokens")
     stop = default_stop_ids(model, tokenizer) if stop_ids is None else set(stop_ids)
 
-    # The engine's constructor validates the configuration against the model (dense layers, draft
-    # required, layer-map length) and builds the router and the draft capture: reuse all of it.
+    # The engine validates the configuration against the model (dense layers, draft required, layer-map
+    # length) and its decode session runs prefill and steps exactly as teacher-forced evaluation does.
     engine = TeacherForcedEngine(model, policy, backend, config, draft=draft)
-    router, capture, active_draft, cache_arg = engine.router, engine.capture, engine.draft, engine._cache_arg
-    router.reset()
+    router = engine.router
     device = next(model.parameters()).device
     prompt = torch.tensor([prompt_ids], dtype=torch.long, device=device)
-    cache = DynamicCache(config=model.config)
-    draft_cache = DynamicCache(config=active_draft.model.config) if active_draft is not None else None
-    models = [model] + ([active_draft.model] if active_draft is not None else [])
-    prefill_kwargs = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
-
     generated: list[int] = []
     stop_reason = "max_new_tokens"
-    with attached(*models):
-        _sync(device)
+    with engine.session() as decode:
+        synchronize(device)
         t0 = time.perf_counter()
-        engine._draft_forward(prompt, draft_cache, n_tokens=prompt.shape[1])
-        with use_router(router):  # not decoding yet: dense, but the policy's block summaries are built
-            logits = model(input_ids=prompt, use_cache=True, **{cache_arg: cache}, **prefill_kwargs).logits[:, -1]
-        token = logits.argmax(dim=-1, keepdim=True)  # [1, 1]
-        _sync(device)
+        token = decode.prefill(prompt).argmax(dim=-1, keepdim=True)  # [1, 1]; the prompt is dense
+        synchronize(device)
         prefill_seconds = time.perf_counter() - t0
-
-        router.decoding = True
-        n_tokens = prompt.shape[1]
         start = time.perf_counter()
         while True:
             token_id = int(token)  # one host sync per token: the stop check needs the value
@@ -158,19 +143,11 @@ def generate(
                 break
             if len(generated) >= max_new_tokens:
                 break
-            n_tokens += 1  # the cache after this step's append
-            router.step = len(generated) - 1
-            if capture is not None:
-                engine._draft_forward(token, draft_cache, n_tokens=n_tokens)
-                router.draft_attention = capture.probs
-            with use_router(router):
-                logits = model(input_ids=token, use_cache=True, **{cache_arg: cache}).logits[:, -1]
-            token = logits.argmax(dim=-1, keepdim=True)
+            token = decode.step(token).argmax(dim=-1, keepdim=True)
             if progress is not None:
                 progress(1)
-        _sync(device)
+        synchronize(device)
         decode_seconds = time.perf_counter() - start
-    router.decoding = False
     return GenerationResult(
         ids=generated,
         text=tokenizer.decode(generated, skip_special_tokens=True),
