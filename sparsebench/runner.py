@@ -48,35 +48,61 @@ class RunResult:
         }
 
 
-def run_evaluation(cfg: RunConfig, *, log: Callable[[str], None] | None = None,
-                   progress: bool = True) -> RunResult:
-    log = log or (lambda msg: print(msg, file=sys.stderr))
-    policy = make_policy(cfg.policy, cfg.policy_params)  # validate before any slow loading
+@dataclass
+class Prepared:
+    """Everything a run needs before it sees data: validated policy, model, backend, draft."""
+
+    policy: Any
+    engine_cfg: EngineConfig
+    device: torch.device
+    dtype: torch.dtype
+    loaded: Any
+    backend: Any
+    draft: Any = None
+    draft_info: dict[str, Any] | None = None
+
+
+def prepare(cfg: RunConfig, *, log: Callable[[str], None], progress: bool, positions: int) -> Prepared:
+    """Validate the policy first (before any slow loading), then load the model, backend and draft.
+
+    ``positions`` is the longest sequence the run will feed the model (checked against its maximum).
+    """
+    policy = make_policy(cfg.policy, cfg.policy_params)
     engine_cfg = EngineConfig(cfg.block_size, cfg.dense_layers, cfg.prefill_frac)
     device = resolve_device(cfg.device)
     dtype = cfg.torch_dtype()
     torch.manual_seed(cfg.seed)
-
     loaded = _load_model_once(cfg.model, dtype, str(device), progress)
-    if cfg.seq_len > loaded.max_positions:
-        raise UsageError(f"--seq-len {cfg.seq_len} exceeds {cfg.model}'s maximum of {loaded.max_positions} "
+    if positions > loaded.max_positions:
+        raise UsageError(f"--seq-len {positions} exceeds {cfg.model}'s maximum of {loaded.max_positions} "
                          f"positions; use --seq-len {loaded.max_positions} or less")
     text_cfg = loaded.model.config.get_text_config()
     head_dim = getattr(text_cfg, "head_dim", None) or text_cfg.hidden_size // text_cfg.num_attention_heads
     backend = resolve_backend(cfg.backend, device=device, dtype=dtype, head_dim=head_dim,
                               softcap=getattr(text_cfg, "attn_logit_softcapping", None) is not None)
-    draft, layer_map, draft_info = None, None, None
+    prepared = Prepared(policy, engine_cfg, device, dtype, loaded, backend)
     if policy.requires.draft_attention:
         from sparsebench.specattn.drafts import resolve_draft
 
         draft, layer_map = resolve_draft(cfg.draft, loaded, dtype=dtype, device=device, block_size=cfg.block_size,
                                          data_dir=cfg.data_dir, data_source=cfg.data_source, progress=progress,
                                          log=log)
-        draft_info = {"name": draft.name, "description": draft.description, "layer_map": draft.layer_map,
-                      "layer_map_key": layer_map.meta.get("key"), "identity": layer_map.meta.get("draft")}
+        prepared.draft = draft
+        prepared.draft_info = {"name": draft.name, "description": draft.description, "layer_map": draft.layer_map,
+                               "layer_map_key": layer_map.meta.get("key"), "identity": layer_map.meta.get("draft")}
     elif cfg.draft is not None:
         log(f"sparsebench: note: policy {policy.name!r} does not use a draft; --draft is ignored")
-    engine = TeacherForcedEngine(loaded.model, policy, backend, engine_cfg, draft=draft)
+    return prepared
+
+
+def run_evaluation(cfg: RunConfig, *, log: Callable[[str], None] | None = None,
+                   progress: bool = True) -> RunResult:
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    prep = prepare(cfg, log=log, progress=progress, positions=cfg.seq_len)
+    policy, engine_cfg, device, dtype, loaded, backend = (prep.policy, prep.engine_cfg, prep.device, prep.dtype,
+                                                          prep.loaded, prep.backend)
+    draft_info = prep.draft_info
+    engine = TeacherForcedEngine(loaded.model, policy, backend, engine_cfg, draft=prep.draft)
 
     corpus = load_corpus(cfg.dataset, data_dir=cfg.data_dir, source=cfg.data_source, log=log)
     docs, too_short = tokenize_documents(select_documents(corpus.documents, cfg.seed), loaded.tokenizer,

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,17 @@ def test_match_kv_reduction_bisects_budgets(
     stream_label = next(k for k in table if k.startswith("streamingllm"))
     assert "window_frac=" in stream_label
     assert abs(float(table[stream_label][6].strip(" %")) - quest) < 3.0  # within the bisection's reach
+
+
+def test_govreport_command_scores_each_policy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "g.jsonl"
+    argv = ["govreport", "--policies", "dense,quest:budget_frac=0.25", "--model", "tiny:llama", "--docs", "2",
+            "--max-prompt-tokens", "200", "--max-new-tokens", "6", "--data-source", "offline", "--out", str(out),
+            "--no-progress"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "ROUGE-L" in text and "quest:budget_frac=0.25" in text
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 4 and {r["task"] for r in rows} == {"govreport"}
+    assert all(0.0 <= r["rouge_l"] <= 1.0 and r["reference"] for r in rows)
+    assert any(r["kv_reduction_sparse"] > 0.5 for r in rows if r["policy"] == "quest")
