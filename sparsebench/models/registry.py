@@ -293,6 +293,8 @@ def describe_models() -> list[dict[str, Any]]:
                 "heads": f"{entry.q_heads} q / {entry.kv_heads} kv",
                 "params": _human_count(entry.params),
                 "download": _human_bytes(entry.download_bytes),
+                "peak RSS first fetch / cached load": f"{entry.peak_rss_first_mib} / {entry.peak_rss_cached_mib} MiB",
+                "default draft": f"self:{entry.default_self_draft}",
                 "cached": "yes" if cached else "no",
                 "path": str(model_dir(entry.alias) if cached else cache_dir() / entry.alias),
             }
