@@ -174,7 +174,7 @@ def _print_run_summary(result: Any) -> None:
 
 
 def cmd_compare(argv: Sequence[str]) -> int:
-    from sparsebench.compare import expand_sweep, run_comparison, split_policy_specs, table_one
+    from sparsebench.compare import expand_sweep, run_comparison, split_policy_specs
 
     p = _Parser(prog="sparsebench compare", description="Run several policies on the same documents and print "
                                                           "the SpecAttn paper's Table 1 (relative to dense).")
@@ -197,17 +197,7 @@ def cmd_compare(argv: Sequence[str]) -> int:
     if args.match_kv_reduction:
         specs = _matched_specs(base, specs, _typed_spec(args.match_kv_reduction), args.match_docs)
     results = run_comparison(base, specs, progress=not args.no_progress)
-    fmt = {"markdown": "pipe", "csv": "tsv"}.get(args.format, args.format)
-    table = table_one(results, tablefmt=fmt)
-    print(table.replace("\t", ",") if args.format == "csv" else table)
-    first = results[0].rows[0]
-    print(f"model {first['model']['name']}, {len(results[0].rows)} document(s) of {first['dataset']['origin']}, "
-          f"{base.seq_len} tokens, prefill {base.prefill_frac}, block {base.block_size}, first {base.dense_layers} "
-          f"layers dense, {first['resolved']['backend']} backend on {first['environment']['device_name']}")
-    if args.plots:
-        from sparsebench.compare import write_plots
-
-        print("plots: " + ", ".join(str(x) for x in write_plots(results, args.plots)))
+    _print_table_one(results, args.format, args.plots)
     return 0
 
 
@@ -270,15 +260,31 @@ def _matched_specs(base: RunConfig, specs: list[tuple[str, dict[str, Any]]], ref
     return dedupe_specs(matched)
 
 
+def _print_table_one(runs: list[Any], fmt: str, plots: str | None) -> None:
+    """Table 1, a line saying what it was measured on, and the plots when asked (compare and report)."""
+    from sparsebench.compare import table_one, write_plots
+
+    print(table_one(runs, tablefmt={"markdown": "pipe"}.get(fmt, fmt)))
+    first = runs[0].rows[0]
+    cfg, resolved = first["config"], first["resolved"]
+    docs = "/".join(map(str, sorted({len(r.rows) for r in runs})))
+    print(f"model {first['model']['name']}, {docs} document(s) per run of {first['dataset']['origin']}, "
+          f"{cfg['seq_len']} tokens, prefill {cfg['prefill_frac']}, block {cfg['block_size']}, first "
+          f"{cfg['dense_layers']} layers dense, {resolved['backend']} backend, {resolved['dtype']} on "
+          f"{first['environment']['device_name']}")
+    if plots:
+        print("plots: " + ", ".join(str(x) for x in write_plots(runs, plots)))
+
+
 def cmd_report(argv: Sequence[str]) -> int:
     from pathlib import Path
 
-    from sparsebench.compare import group_runs, table_one
+    from sparsebench.compare import group_runs
     from sparsebench.evals.results import read_rows
 
     p = _Parser(prog="sparsebench report", description="Regenerate Table 1 from stored results (no rerun).")
     p.add_argument("results", help="JSONL file written by run/compare --out")
-    p.add_argument("--format", default="github", choices=["github", "markdown", "latex", "plain"])
+    p.add_argument("--format", default="github", choices=["github", "markdown", "latex", "csv", "plain"])
     p.add_argument("--plots", default=None, metavar="DIR",
                    help="also write the cumulative-log-perplexity and Pareto plots (PNG and SVG) to DIR")
     args = p.parse_args(argv)
@@ -289,17 +295,7 @@ def cmd_report(argv: Sequence[str]) -> int:
         raise UsageError(f"{args.results!r} holds no result rows")
     if not any(r.rows[0]["policy"] == "dense" for r in runs):
         raise UsageError(f"{args.results!r} has no dense run to compare against; run --policy dense too")
-    print(table_one(runs, tablefmt={"markdown": "pipe"}.get(args.format, args.format)))
-    docs = sorted({len(r.rows) for r in runs})
-    first = runs[0].rows[0]
-    resolved = first["resolved"]
-    print(f"model {first['model']['name']}, {'/'.join(map(str, docs))} document(s) per run of "
-          f"{first['dataset']['origin']}, {first['config']['seq_len']} tokens, {resolved['backend']} backend, "
-          f"{resolved['dtype']} on {first['environment']['device_name']}")
-    if args.plots:
-        from sparsebench.compare import write_plots
-
-        print("plots: " + ", ".join(str(x) for x in write_plots(runs, args.plots)))
+    _print_table_one(runs, args.format, args.plots)
     return 0
 
 

@@ -165,7 +165,24 @@ def bootstrap_ci(rows: list[dict[str, Any]], dense_rows: list[dict[str, Any]], *
             "kv_reduction": (float(np.percentile(kv, lo)), float(np.percentile(kv, hi)))}
 
 
+TABLE_ONE_HEADERS = ["Method", "Perplexity", "Perp. Diff.", "Rel. Increase", "95% CI", "KV Reduction (sparse layers)",
+                     "95% CI", "KV Reduction (all layers)", "tokens/s"]
+
+
 def table_one(results: list[RunResult], tablefmt: str = "github") -> str:
+    """Table 1 as text (``tablefmt`` of tabulate, or ``csv``)."""
+    rows = table_one_rows(results)
+    if tablefmt == "csv":
+        import csv
+        import io
+
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerows([TABLE_ONE_HEADERS, *rows])
+        return buffer.getvalue().rstrip("\n")
+    return tabulate(rows, headers=TABLE_ONE_HEADERS, tablefmt=tablefmt, disable_numparse=True)
+
+
+def table_one_rows(results: list[RunResult]) -> list[list[str]]:
     """Method | Perplexity | Perp. Diff. | Rel. Increase [95% CI] | KV Reduction [95% CI], relative to dense."""
     dense_run = next(r for r in results if r.rows[0]["policy"] == "dense")
     dense = dense_run.aggregate()
@@ -181,9 +198,7 @@ def table_one(results: list[RunResult], tablefmt: str = "github") -> str:
             f"{100 * diff / dense['perplexity']:+.2f}%", rel_ci, f"{100 * agg['kv_reduction_sparse']:.1f}%", kv_ci,
             f"{100 * agg['kv_reduction_all']:.1f}%", f"{agg['tokens_per_s']:.1f}",
         ])
-    return tabulate(rows, headers=["Method", "Perplexity", "Perp. Diff.", "Rel. Increase", "95% CI",
-                                   "KV Reduction (sparse layers)", "95% CI", "KV Reduction (all layers)",
-                                   "tokens/s"], tablefmt=tablefmt, disable_numparse=True)
+    return rows
 
 
 def write_plots(results: list[RunResult], out_dir: str | Path) -> list[Path]:

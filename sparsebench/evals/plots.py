@@ -69,14 +69,8 @@ def plot_cumulative_log_ppl(runs: list[tuple[str, list[list[float]]]], *, title:
         nll = np.array([t[:length] for t in traces], dtype=float)
         cumulative = np.cumsum(nll, axis=1) / np.arange(1, length + 1)
         ax.plot(np.arange(1, length + 1), cumulative.mean(0), label=label, linewidth=1.3)
-    ax.set_xlabel("decode step (tokens after the dense prefill)")
-    ax.set_ylabel("cumulative log perplexity (mean NLL so far)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    paths = save_figure(fig, out)
-    plt.close(fig)
-    return paths
+    return _finish(plt, fig, ax, "decode step (tokens after the dense prefill)",
+                   "cumulative log perplexity (mean NLL so far)", title, out)
 
 
 def plot_pareto(points: dict[str, list[tuple[float, float, str]]], *, title: str, out: str | Path) -> list[Path]:
@@ -86,8 +80,14 @@ def plot_pareto(points: dict[str, list[tuple[float, float, str]]], *, title: str
     for policy, pts in sorted(points.items()):
         pts = sorted(pts)
         ax.plot([100 * kv for kv, _, _ in pts], [100 * rel for _, rel, _ in pts], marker="o", label=policy)
-    ax.set_xlabel("KV reduction over the sparse layers (%)")
-    ax.set_ylabel("perplexity increase over dense (%)")
+    return _finish(plt, fig, ax, "KV reduction over the sparse layers (%)", "perplexity increase over dense (%)",
+                   title, out)
+
+
+def _finish(plt: Any, fig: Any, ax: Any, xlabel: str, ylabel: str, title: str, out: str | Path) -> list[Path]:
+    """Labels, grid, legend, save as PNG and SVG, close."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
