@@ -84,7 +84,9 @@ def calibration_sequences(tokenizer: Any, settings: CalibrationSettings, *, devi
     if not docs:
         raise UsageError(f"no calibration document of {settings.dataset!r} has {settings.seq_len} tokens")
     seqs = [torch.tensor([ids], device=device) for _, ids in docs]
-    info = {"dataset": settings.dataset, "origin": corpus.origin, "documents": [d.id for d, _ in docs],
+    # The cache key names the documents, not where they were read from, so the same corpus found at
+    # another path (or through the hub) reuses the map.
+    info = {"dataset": settings.dataset, "documents": [d.id for d, _ in docs],
             "seq_len": settings.seq_len, "seed": settings.seed}
     return seqs, info
 
