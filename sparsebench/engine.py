@@ -218,7 +218,7 @@ class TeacherForcedEngine:
                 logp = torch.log_softmax(decode.step(token_ids[:, pos : pos + 1]).float(), dim=-1)
                 nll.append(-logp.gather(-1, token_ids[:, pos + 1 : pos + 2]))
                 if progress is not None:
-                    progress(1)
+                    progress(token_ids.shape[0])  # tokens scored this step (one per sequence)
             synchronize(token_ids.device)
             elapsed = time.perf_counter() - start
         return DocumentResult(
