@@ -248,10 +248,12 @@ class DecodeSession:
         self.steps = 0
         self._keep_last = ({"logits_to_keep": 1}
                            if "logits_to_keep" in inspect.signature(engine.model.forward).parameters else {})
+        # Resolved once: signature inspection is too slow for every step.
+        self._cache_args = {id(m): cache_kwarg(m) for m in [engine.model] + ([draft.model] if draft else [])}
 
     def _forward(self, model: torch.nn.Module, tokens: torch.Tensor, cache: DynamicCache,
                  **kwargs: Any) -> torch.Tensor:
-        return model(input_ids=tokens, use_cache=True, **{cache_kwarg(model): cache}, **kwargs).logits[:, -1]
+        return model(input_ids=tokens, use_cache=True, **{self._cache_args[id(model)]: cache}, **kwargs).logits[:, -1]
 
     def _draft(self, tokens: torch.Tensor) -> None:
         engine = self.engine
