@@ -20,6 +20,8 @@ from sparsebench.policy import Policy, Requirements, SelectionContext
 from sparsebench.selection import Selection
 
 HEAD_REDUCTIONS = ("mean", "max")
+#: The p grid both top-p policies sweep (``compare --sweep``), so their Pareto curves share x-positions.
+P_SWEEP: tuple[float, ...] = (0.8, 0.9, 0.95, 0.97, 0.99)
 
 
 def heads_to_kv_groups(mass: torch.Tensor, num_kv_heads: int, how: str) -> torch.Tensor:
@@ -58,7 +60,7 @@ class SpecAttn(Policy):
     requires = Requirements(draft_attention=True)
     full_budget_params: ClassVar[dict[str, Any]] = {"p": 1.0}
     budget_param = "p"
-    sweep: ClassVar[dict[str, tuple[Any, ...]]] = {"p": (0.8, 0.9, 0.95, 0.97, 0.99)}
+    sweep: ClassVar[dict[str, tuple[Any, ...]]] = {"p": P_SWEEP}
 
     p: float = param(0.95, "attention mass of the draft to keep (top-p over KV blocks); 1.0 is dense",
                      min=0.0, max=1.0, min_inclusive=False)
@@ -87,7 +89,7 @@ class OracleTopP(Policy):
     requires = Requirements(exact_scores=True)
     full_budget_params: ClassVar[dict[str, Any]] = {"p": 1.0}
     budget_param = "p"
-    sweep: ClassVar[dict[str, tuple[Any, ...]]] = {"p": (0.8, 0.9, 0.95, 0.97, 0.99)}
+    sweep: ClassVar[dict[str, tuple[Any, ...]]] = {"p": P_SWEEP}
 
     p: float = param(0.95, "exact attention mass to keep; 1.0 is dense", min=0.0, max=1.0, min_inclusive=False)
     head_reduce: str = param("mean", "how the query heads of a kv group combine", choices=HEAD_REDUCTIONS)
