@@ -48,6 +48,29 @@ def test_random_selections_match_reference(seed: int) -> None:
     assert res.tokens_read.tolist() == token_mask.sum(-1).tolist()
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_kv_len_masks_static_cache_slots(seed: int) -> None:
+    """A static cache holds garbage past ``kv_len``; the result must equal the sliced cache's."""
+    gen = torch.Generator().manual_seed(100 + seed)
+    b, hkv, group, d, block = 2, 2, 2, 32, 16
+    lens = torch.tensor([17 + seed, 40 - seed], dtype=torch.int32)
+    capacity = 48  # 3 blocks of slots
+    q = torch.randn(b, hkv * group, 1, d, generator=gen)
+    k = torch.randn(b, hkv, capacity, d, generator=gen) * 50  # garbage slots would dominate if read
+    v = torch.randn(b, hkv, capacity, d, generator=gen)
+    mask = torch.rand(b, hkv, 3, generator=gen) < 0.6
+    mask[0, :, 1] = True  # sequence 0's newest block
+    mask[0, :, 2] = False  # and nothing past it
+    mask[1, :, 2] = True
+    res = TorchBackend().attend(q, k, v, Selection(mask), block_size=block, scaling=d**-0.5, kv_len=lens)
+    for bi in range(b):
+        n = int(lens[bi])
+        token_mask = mask[bi : bi + 1].repeat_interleave(block, dim=-1)[..., :n]
+        ref = masked_reference(q[bi : bi + 1], k[bi : bi + 1, :, :n], v[bi : bi + 1, :, :n], token_mask, d**-0.5)
+        torch.testing.assert_close(res.out[bi : bi + 1].double(), ref, rtol=1e-5, atol=1e-5)
+        assert res.tokens_read[bi].tolist() == token_mask[0].sum(-1).tolist()
+
+
 def test_full_selection_equals_sdpa() -> None:
     gen = torch.Generator().manual_seed(1)
     q = torch.randn(2, 8, 1, 32, generator=gen)

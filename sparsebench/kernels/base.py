@@ -83,10 +83,16 @@ class AttentionBackend(abc.ABC):
         block_size: int,
         scaling: float,
         softcap: float | None = None,
+        kv_len: torch.Tensor | None = None,
     ) -> AttendResult:
         """``softmax(q K_S^T * scaling) V_S`` over the selected blocks ``S`` of each (sequence, kv head).
 
         ``query`` is ``[B, Hq, Q, D]``; ``key``/``value`` are ``[B, Hkv, T, D]`` holding every cached
         token (block ``j`` is tokens ``[j*block_size, (j+1)*block_size)``, the last one partial). The
         query heads of a GQA group read their kv head's selection.
+
+        ``kv_len`` (``[B]`` int32 on the device, optional) serves static caches: ``T`` is then a capacity
+        (``n_blocks * block_size`` slots of a preallocated cache) and only tokens ``< kv_len[b]`` exist.
+        Why a device tensor rather than slicing: a CUDA graph recorded once per block count replays for
+        every token of that block, so the length must be data, not shape.
         """

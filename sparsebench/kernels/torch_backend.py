@@ -37,6 +37,7 @@ class TorchBackend(AttentionBackend):
         block_size: int,
         scaling: float,
         softcap: float | None = None,
+        kv_len: torch.Tensor | None = None,
     ) -> AttendResult:
         b, hq, q_rows, d = query.shape
         hkv, n_tokens = key.shape[1], key.shape[2]
@@ -49,7 +50,8 @@ class TorchBackend(AttentionBackend):
         order = torch.argsort((~mask).to(torch.uint8), dim=-1, stable=True)[..., :width]
         slot_ok = torch.arange(width, device=mask.device) < counts.unsqueeze(-1)  # [B, Hkv, W]
         tokens = order.unsqueeze(-1) * block_size + torch.arange(block_size, device=mask.device)
-        token_ok = (slot_ok.unsqueeze(-1) & (tokens < n_tokens)).reshape(b, hkv, width * block_size)
+        limit = n_tokens if kv_len is None else kv_len.to(tokens.device).view(b, 1, 1, 1)
+        token_ok = (slot_ok.unsqueeze(-1) & (tokens < limit)).reshape(b, hkv, width * block_size)
         tokens = tokens.clamp(max=n_tokens - 1).reshape(b, hkv, width * block_size, 1).expand(-1, -1, -1, d)
         k_sel = key.gather(2, tokens).float()
         v_sel = value.gather(2, tokens).float()
