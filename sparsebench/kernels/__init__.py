@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from sparsebench.errors import UsageError
-from sparsebench.kernels.base import AttendResult, AttentionBackend, Capabilities
+from sparsebench.kernels.base import AttendResult, AttentionBackend, AttentionPlan, Capabilities
 
-__all__ = ["AttendResult", "AttentionBackend", "Capabilities", "resolve_backend"]
+__all__ = ["AttendResult", "AttentionBackend", "AttentionPlan", "Capabilities", "resolve_backend"]
 
 #: Preference order of ``--backend auto`` (fastest first); names not registered are skipped.
 AUTO_ORDER = ("flashinfer", "triton", "torch")

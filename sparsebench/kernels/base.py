@@ -30,6 +30,16 @@ class Capabilities:
 
 
 @dataclass(frozen=True)
+class AttentionPlan:
+    """What a backend's :meth:`AttentionBackend.plan` produced; backends subclass it to add their data."""
+
+    selection: Selection
+    block_size: int
+    n_tokens: int
+    kv_len: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
 class AttendResult:
     """Attention output and what producing it read."""
 
@@ -72,7 +82,36 @@ class AttentionBackend(abc.ABC):
             reasons.append("attention logit soft-capping not supported")
         return reasons
 
+    def plan(
+        self,
+        selection: Selection,
+        *,
+        block_size: int,
+        n_tokens: int,
+        kv_len: torch.Tensor | None = None,
+    ) -> AttentionPlan:
+        """Turn a selection into what :meth:`run` reads (page lists, compacted indices, a FlashInfer plan).
+
+        Why a separate step: planning is where block-sparse decode loses its speed (host-side CSR
+        construction, ``plan()`` calls), so engines time it apart from the kernel, and a backend may
+        reuse one plan for several layers. The default keeps the selection as it is. ``n_tokens`` is the
+        host's view of the context length (the key tensor's token capacity when ``kv_len`` is given).
+        """
+        return AttentionPlan(selection=selection, block_size=block_size, n_tokens=n_tokens, kv_len=kv_len)
+
     @abc.abstractmethod
+    def run(
+        self,
+        plan: AttentionPlan,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        *,
+        scaling: float,
+        softcap: float | None = None,
+    ) -> AttendResult:
+        """Attention of ``query`` over the blocks ``plan`` describes (see :meth:`attend` for shapes)."""
+
     def attend(
         self,
         query: torch.Tensor,
@@ -96,3 +135,5 @@ class AttentionBackend(abc.ABC):
         Why a device tensor rather than slicing: a CUDA graph recorded once per block count replays for
         every token of that block, so the length must be data, not shape.
         """
+        plan = self.plan(selection, block_size=block_size, n_tokens=key.shape[2], kv_len=kv_len)
+        return self.run(plan, query, key, value, scaling=scaling, softcap=softcap)

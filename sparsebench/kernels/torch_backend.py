@@ -6,8 +6,7 @@ from typing import ClassVar
 
 import torch
 
-from sparsebench.kernels.base import AttendResult, AttentionBackend, Capabilities
-from sparsebench.selection import Selection
+from sparsebench.kernels.base import AttendResult, AttentionBackend, AttentionPlan, Capabilities
 
 
 class TorchBackend(AttentionBackend):
@@ -27,18 +26,17 @@ class TorchBackend(AttentionBackend):
         softcap=True,
     )
 
-    def attend(
+    def run(
         self,
+        plan: AttentionPlan,
         query: torch.Tensor,
         key: torch.Tensor,
         value: torch.Tensor,
-        selection: Selection,
         *,
-        block_size: int,
         scaling: float,
         softcap: float | None = None,
-        kv_len: torch.Tensor | None = None,
     ) -> AttendResult:
+        selection, block_size, kv_len = plan.selection, plan.block_size, plan.kv_len
         b, hq, q_rows, d = query.shape
         hkv, n_tokens = key.shape[1], key.shape[2]
         if q_rows != 1:
