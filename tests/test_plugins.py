@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from importlib import metadata
 
 import pytest
+import torch
 
 from sparsebench import plugins
 from sparsebench.hookspecs import hookimpl
@@ -114,3 +115,14 @@ def test_example_plugin_is_installed() -> None:
     assert "random_blocks" in reg.policies, "pip install -e ./examples/sparsebench-random-blocks"
     assert reg.sources["policy:random_blocks"] == "sparsebench-random-blocks"
     assert "sparsebench_random_blocks" in sys.modules
+
+
+def test_gpu_backends_explain_why_they_cannot_serve_the_cpu() -> None:
+    """``--backend flashinfer`` on a CPU fails with the reason; ``auto`` falls back to torch."""
+    from sparsebench.errors import UsageError
+    from sparsebench.kernels import resolve_backend
+
+    cfg = dict(device="cpu", dtype=torch.float32, head_dim=64)
+    with pytest.raises(UsageError, match="backend 'flashinfer' cannot serve this run: .*device 'cpu' not supported"):
+        resolve_backend("flashinfer", **cfg)
+    assert resolve_backend("auto", **cfg).name == "torch"
