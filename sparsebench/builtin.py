@@ -15,6 +15,8 @@ def sparsebench_policies() -> list[type]:
 
 @hookimpl
 def sparsebench_backends() -> list[type]:
+    from sparsebench.kernels.flashinfer_backend import FlashInferBackend
     from sparsebench.kernels.torch_backend import TorchBackend
+    from sparsebench.kernels.triton_backend import TritonBackend
 
-    return [TorchBackend]
+    return [FlashInferBackend, TorchBackend, TritonBackend]

@@ -1,0 +1,528 @@
+"""Block-sparse decode attention in Triton: split-K over the selected KV blocks, no host synchronisation.
+
+Why this exists: a policy's selection (the :class:`~sparsebench.selection.Selection` bitmap) lives on the
+GPU, and every host round trip (``nonzero``, ``.item()``, a FlashInfer ``plan()`` on CPU index lists)
+costs more than the sparse read saves at decode time. These kernels take the bitmap, and optionally a
+device-side compaction of it, straight from device memory, so plan + run can be captured once in a
+CUDA graph and replayed every step.
+
+Algorithm (flash-decoding)
+--------------------------
+The grid is ``(B * Hkv, splits)``. Each program serves one (sequence, kv head) and its whole GQA group
+(the ``Hq / Hkv`` query heads reading that head's selection), so each KV block is loaded once per group;
+the group is padded to 16 rows so both products run on ``tl.dot`` (tensor cores for fp16/bf16, exact
+IEEE fp32 for fp32 inputs). A program walks its share of the selected blocks in tiles of
+``blocks_per_tile`` blocks, keeping a running max, sum and fp32 accumulator (online softmax, base-2
+exponentials); a second small kernel merges the ``splits`` partial results per query head and sums the
+tokens read. ``splits`` depends only on shapes (blocks, ``B * Hkv``, the multiprocessor count), never on
+the data, so the launch is the same on every replay.
+
+Two ways of reading the selection (``mode``):
+
+* ``"bitmap"``: program ``s`` scans blocks ``[s * ceil(N / splits), ...)`` of the bitmap and loads a
+  tile's K/V rows under a mask that is true only for selected blocks, so unselected blocks cost no
+  memory traffic, but they do cost loop iterations (at 22% kept, ~4.5 tiles scanned per useful one).
+  No planning at all.
+* ``"indices"``: :func:`compact_selection` (run by ``plan()``) turns each bitmap row into a sorted list
+  of selected block ids plus a count (one program per row, ``tl.cumsum`` + scatter); program ``s``
+  takes list positions ``[count * s / splits, count * (s + 1) / splits)``, so every tile it loads is
+  fully useful and the work is split evenly whatever the selection looks like.
+
+Tokens at or past ``kv_len[b]`` (static caches) are neither loaded nor counted; blocks past the last
+live one are not even scanned in bitmap mode. An empty selection gives NaN, as the torch reference does.
+
+The kernels run compiled on CUDA tensors and under Triton's interpreter (``TRITON_INTERPRET=1`` set before
+triton is first imported) on CPU tensors, which is how the CPU test suite checks them.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from sparsebench.errors import DependencyError, UsageError
+
+try:  # Triton is optional; the backend reports its absence through unavailable_reason().
+    import triton
+    import triton.language as tl
+
+    _HAVE_TRITON = True
+except ImportError:  # pragma: no cover - exercised only where triton is absent
+    triton = None
+    tl = None
+    _HAVE_TRITON = False
+
+__all__ = [
+    "KernelConfig",
+    "check_block_size",
+    "compact_selection",
+    "default_config",
+    "default_splits",
+    "resolve_config",
+    "sparse_decode",
+]
+
+#: Query/KV dtypes the kernels load directly.
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+#: Largest block size: one block must fit a tile whose K and V stages stay in shared memory.
+MAX_BLOCK_SIZE = 128
+#: Upper bound on splits per (sequence, kv head): the merge kernel holds all partials of a head at once.
+MAX_SPLITS = 128
+_LOG2E = 1.4426950408889634
+
+
+def _is_pow2(v: int) -> bool:
+    return v > 0 and v & (v - 1) == 0
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Launch parameters of the split kernel; every field has a shape-derived default.
+
+    Why exposed: the best tile, warp count and pipelining depth on a given GPU are found by timing
+    (``sparsebench bench attention --sweep``), not by reasoning alone.
+    """
+
+    blocks_per_tile: int | None = None
+    """Selected blocks per loop iteration (a tile of ``blocks_per_tile * block_size`` K/V rows)."""
+    num_warps: int | None = None
+    num_stages: int | None = None
+    """Software-pipelining depth of the tile loop (K/V tiles in flight per program)."""
+    splits: int | None = None
+    """Programs per (sequence, kv head); None derives it from shapes (:func:`default_splits`)."""
+
+
+def default_config(head_dim: int, dtype: torch.dtype, block_size: int) -> KernelConfig:
+    """Tile, warps and stages used when the caller gives none.
+
+    Reasoning for Hopper (to be confirmed by the benchmark's sweep): a K tile of up to 16 KB (64 rows of
+    128 bf16 values, 256-byte rows loaded as 16-byte vectors) with its V tile is 32 KB a stage. With
+    ``num_stages=3`` Triton's pipeliner (3.9, compiled for sm_90 here) keeps two K/V tiles in flight per
+    program (72 KB of shared memory, 128 registers a thread at 4 warps), so three programs fit an SM and
+    ~190 KB of loads per SM are outstanding, several times the ~55 KB that HBM latency x bandwidth asks
+    for. Wider rows (D = 256, fp32) get fewer rows per tile.
+    """
+    row_bytes = head_dim * torch.empty((), dtype=dtype).element_size()
+    tile_rows = max(16, min(64, 16384 // row_bytes))
+    blocks = max(1, tile_rows // block_size)
+    stage_bytes = 2 * blocks * block_size * row_bytes
+    return KernelConfig(blocks_per_tile=blocks, num_warps=4, num_stages=3 if stage_bytes <= 32768 else 2)
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    """Multiprocessors of ``device`` (a fixed 4 for CPU tensors under the interpreter)."""
+    if device.type != "cuda":
+        return 4
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def default_splits(n_blocks: int, heads: int, device: torch.device | str, blocks_per_tile: int) -> int:
+    """Programs per (sequence, kv head), from shapes alone (the same launch on every graph replay).
+
+    Aim for two programs per multiprocessor over the ``heads = B * Hkv`` rows (one waits on memory while
+    the other computes), but give each program at least two tiles of the bitmap to scan, so short
+    contexts do not drown in partial results.
+    """
+    want = -(-2 * _sm_count(torch.device(device)) // max(heads, 1))
+    cap = max(1, -(-n_blocks // (2 * blocks_per_tile)))
+    return max(1, min(want, cap, MAX_SPLITS))
+
+
+def resolve_config(config: KernelConfig | None, *, head_dim: int, dtype: torch.dtype, block_size: int,
+                   n_blocks: int, heads: int, device: torch.device | str) -> KernelConfig:
+    """``config`` with every unset field filled from the defaults, validated (benchmarks report it)."""
+    base = default_config(head_dim, dtype, block_size)
+    given = config or KernelConfig()
+    bpt = given.blocks_per_tile or base.blocks_per_tile
+    warps = given.num_warps or base.num_warps
+    stages = given.num_stages or base.num_stages
+    if not (_is_pow2(bpt) and _is_pow2(warps)) or stages < 1:
+        raise UsageError(f"blocks_per_tile and num_warps must be powers of two and num_stages >= 1, got {given}")
+    splits = given.splits or default_splits(n_blocks, heads, device, bpt)
+    if not 1 <= splits <= MAX_SPLITS:
+        raise UsageError(f"splits must be in [1, {MAX_SPLITS}], got {splits}")
+    return KernelConfig(blocks_per_tile=bpt, num_warps=warps, num_stages=stages, splits=splits)
+
+
+# ----------------------------------------------------------------------------------------------
+# kernels (plain functions, wrapped for the mode triton was imported in: see _jit)
+
+if _HAVE_TRITON:
+
+    def _compact_kernel(
+        sel_ptr,
+        idx_ptr,
+        cnt_ptr,
+        n_blocks,
+        n_kv_heads,
+        stride_sb,
+        stride_sh,
+        stride_sn,
+        CHUNK: tl.constexpr,
+    ):
+        """Write row ``program_id(0)``'s selected block ids, ascending, and their count.
+
+        A running offset plus ``tl.cumsum`` over ``CHUNK`` bitmap entries gives each selected block its
+        list position; rows up to ``CHUNK`` blocks (8192 by default: 128K tokens) take one iteration.
+        """
+        bh = tl.program_id(0)
+        b = bh // n_kv_heads
+        h = bh % n_kv_heads
+        row = sel_ptr + b.to(tl.int64) * stride_sb + h.to(tl.int64) * stride_sh
+        out = idx_ptr + bh.to(tl.int64) * n_blocks
+        offs = tl.arange(0, CHUNK)
+        total = tl.zeros([], dtype=tl.int32)
+        for start in range(0, n_blocks, CHUNK):
+            j = start + offs
+            x = (tl.load(row + j * stride_sn, mask=j < n_blocks, other=0) != 0).to(tl.int32)
+            pos = total + tl.cumsum(x, axis=0) - 1
+            tl.store(out + pos, j, mask=x != 0)
+            total += tl.sum(x, axis=0)
+        tl.store(cnt_ptr + bh, total)
+
+    def _split_kernel(
+        q_ptr,
+        k_ptr,
+        v_ptr,
+        sel_ptr,
+        cnt_ptr,
+        kvlen_ptr,
+        o_part_ptr,
+        m_part_ptr,
+        l_part_ptr,
+        n_part_ptr,
+        stride_qb,
+        stride_qh,
+        stride_qd,
+        stride_kb,
+        stride_kh,
+        stride_kt,
+        stride_kd,
+        stride_vb,
+        stride_vh,
+        stride_vt,
+        stride_vd,
+        stride_sb,
+        stride_sh,
+        stride_sn,
+        n_kv_heads,
+        n_tokens,
+        n_blocks,
+        blocks_per_split,
+        score_scale,
+        cap_scale,
+        GROUP: tl.constexpr,
+        GROUP_PAD: tl.constexpr,
+        HEAD_DIM: tl.constexpr,
+        BLOCK_SIZE: tl.constexpr,
+        BLOCKS_PER_TILE: tl.constexpr,
+        USE_INDICES: tl.constexpr,
+        HAS_KV_LEN: tl.constexpr,
+        SOFTCAP: tl.constexpr,
+        DOT_PRECISION: tl.constexpr,
+    ):
+        """Partial attention of one GQA group over one share of its selected blocks.
+
+        ``sel_ptr`` is the bitmap (``USE_INDICES`` false) or the compacted index lists with counts at
+        ``cnt_ptr``. Scores are kept in base 2: ``score_scale`` is ``scaling * log2(e)``, or with
+        ``SOFTCAP`` ``scaling / softcap`` before ``tanh`` and ``cap_scale = softcap * log2(e)`` after it.
+        Writes the unnormalised accumulator, running max and sum per query row, and the tokens read.
+        ``DOT_PRECISION`` is "ieee" for float32 inputs (exact products, no TF32) and the default otherwise.
+        """
+        TILE: tl.constexpr = BLOCKS_PER_TILE * BLOCK_SIZE
+        # A finite "minus infinity" for the running max: an all-masked tile then gives 2^(m - m) = 1, not NaN.
+        NEG_BIG: tl.constexpr = -1.0e30
+        TWO_LOG2E: tl.constexpr = 2.8853900817779268
+        bh = tl.program_id(0)
+        split = tl.program_id(1)
+        n_splits = tl.num_programs(1)  # a launch argument, not a constant: no recompilation per context length
+        b = bh // n_kv_heads
+        h = bh % n_kv_heads
+        rows = tl.arange(0, GROUP_PAD)
+        dims = tl.arange(0, HEAD_DIM)
+        t = tl.arange(0, TILE)
+
+        q_base = q_ptr + b.to(tl.int64) * stride_qb + (h * GROUP).to(tl.int64) * stride_qh
+        q = tl.load(q_base + rows[:, None] * stride_qh + dims[None, :] * stride_qd,
+                    mask=rows[:, None] < GROUP, other=0.0)
+        k_base = k_ptr + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
+        v_base = v_ptr + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
+        sel_row = sel_ptr + b.to(tl.int64) * stride_sb + h.to(tl.int64) * stride_sh
+
+        limit = n_tokens
+        if HAS_KV_LEN:
+            limit = tl.minimum(tl.load(kvlen_ptr + b), n_tokens)
+        if USE_INDICES:
+            count = tl.load(cnt_ptr + bh)
+            lo = (count * split) // n_splits
+            hi = (count * (split + 1)) // n_splits
+        else:
+            live_blocks = tl.minimum(n_blocks, (limit + BLOCK_SIZE - 1) // BLOCK_SIZE)
+            lo = split * blocks_per_split
+            hi = tl.minimum(lo + blocks_per_split, live_blocks)
+
+        m_i = tl.full([GROUP_PAD], NEG_BIG, dtype=tl.float32)
+        l_i = tl.zeros([GROUP_PAD], dtype=tl.float32)
+        acc = tl.zeros([GROUP_PAD, HEAD_DIM], dtype=tl.float32)
+        n_read = tl.zeros([TILE], dtype=tl.int32)
+        t_slot = t // BLOCK_SIZE
+        # The tile's selection entries (bitmap flags or block ids) are loaded one iteration ahead, so their
+        # latency overlaps the previous tile's work instead of stalling the K/V loads that depend on them.
+        nxt = tl.load(sel_row + (lo + t_slot) * stride_sn, mask=lo + t_slot < hi, other=0)
+        for start in range(lo, hi, BLOCKS_PER_TILE):
+            slot = start + t_slot  # list position (indices) or block id (bitmap)
+            ok = slot < hi
+            cur = nxt
+            nxt = tl.load(sel_row + (slot + BLOCKS_PER_TILE) * stride_sn, mask=slot + BLOCKS_PER_TILE < hi, other=0)
+            if USE_INDICES:
+                block = cur
+            else:
+                block = slot
+                ok = ok & (cur != 0)
+            tok = block * BLOCK_SIZE + t % BLOCK_SIZE
+            ok = ok & (tok < limit)
+            tok64 = tok.to(tl.int64)
+            k = tl.load(k_base + tok64[:, None] * stride_kt + dims[None, :] * stride_kd, mask=ok[:, None], other=0.0)
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * score_scale
+            if SOFTCAP:
+                # tanh(x) = 1 - 2 / (e^{2x} + 1): saturates cleanly (e^{2x} -> inf gives 1, -> 0 gives -1).
+                s = cap_scale * (1.0 - 2.0 / (tl.exp2(s * TWO_LOG2E) + 1.0))
+            s = tl.where(ok[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            v = tl.load(v_base + tok64[:, None] * stride_vt + dims[None, :] * stride_vd, mask=ok[:, None], other=0.0)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+            m_i = m_new
+            n_read += ok.to(tl.int32)
+
+        part = bh.to(tl.int64) * n_splits + split
+        row_ok = rows < GROUP
+        tl.store(o_part_ptr + (part * GROUP + rows)[:, None] * HEAD_DIM + dims[None, :], acc, mask=row_ok[:, None])
+        tl.store(m_part_ptr + part * GROUP + rows, m_i, mask=row_ok)
+        tl.store(l_part_ptr + part * GROUP + rows, l_i, mask=row_ok)
+        tl.store(n_part_ptr + part, tl.sum(n_read, axis=0))
+
+    def _merge_kernel(
+        o_part_ptr,
+        m_part_ptr,
+        l_part_ptr,
+        n_part_ptr,
+        out_ptr,
+        tokens_ptr,
+        stride_ob,
+        stride_oh,
+        stride_od,
+        n_kv_heads,
+        n_splits,
+        GROUP: tl.constexpr,
+        HEAD_DIM: tl.constexpr,
+        SPLITS_PAD: tl.constexpr,
+    ):
+        """Combine the partials of query head ``program_id(1)`` of group ``program_id(0)``.
+
+        ``out = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s`` with ``M = max_s m_s``; empty splits
+        carry ``m = -1e30, l = 0`` and weigh nothing. Query head 0 of each group also writes the group's
+        token count (int64, as the torch backend returns it).
+        """
+        bh = tl.program_id(0)
+        g = tl.program_id(1)
+        s = tl.arange(0, SPLITS_PAD)
+        dims = tl.arange(0, HEAD_DIM)
+        s_ok = s < n_splits
+        part = bh.to(tl.int64) * n_splits + s
+        m = tl.load(m_part_ptr + part * GROUP + g, mask=s_ok, other=float("-inf"))
+        lsum = tl.load(l_part_ptr + part * GROUP + g, mask=s_ok, other=0.0)
+        w = tl.exp2(m - tl.max(m, axis=0))
+        o = tl.load(o_part_ptr + (part * GROUP + g)[:, None] * HEAD_DIM + dims[None, :], mask=s_ok[:, None], other=0.0)
+        res = tl.sum(o * w[:, None], axis=0) / tl.sum(lsum * w, axis=0)
+        b = bh // n_kv_heads
+        h = bh % n_kv_heads
+        out = out_ptr + b.to(tl.int64) * stride_ob + (h * GROUP + g).to(tl.int64) * stride_oh
+        tl.store(out + dims * stride_od, res.to(out_ptr.dtype.element_ty))
+        n = tl.sum(tl.load(n_part_ptr + part, mask=s_ok, other=0), axis=0)
+        tl.store(tokens_ptr + bh, n.to(tl.int64), mask=g == 0)
+
+else:  # pragma: no cover
+    _compact_kernel = _split_kernel = _merge_kernel = None
+
+
+def _interpreting() -> bool:
+    """Whether triton was imported in interpreter mode (see :func:`sparsebench.kernels.topp.interpreter_enabled`)."""
+    from sparsebench.kernels.topp import interpreter_enabled
+
+    return interpreter_enabled()
+
+
+@functools.cache
+def _jit(fn: Callable[..., Any]) -> Any:
+    """``fn`` wrapped for the mode triton was imported in (compiled, or interpreted on CPU tensors).
+
+    Why not ``@triton.jit`` at import: the decorator reads ``TRITON_INTERPRET`` when this module is
+    imported, which can disagree with the mode triton itself was imported in.
+    """
+    if _interpreting():
+        from triton.runtime.interpreter import InterpretedFunction
+
+        return InterpretedFunction(fn)
+    from triton.runtime.jit import JITFunction
+
+    return JITFunction(fn)
+
+
+# ----------------------------------------------------------------------------------------------
+# launchers
+
+
+def _require_runnable(device: torch.device) -> None:
+    """Raise a one-line error unless the kernels can run on tensors of ``device``."""
+    if not _HAVE_TRITON:
+        raise DependencyError("the Triton attention kernels need triton: pip install 'sparsebench[triton]'")
+    if device.type == "cuda":
+        return
+    if device.type == "cpu" and _interpreting():
+        return
+    raise UsageError(f"the Triton attention kernels run on CUDA tensors (or on CPU tensors under "
+                     f"TRITON_INTERPRET=1, for tests); got {device} tensors: use --backend torch")
+
+
+def _check_mask(mask: torch.Tensor) -> torch.Tensor:
+    """The bitmap as uint8 (a free view of the bool tensor), after shape and dtype checks."""
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.dim() != 3:
+        raise UsageError("the Triton backend takes one bool selection [batch, kv_heads, n_blocks] per sequence "
+                         "(per-query-row selections need --backend torch)")
+    return mask.view(torch.uint8)
+
+
+def compact_selection(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-(sequence, kv head) ascending lists of selected block ids, on the device, without a sync.
+
+    Returns ``indices`` ``[B, Hkv, N]`` int32 (entries past a row's count are unspecified) and
+    ``counts`` ``[B, Hkv]`` int32. One launch, one program per row: this is the ``indices`` mode's
+    planning step.
+    """
+    sel = _check_mask(mask)
+    _require_runnable(sel.device)
+    b, hkv, n = sel.shape
+    indices = torch.empty((b, hkv, n), dtype=torch.int32, device=sel.device)
+    counts = torch.empty((b, hkv), dtype=torch.int32, device=sel.device)
+    if b * hkv == 0:
+        return indices, counts
+    chunk = min(8192, triton.next_power_of_2(max(n, 16)))
+    _jit(_compact_kernel)[(b * hkv,)](
+        sel, indices, counts, n, hkv, *sel.stride(), CHUNK=chunk, num_warps=8 if chunk >= 2048 else 4
+    )
+    return indices, counts
+
+
+def check_block_size(block_size: int) -> None:
+    """Reject block sizes the kernel does not tile: it needs a power of two from 16 to 128."""
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or not (
+        _is_pow2(block_size) and 16 <= block_size <= MAX_BLOCK_SIZE
+    ):
+        raise UsageError(f"the Triton backend needs a block size that is a power of two from 16 to "
+                         f"{MAX_BLOCK_SIZE}, got {block_size!r}; use --block-size 16 or --backend torch")
+
+
+def sparse_decode(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    block_size: int,
+    scaling: float,
+    softcap: float | None = None,
+    kv_len: torch.Tensor | None = None,
+    indices: torch.Tensor | None = None,
+    counts: torch.Tensor | None = None,
+    config: KernelConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block-sparse decode attention; returns ``(out [B, Hq, 1, D], tokens_read [B, Hkv] int64)``.
+
+    Shapes as in :meth:`sparsebench.kernels.base.AttentionBackend.attend`; ``key``/``value`` may have
+    any strides. With ``indices``/``counts`` (from :func:`compact_selection` of ``mask``) the kernel
+    reads the compacted lists, otherwise it scans the bitmap. Every check here looks at shapes and
+    dtypes only, so the call never synchronises with the device and can be captured in a CUDA graph.
+    """
+    sel = _check_mask(mask)
+    _require_runnable(query.device)
+    check_block_size(block_size)
+    if query.dim() != 4 or key.dim() != 4 or value.dim() != 4:
+        raise UsageError("query must be [B, Hq, 1, D] and key/value [B, Hkv, T, D]")
+    b, hq, q_rows, d = query.shape
+    _, hkv, n_tokens, _ = key.shape
+    if q_rows != 1:
+        raise UsageError(f"the Triton backend decodes one query row per sequence, got {q_rows}; "
+                         "use --backend torch for multi-row queries")
+    if key.shape != value.shape or key.shape[0] != b or key.shape[3] != d:
+        raise UsageError(f"key {tuple(key.shape)} and value {tuple(value.shape)} must both be [B, Hkv, T, D] "
+                         f"matching query {tuple(query.shape)}")
+    if hkv == 0 or hq % hkv:
+        raise UsageError(f"query heads ({hq}) must be a multiple of kv heads ({hkv})")
+    if query.dtype not in DTYPES or key.dtype != query.dtype or value.dtype != query.dtype:
+        raise UsageError(f"the Triton backend takes float16, bfloat16 or float32 query/key/value of one dtype, "
+                         f"got {query.dtype}/{key.dtype}/{value.dtype}")
+    if not (_is_pow2(d) and 16 <= d <= 256):
+        raise UsageError(f"the Triton backend needs a power-of-two head dim from 16 to 256, got {d}")
+    if key.device != query.device or value.device != query.device or sel.device != query.device:
+        raise UsageError("query, key, value and the selection must be on one device")
+    n_blocks = sel.shape[2]
+    if tuple(sel.shape[:2]) != (b, hkv) or n_blocks != -(-n_tokens // block_size):
+        raise UsageError(f"selection shape {tuple(sel.shape)} does not match [B={b}, Hkv={hkv}, "
+                         f"ceil(T={n_tokens} / {block_size})]")
+    if kv_len is not None:
+        if kv_len.shape != (b,) or kv_len.device != query.device or kv_len.is_floating_point():
+            raise UsageError(f"kv_len must be an integer tensor of shape ({b},) on {query.device}")
+        kv_len = kv_len.to(torch.int32)
+    use_indices = indices is not None
+    if use_indices and (counts is None or indices.shape != sel.shape or counts.shape != (b, hkv)
+                        or indices.dtype != torch.int32 or counts.dtype != torch.int32):
+        raise UsageError("indices/counts must come from compact_selection(selection)")
+    if softcap is not None and not softcap > 0:
+        raise UsageError(f"softcap must be positive, got {softcap!r}")
+
+    heads = b * hkv
+    cfg = resolve_config(config, head_dim=d, dtype=query.dtype, block_size=block_size, n_blocks=n_blocks,
+                         heads=heads, device=query.device)
+    bpt, warps, stages, splits = cfg.blocks_per_tile, cfg.num_warps, cfg.num_stages, cfg.splits
+    group = hq // hkv
+
+    out = torch.empty((b, hq, 1, d), dtype=query.dtype, device=query.device)
+    tokens_read = torch.empty((b, hkv), dtype=torch.int64, device=query.device)
+    if heads == 0:
+        return out, tokens_read
+    o_part = torch.empty((heads * splits, group, d), dtype=torch.float32, device=query.device)
+    m_part = torch.empty((heads * splits, group), dtype=torch.float32, device=query.device)
+    l_part = torch.empty_like(m_part)
+    n_part = torch.empty((heads * splits,), dtype=torch.int32, device=query.device)
+    if softcap is None:
+        score_scale, cap_scale = scaling * _LOG2E, 1.0
+    else:
+        score_scale, cap_scale = scaling / softcap, softcap * _LOG2E
+    lists = indices.view(torch.int32) if use_indices else sel
+    dummy = n_part  # stands in for absent optional pointers; never read
+    _jit(_split_kernel)[(heads, splits)](
+        query, key, value, lists, counts if use_indices else dummy, kv_len if kv_len is not None else dummy,
+        o_part, m_part, l_part, n_part,
+        query.stride(0), query.stride(1), query.stride(3),
+        *key.stride(), *value.stride(), *lists.stride(),
+        hkv, n_tokens, n_blocks, -(-n_blocks // splits), float(score_scale), float(cap_scale),
+        GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=d, BLOCK_SIZE=block_size,
+        BLOCKS_PER_TILE=bpt, USE_INDICES=use_indices, HAS_KV_LEN=kv_len is not None,
+        SOFTCAP=softcap is not None, DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
+        num_warps=warps, num_stages=stages,
+    )
+    _jit(_merge_kernel)[(heads, group)](
+        o_part, m_part, l_part, n_part, out, tokens_read,
+        out.stride(0), out.stride(1), out.stride(3), hkv, splits,
+        GROUP=group, HEAD_DIM=d, SPLITS_PAD=triton.next_power_of_2(splits),
+        num_warps=4 if d * triton.next_power_of_2(splits) >= 4096 else 2,
+    )
+    return out, tokens_read
