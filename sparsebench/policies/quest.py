@@ -19,6 +19,12 @@ def quest_upper_bound(query: torch.Tensor, key_min: torch.Tensor, key_max: torch
     ``[B, Hkv, G, N]``. ``max(q*lo, q*hi) = relu(q)*hi + min(q, 0)*lo`` turns the bound into two
     matrix products instead of a ``[.., N, D]`` broadcast.
     """
+    if key_max.dtype in (torch.float16, torch.bfloat16) and key_max.is_cuda:
+        # Half-precision summaries on a GPU: matmuls in their dtype (fp32 accumulation) rather than fp32
+        # copies of the whole summary tensors, which cost more than the ranking they feed.
+        q = query.to(key_max.dtype)
+        high = q.clamp(min=0) @ key_max.transpose(-1, -2)
+        return high.float() + (q.clamp(max=0) @ key_min.transpose(-1, -2)).float()
     q = query.float()
     return q.clamp(min=0) @ key_max.float().transpose(-1, -2) + q.clamp(max=0) @ key_min.float().transpose(-1, -2)
 
