@@ -84,6 +84,58 @@ def plot_pareto(points: dict[str, list[tuple[float, float, str]]], *, title: str
                    title, out)
 
 
+def plot_kernel_speedups(topp_rows: list[dict[str, Any]], attention_rows: list[dict[str, Any]], *,
+                         title: str, out: str | Path) -> list[Path]:
+    """The SpecAttn paper's Fig. 4 from benchmark JSON: top-p kernel vs sort-based top-p (left) and the sparse
+    attention step vs dense decode (right), speed-up against length, log-scaled lengths.
+
+    ``topp_rows`` are ``bench topp`` results (``n``, ``speedup_vs_sort``, ``rows``); ``attention_rows`` are
+    ``bench attention`` sparse rows (``context``, ``method``, ``selection``, ``speedup_vs_flashinfer``).
+    """
+    plt = _pyplot()
+    panels = [p for p in (topp_rows, attention_rows) if p]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.2), squeeze=False)
+    col = 0
+    if topp_rows:
+        ax = axes[0][col]
+        by_rows: dict[int, list[tuple[int, float]]] = {}
+        for r in topp_rows:
+            by_rows.setdefault(int(r.get("rows", 0)), []).append((int(r["n"]), float(r["speedup_vs_sort"])))
+        for rows, pts in sorted(by_rows.items()):
+            pts.sort()
+            ax.plot([n for n, _ in pts], [v for _, v in pts], marker="o", label=f"{rows} rows")
+        ax.axhline(1.0, color="grey", linewidth=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("entries per row (N)")
+        ax.set_ylabel("speed-up over sort-based top-p (x)")
+        ax.set_title("sorting-free Triton top-p")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        col += 1
+    if attention_rows:
+        ax = axes[0][col]
+        curves: dict[str, list[tuple[int, float]]] = {}
+        for r in attention_rows:
+            if r.get("kind", "sparse") != "sparse" or r.get("speedup_vs_flashinfer") is None:
+                continue
+            label = f"{r['method']} ({r.get('selection', '')})"
+            curves.setdefault(label, []).append((int(r["context"]), float(r["speedup_vs_flashinfer"])))
+        for label, pts in sorted(curves.items()):
+            pts.sort()
+            ax.plot([c for c, _ in pts], [v for _, v in pts], marker="o", label=label)
+        ax.axhline(1.0, color="grey", linewidth=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("context (tokens)")
+        ax.set_ylabel("speed-up over dense FlashInfer decode (x)")
+        ax.set_title("block-sparse attention step (select + plan + kernel)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    paths = save_figure(fig, out)
+    plt.close(fig)
+    return paths
+
+
 def _finish(plt: Any, fig: Any, ax: Any, xlabel: str, ylabel: str, title: str, out: str | Path) -> list[Path]:
     """Labels, grid, legend, save as PNG and SVG, close."""
     ax.set_xlabel(xlabel)
