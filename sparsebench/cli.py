@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from tabulate import tabulate
@@ -66,7 +66,7 @@ def _all_policies_epilog() -> str:
     return "\n".join(lines)
 
 
-def _add_run_arguments(p: argparse.ArgumentParser, *, single_policy: bool = True) -> None:
+def _add_run_arguments(p: argparse.ArgumentParser, *, single_policy: bool = True, teacher_forced: bool = True) -> None:
     if single_policy:
         p.add_argument("--policy", required=True,
                        help="policy name, optionally with parameters: quest or quest:budget_frac=0.5")
@@ -82,10 +82,13 @@ def _add_run_arguments(p: argparse.ArgumentParser, *, single_policy: bool = True
                                                     "../shared/data, or the packaged sample)")
     p.add_argument("--data-source", default="auto", choices=["auto", "hub", "offline"],
                    help="where named corpora come from (default auto: hub if reachable, else offline)")
-    p.add_argument("--seq-len", type=int, default=768, help="tokens per document (default 768: a quick first run)")
-    p.add_argument("--prefill-frac", type=float, default=0.1, help="dense prefill fraction (default 0.1)")
+    if teacher_forced:  # generation takes its lengths from the prompt and --max-new-tokens, one sequence at a time
+        p.add_argument("--seq-len", type=int, default=768,
+                       help="tokens per document (default 768: a quick first run)")
+        p.add_argument("--prefill-frac", type=float, default=0.1, help="dense prefill fraction (default 0.1)")
     p.add_argument("--docs", type=int, default=1, help="documents to evaluate (default 1)")
-    p.add_argument("--batch-size", type=int, default=1, help="documents decoded together (default 1)")
+    if teacher_forced:
+        p.add_argument("--batch-size", type=int, default=1, help="documents decoded together (default 1)")
     p.add_argument("--block-size", type=int, default=16, help="KV block size in tokens (default 16)")
     p.add_argument("--dense-layers", type=int, default=2, help="first layers kept dense (default 2)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
@@ -96,11 +99,19 @@ def _add_run_arguments(p: argparse.ArgumentParser, *, single_policy: bool = True
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _build_run_parser(prog: str, policy_cls: type[Policy] | None) -> _Parser:
+RUN_DESCRIPTION = "Teacher-forced evaluation of one policy (perplexity, KV reduction, tokens/s)."
+
+
+def _build_run_parser(prog: str, policy_cls: type[Policy] | None, *, description: str = RUN_DESCRIPTION,
+                      teacher_forced: bool = True,
+                      extra: Callable[[argparse.ArgumentParser], None] | None = None) -> _Parser:
+    """The parser of a one-policy command: common flags, ``extra``'s flags, then the policy's declared ones."""
     epilog = None if policy_cls is not None else _all_policies_epilog()
     p = _Parser(prog=prog, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter,
-                description="Teacher-forced evaluation of one policy (perplexity, KV reduction, tokens/s).")
-    _add_run_arguments(p)
+                description=description)
+    _add_run_arguments(p, teacher_forced=teacher_forced)
+    if extra is not None:
+        extra(p)
     if policy_cls is not None:
         group = p.add_argument_group(f"parameters of policy {policy_cls.name!r}")
         for spec in policy_cls.param_specs():
@@ -109,9 +120,14 @@ def _build_run_parser(prog: str, policy_cls: type[Policy] | None) -> _Parser:
     return p
 
 
-def cmd_run(argv: Sequence[str]) -> int:
+def _parse_policy_command(argv: Sequence[str], prog: str, **parser_kwargs: Any) -> tuple[argparse.Namespace,
+                                                                                        type[Policy], dict[str, Any]]:
+    """Parse a one-policy command: ``--policy NAME[:k=v,...]`` first, so its declared parameters become flags.
+
+    Returns the arguments, the policy class and its typed, validated parameters (spec values overridden by
+    flags). ``parser_kwargs`` go to :func:`_build_run_parser`.
+    """
     from sparsebench.plugins import registry
-    from sparsebench.runner import run_evaluation
 
     policy_arg = _find_policy_arg(argv)
     policy_cls = None
@@ -119,11 +135,17 @@ def cmd_run(argv: Sequence[str]) -> int:
     if policy_arg is not None:
         name, spec_params = parse_policy_spec(policy_arg)
         policy_cls = registry().policy_class(name)
-    args = _build_run_parser("sparsebench run", policy_cls).parse_args(argv)
+    args = _build_run_parser(prog, policy_cls, **parser_kwargs).parse_args(argv)
     assert policy_cls is not None  # --policy is required, so parse_args has failed otherwise
     flag_params = {s.name: getattr(args, f"param_{s.name}") for s in policy_cls.param_specs()
                    if getattr(args, f"param_{s.name}") is not None}
-    params = _typed_params(policy_cls, spec_params | flag_params)
+    return args, policy_cls, _typed_params(policy_cls, spec_params | flag_params)
+
+
+def cmd_run(argv: Sequence[str]) -> int:
+    from sparsebench.runner import run_evaluation
+
+    args, policy_cls, params = _parse_policy_command(argv, "sparsebench run")
     cfg = _run_config(args, policy_cls.name, params)
     result = run_evaluation(cfg, progress=not args.no_progress)
     _print_run_summary(result)
@@ -147,13 +169,59 @@ def _typed_params(policy_cls: type[Policy], raw: dict[str, str]) -> dict[str, An
 
 
 def _run_config(args: argparse.Namespace, policy: str, params: dict[str, Any]) -> RunConfig:
+    # Commands without the teacher-forced flags (generate) keep RunConfig's defaults for them.
+    lengths = {k: getattr(args, k) for k in ("seq_len", "batch_size", "prefill_frac") if hasattr(args, k)}
     return RunConfig(
         policy=policy, policy_params=params, model=args.model, draft=args.draft, dataset=args.dataset,
-        data_dir=args.data_dir, data_source=args.data_source, seq_len=args.seq_len, batch_size=args.batch_size,
-        prefill_frac=args.prefill_frac, docs=args.docs, block_size=args.block_size,
+        data_dir=args.data_dir, data_source=args.data_source, docs=args.docs, block_size=args.block_size,
         dense_layers=args.dense_layers, device=args.device, dtype=args.dtype, backend=args.backend,
-        seed=args.seed, out=args.out,
+        seed=args.seed, out=args.out, **lengths,
     )
+
+
+GENERATE_DESCRIPTION = (
+    "Speculative decoding: the draft proposes --gamma tokens, the target verifies them in one pass with the "
+    "policy choosing each verified token's KV blocks (specattn: from the draft's attention to that token). "
+    "Greedy by default (exactly the target's greedy output at --p 1.0); --sampling uses the Leviathan/Chen "
+    "rejection scheme, seeded by --seed (which also orders the documents, as in `run`). One sequence at a time."
+)
+
+
+def _add_generate_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("speculative generation")
+    g.add_argument("--gamma", type=int, default=4, help="tokens the draft proposes per round (default 4)")
+    g.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate (default 64)")
+    source = g.add_mutually_exclusive_group()
+    source.add_argument("--prompt", default=None, help="prompt text (default: a document of --dataset)")
+    source.add_argument("--prompt-file", default=None, help="read the prompt from this text file")
+    g.add_argument("--doc-index", type=int, default=0,
+                   help="without a prompt: which document of --dataset, in `run`'s order for --seed (default 0)")
+    g.add_argument("--context-tokens", type=int, default=512,
+                   help="without a prompt: the document's first C tokens are the prompt (default 512)")
+    g.add_argument("--eval", action="store_true",
+                   help="evaluate over --docs documents of --dataset (each cut to --context-tokens) and print "
+                        "the metrics per document and overall")
+    g.add_argument("--sampling", action="store_true", help="speculative sampling instead of greedy decoding")
+    g.add_argument("--temperature", type=float, default=None, help="sampling temperature (default 1.0)")
+
+
+def cmd_generate(argv: Sequence[str]) -> int:
+    from sparsebench.specdec.decoder import SpeculationConfig
+    from sparsebench.specdec.run import GenerateRequest, read_prompt_file, run_generate
+
+    args, policy_cls, params = _parse_policy_command(argv, "sparsebench generate", description=GENERATE_DESCRIPTION,
+                                                     teacher_forced=False, extra=_add_generate_arguments)
+    if args.temperature is not None and not args.sampling:
+        raise UsageError("--temperature applies to --sampling only; add --sampling or drop --temperature")
+    speculation = SpeculationConfig(gamma=args.gamma, sampling=args.sampling, seed=args.seed,
+                                    temperature=1.0 if args.temperature is None else args.temperature)
+    prompt = read_prompt_file(args.prompt_file) if args.prompt_file else args.prompt
+    request = GenerateRequest(speculation, max_new_tokens=args.max_new_tokens, prompt=prompt,
+                              doc_index=args.doc_index, context_tokens=args.context_tokens, evaluate=args.eval)
+    run_generate(_run_config(args, policy_cls.name, params), request, progress=not args.no_progress)
+    if args.out:
+        print(f"results appended to {args.out}")
+    return 0
 
 
 def _print_run_summary(result: Any) -> None:
@@ -283,11 +351,20 @@ def cmd_report(argv: Sequence[str]) -> int:
     from sparsebench.evals.results import read_rows
 
     p = _Parser(prog="sparsebench report", description="Regenerate Table 1 from stored results (no rerun).")
-    p.add_argument("results", help="JSONL file written by run/compare --out")
+    p.add_argument("results", nargs="?", help="JSONL file written by run/compare --out")
     p.add_argument("--format", default="github", choices=["github", "markdown", "latex", "csv", "plain"])
     p.add_argument("--plots", default=None, metavar="DIR",
                    help="also write the cumulative-log-perplexity and Pareto plots (PNG and SVG) to DIR")
+    p.add_argument("--bench", action="append", default=[], metavar="JSON",
+                   help="bench_topp.json / bench_attention.json to plot as the kernel speed-up figure (paper's "
+                        "Fig. 4) into --plots DIR; repeatable")
     args = p.parse_args(argv)
+    if args.bench:
+        _plot_bench(args.bench, args.plots)
+        if args.results is None:
+            return 0
+    if args.results is None:
+        raise UsageError("give a results JSONL file, or --bench JSON files with --plots DIR")
     if not Path(args.results).is_file():
         raise UsageError(f"results file {args.results!r} does not exist")
     runs = group_runs(read_rows(args.results))
@@ -297,6 +374,37 @@ def cmd_report(argv: Sequence[str]) -> int:
         raise UsageError(f"{args.results!r} has no dense run to compare against; run --policy dense too")
     _print_table_one(runs, args.format, args.plots)
     return 0
+
+
+def _plot_bench(files: Sequence[str], plots: str | None) -> None:
+    import json
+    from pathlib import Path
+
+    from sparsebench.evals.plots import plot_kernel_speedups
+
+    if plots is None:
+        raise UsageError("--bench needs --plots DIR (where the figure goes)")
+    topp, attention, devices = [], [], set()
+    for name in files:
+        path = Path(name)
+        if not path.is_file():
+            raise UsageError(f"bench file {name!r} does not exist")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"bench file {name!r} is not JSON ({exc})") from None
+        meta = data.get("meta", {})
+        devices.add(str(meta.get("device") or meta.get("environment", {}).get("device_name") or "unknown device"))
+        if "results" in data and all("speedup_vs_sort" in r for r in data["results"]):
+            topp += data["results"]
+        elif "rows" in data and any("speedup_vs_flashinfer" in r for r in data["rows"]):
+            attention += data["rows"]
+        else:
+            raise UsageError(f"{name!r} is neither a bench topp nor a bench attention result")
+    out = Path(plots) / "kernel_speedups"
+    for path in plot_kernel_speedups(topp, attention, title=f"Kernel speed-ups ({', '.join(sorted(devices))})",
+                                     out=out):
+        print(f"wrote {path}")
 
 
 def cmd_bench(argv: Sequence[str]) -> int:
@@ -404,6 +512,7 @@ def cmd_layermap(argv: Sequence[str]) -> int:
 
 COMMANDS = {
     "run": (cmd_run, "evaluate one policy (perplexity, KV reduction, tokens/s)"),
+    "generate": (cmd_generate, "speculative decoding with a policy verifying (SpecAttn as the paper means it)"),
     "compare": (cmd_compare, "run several policies on the same documents (Table 1)"),
     "bench": (cmd_bench, "benchmarks (bench topp: the top-p kernel on a GPU)"),
     "govreport": (cmd_govreport, "LongBench gov_report generation under each policy (ROUGE-L)"),

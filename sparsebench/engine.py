@@ -2,7 +2,8 @@
 
 Reading order: :class:`EngineConfig` (the knobs), :class:`SparseAttentionRouter` (what happens in one
 layer of one step: summaries -> policy -> backend -> observers) and :meth:`TeacherForcedEngine.evaluate`
-(the loop). The model keeps its own KV cache; we only route its attention.
+(the loop). The model keeps its own KV cache; we only route its attention. The router also serves
+speculative verification (several query rows at once, :mod:`sparsebench.specdec`).
 """
 
 from __future__ import annotations
@@ -64,6 +65,11 @@ class SparseAttentionRouter:
         self.step = 0
         self.draft_attention: dict[int, torch.Tensor] = {}
         self.layer_map: list[int] | None = None
+        self.row_draft_attention: list[dict[int, torch.Tensor]] | None = None
+        """Speculative verification: the draft's attention for each verified query row (oldest first).
+        While it is not None every decode call goes through :meth:`_attend_rows`, even a single row."""
+        self.clock = PhaseClock()
+        """Times the verification path's ``select`` and ``attend`` (CUDA events on a GPU)."""
 
     def reset(self) -> None:
         self.summaries.reset()
@@ -72,6 +78,8 @@ class SparseAttentionRouter:
         self.decoding = False
         self.step = 0
         self.draft_attention = {}
+        self.row_draft_attention = None
+        self.clock = PhaseClock()
         self.policy.reset()
 
     def attention(
@@ -86,9 +94,10 @@ class SparseAttentionRouter:
         softcap: float | None,
     ) -> torch.Tensor | None:
         b, hkv, n_tokens, _ = key.shape
+        rows = query.shape[2]
         if sliding_window is not None:  # Gemma-3-style local layer: keeps its window, never sparsified
-            if self.decoding:
-                window = hkv * min(n_tokens, sliding_window)
+            if self.decoding:  # several rows read the union of their windows
+                window = hkv * min(n_tokens, sliding_window + rows - 1)
                 self.meter.observe(layer, SLIDING, window, window)
             return None
         if layer < self.config.dense_layers:
@@ -98,17 +107,16 @@ class SparseAttentionRouter:
         self.summaries.update(layer, key)
         if not self.decoding:
             return None  # prefill is dense
-        if query.shape[2] != 1:
+        if self.row_draft_attention is not None:
+            return self._attend_rows(layer, query, key, value, scaling=scaling, softcap=softcap)
+        if rows != 1:
             raise RuntimeError("the teacher-forced engine decodes one token per step")
         n_blocks = n_blocks_for(n_tokens, self.config.block_size)
-        ctx = SelectionContext(
-            layer=layer, query=query, n_tokens=n_tokens, block_size=self.config.block_size,
-            n_blocks=n_blocks, num_kv_heads=hkv, scaling=scaling, step=self.step,
-            summaries=self.summaries.view(layer),
-            draft_attention=(self.draft_attention.get(self.layer_map[layer])
-                             if self.layer_map is not None else None),
-            exact_scores=(block_attention_mass(query, key, scaling, self.config.block_size, softcap=softcap)[:, :, 0]
-                          if self.policy.requires.exact_scores else None),
+        ctx = self._context(
+            layer, query, hkv, n_tokens, scaling, self.step, summaries=self.summaries.view(layer),
+            draft=(self.draft_attention.get(self.layer_map[layer]) if self.layer_map is not None else None),
+            exact=(block_attention_mass(query, key, scaling, self.config.block_size, softcap=softcap)[:, :, 0]
+                   if self.policy.requires.exact_scores else None),
         )
         t0 = time.perf_counter()
         selection = self.policy.select(ctx)
@@ -121,6 +129,98 @@ class SparseAttentionRouter:
         self.meter.observe(layer, SPARSE, result.tokens_read, hkv * n_tokens)
         return result.out
 
+    def _context(self, layer: int, query: torch.Tensor, kv_heads: int, n_tokens: int, scaling: float, step: int, *,
+                 summaries: dict[str, torch.Tensor], draft: torch.Tensor | None,
+                 exact: torch.Tensor | None) -> SelectionContext:
+        """The policy's view of one query row at context length ``n_tokens`` (its own position + 1)."""
+        return SelectionContext(
+            layer=layer, query=query, n_tokens=n_tokens, block_size=self.config.block_size,
+            n_blocks=n_blocks_for(n_tokens, self.config.block_size), num_kv_heads=kv_heads, scaling=scaling,
+            step=step, summaries=summaries, draft_attention=draft, exact_scores=exact,
+        )
+
+    def _attend_rows(self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *,
+                     scaling: float, softcap: float | None) -> torch.Tensor:
+        """Verification of ``Q`` new tokens (the cache's last ``Q`` positions), each row with its own blocks.
+
+        Why one policy call per row rather than a per-row policy API: row ``r`` is exactly the decode step
+        that token would have had on its own (its query, context length, step and draft attention), so
+        every policy keeps its one-query contract and, for those that read nothing else (dense, specattn,
+        streamingllm, oracle-topp), selects exactly what one-token decoding selects. The rows' selections
+        are stacked into one ``[B, Hkv, Q, N]`` selection and the backend reads each block once for all rows.
+        The price is ``Q`` small policy calls per layer (``Q = gamma + 1``). Block summaries (Quest) are
+        those of the whole cache, so a row's newest, partial block also summarises the window's later
+        keys: that can change which other blocks Quest ranks in, never what a row attends to causally.
+        """
+        b, hkv, n_tokens, _ = key.shape
+        rows, bs = query.shape[2], self.config.block_size
+        row_draft = self.row_draft_attention or []
+        draft_layer = self.layer_map[layer] if self.layer_map is not None else None
+        with self.clock.span("select"):
+            exact = None
+            if self.policy.requires.exact_scores:
+                positions = torch.arange(n_tokens - rows, n_tokens, device=query.device)
+                exact = block_attention_mass(query, key, scaling, bs, query_positions=positions, softcap=softcap)
+            summaries = self.summaries.view(layer)
+            selections = []
+            for r in range(rows):
+                n_row = n_tokens - rows + 1 + r
+                n_blocks = n_blocks_for(n_row, bs)
+                draft = row_draft[r].get(draft_layer) if draft_layer is not None and r < len(row_draft) else None
+                ctx = self._context(layer, query[:, :, r : r + 1], hkv, n_row, scaling, self.step + r,
+                                    summaries={k: v[:, :, :n_blocks] for k, v in summaries.items()}, draft=draft,
+                                    exact=exact[:, :, r, :n_blocks] if exact is not None else None)
+                selections.append(_finalize(self.policy.select(ctx), self.policy, b, hkv, n_blocks))
+            selection = Selection.stack_rows(selections, n_blocks_for(n_tokens, bs))
+        with self.clock.span("attend"):
+            result = self.backend.attend(query, key, value, selection, block_size=bs, scaling=scaling,
+                                         softcap=softcap)
+        self.meter.observe(layer, SPARSE, result.tokens_read, hkv * n_tokens)
+        return result.out
+
+
+class PhaseClock:
+    """Seconds per named phase, summed over spans of work.
+
+    Why not host time everywhere: a GPU runs work asynchronously, so host time around a launch measures the
+    launch, not the kernel. On CUDA each span records a pair of CUDA events on the device's current stream
+    and the elapsed times are read once, in :meth:`seconds` (one synchronisation); elsewhere a span is wall
+    time, which on the synchronous CPU is the work's time. Spans may nest (a round holds its draft phase).
+    """
+
+    def __init__(self, device: torch.device | str | None = None) -> None:
+        self.device = torch.device(device) if device is not None else None
+        self.cuda = self.device is not None and self.device.type == "cuda"
+        self._totals: dict[str, float] = {}
+        self._events: list[tuple[str, Any, Any]] = []
+
+    @contextlib.contextmanager
+    def span(self, phase: str) -> Iterator[None]:
+        if self.cuda:
+            stream = torch.cuda.current_stream(self.device)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record(stream)
+            try:
+                yield
+            finally:
+                end.record(stream)
+                self._events.append((phase, start, end))
+        else:
+            t0 = time.perf_counter()
+            try:
+                yield
+            finally:
+                self._totals[phase] = self._totals.get(phase, 0.0) + time.perf_counter() - t0
+
+    def seconds(self) -> dict[str, float]:
+        """Seconds per phase so far (synchronises the device once when CUDA events are pending)."""
+        if self._events:
+            torch.cuda.synchronize(self.device)
+            for phase, start, end in self._events:
+                self._totals[phase] = self._totals.get(phase, 0.0) + start.elapsed_time(end) / 1000.0
+            self._events.clear()
+        return dict(self._totals)
+
 
 def _finalize(selection: Selection, policy: Policy, batch: int, kv_heads: int, n_blocks: int) -> Selection:
     """Check the policy's answer and add the newest block (always attended)."""
@@ -131,7 +231,11 @@ def _finalize(selection: Selection, policy: Policy, batch: int, kv_heads: int, n
             f"policy {policy.name!r} returned a selection of shape {tuple(selection.mask.shape)}, "
             f"expected [batch, kv_heads, n_blocks] = {[batch, kv_heads, n_blocks]}"
         )
-    return selection.with_blocks(n_blocks - 1)
+    # An integer index, not with_blocks' list (a host-to-device copy): the fast engine captures this
+    # in CUDA graphs (sparsebench.fastdecode).
+    mask = selection.mask.clone()
+    mask[..., n_blocks - 1] = True
+    return Selection(mask)
 
 
 @dataclass

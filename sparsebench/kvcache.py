@@ -49,6 +49,14 @@ class LayerSummaries:
             self.tensors["key_sum"][:, :, first:last] = padded.view(b, h, last - first, bs, d).sum(3)
         self.n_tokens = total
 
+    def crop(self, n_tokens: int) -> None:
+        """Forget every token from ``n_tokens`` on (the KV cache was rolled back after a speculation).
+
+        The partial block the cut leaves is recomputed by the next :meth:`update`, which always restarts
+        from the block holding token ``self.n_tokens``.
+        """
+        self.n_tokens = min(self.n_tokens, n_tokens)
+
     def view(self) -> dict[str, torch.Tensor]:
         """The summaries of the ``ceil(n_tokens / block_size)`` live blocks (``key_mean`` derived)."""
         n = n_blocks_for(self.n_tokens, self.block_size)
@@ -92,6 +100,11 @@ class BlockSummaryStore:
 
     def view(self, layer: int) -> dict[str, torch.Tensor]:
         return self._layers[layer].view() if layer in self._layers else {}
+
+    def crop(self, n_tokens: int) -> None:
+        """Every layer forgets the tokens from ``n_tokens`` on (see :meth:`LayerSummaries.crop`)."""
+        for layer in self._layers.values():
+            layer.crop(n_tokens)
 
     def reset(self) -> None:
         self._layers.clear()

@@ -5,6 +5,10 @@ device: ``True`` means "read this KV block". Why a bitmap rather than index list
 without host synchronisation (top-k -> scatter, windows -> comparisons), union and "always keep the
 newest block" are elementwise ops, and each backend converts it to whatever it reads (gathered indices
 for the torch backend, page lists for FlashInfer) in one place.
+
+Speculative verification feeds several query rows per sequence, each with its own block set: a
+per-row selection has shape ``[batch, kv_heads, rows, n_blocks]`` (:meth:`Selection.stack_rows`), and
+only backends declaring ``Capabilities.multi_row_queries`` accept it. Policies still return the 3-D form.
 """
 
 from __future__ import annotations
@@ -16,16 +20,24 @@ import torch
 
 @dataclass(frozen=True)
 class Selection:
-    """Which KV blocks each (sequence, kv head) attends: ``mask[b, h, j]`` for block ``j``."""
+    """Which KV blocks each (sequence, kv head) attends: ``mask[b, h, j]`` for block ``j``.
+
+    Or, per query row, ``mask[b, h, r, j]`` (see the module docstring).
+    """
 
     mask: torch.Tensor
 
     def __post_init__(self) -> None:
-        if self.mask.dtype != torch.bool or self.mask.dim() != 3:
+        if self.mask.dtype != torch.bool or self.mask.dim() not in (3, 4):
             raise TypeError(
-                f"Selection.mask must be a bool tensor [batch, kv_heads, n_blocks], "
-                f"got {self.mask.dtype} of shape {tuple(self.mask.shape)}"
+                f"Selection.mask must be a bool tensor [batch, kv_heads, n_blocks] (or [batch, kv_heads, rows, "
+                f"n_blocks] per query row), got {self.mask.dtype} of shape {tuple(self.mask.shape)}"
             )
+
+    @property
+    def per_row(self) -> bool:
+        """True for a per-query-row selection ``[batch, kv_heads, rows, n_blocks]``."""
+        return self.mask.dim() == 4
 
     @property
     def n_blocks(self) -> int:
@@ -45,6 +57,16 @@ class Selection:
         idx = torch.where(indices < 0, torch.full_like(indices, n_blocks), indices)
         mask.scatter_(-1, idx, True)
         return cls(mask[..., :n_blocks])
+
+    @classmethod
+    def stack_rows(cls, rows: list[Selection], n_blocks: int) -> Selection:
+        """One per-row selection from the rows' own selections, oldest row first.
+
+        Row ``r`` may cover fewer blocks than ``n_blocks`` (an earlier query position sees a shorter
+        context); its missing blocks are not selected, which is what causality asks of them.
+        """
+        padded = [torch.nn.functional.pad(row.mask, (0, n_blocks - row.n_blocks)) for row in rows]
+        return cls(torch.stack(padded, dim=2))
 
     def with_blocks(self, *blocks: int) -> Selection:
         """This selection plus the given blocks for every (sequence, head)."""
