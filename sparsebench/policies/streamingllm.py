@@ -33,7 +33,25 @@ class StreamingLLM(Policy):
         min=0.0, max=1.0, min_inclusive=False,
     )
 
+    def reset(self) -> None:
+        self._memo: tuple[tuple[Any, ...], Selection] | None = None
+
     def select(self, ctx: SelectionContext) -> Selection:
+        # Query-independent: every sparse layer of a step gets the same blocks, so the bitmap is built
+        # once per step and shared (on a GPU that is ~15 us of small kernels per layer saved). Backends
+        # only read selections, and the engine's "newest block" addition is the same for every layer.
+        # A CUDA-graph capture gets its own bitmap (allocated in the graph's memory pool, which outlives
+        # this memo), never one left by an eager step whose memory may be reused after replacement.
+        capturing = ctx.query.is_cuda and torch.cuda.is_current_stream_capturing()
+        key = (ctx.n_tokens, ctx.n_blocks, ctx.block_size, ctx.batch, ctx.num_kv_heads, ctx.query.device, capturing)
+        memo = getattr(self, "_memo", None)
+        if memo is not None and memo[0] == key:
+            return memo[1]
+        selection = self._select(ctx)
+        self._memo = (key, selection)
+        return selection
+
+    def _select(self, ctx: SelectionContext) -> Selection:
         window = (
             math.ceil(self.window_frac * ctx.n_tokens) if self.window_frac is not None else self.window_tokens
         )
