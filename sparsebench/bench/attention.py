@@ -4,10 +4,14 @@ What a row measures. For each context length, the dense references are FlashInfe
 every page (when ``flashinfer`` imports) and torch SDPA; each sparse method is timed as the whole
 attention step a policy-driven decoder runs (selection from random block scores -> Selection bitmap,
 the backend's ``plan()``, its ``run()``), and also stage by stage: selection alone, planning alone,
-kernel alone (``run()`` on a plan made beforehand). Selections: ``topk`` (``torch.topk`` of random block
-scores, scattered into the bitmap, as top-k policies do) and ``topp`` (the sorting-free top-p kernel,
+kernel alone (``run()`` on a plan made beforehand). Selections: ``topk`` (random block scores through
+:func:`sparsebench.kernels.topk.topk_mask`, the function the top-k policies call: the sorting-free Triton
+kernel on CUDA), ``topk-torch`` (the previous path: ``torch.topk`` scattered into the bitmap, as the
+baseline) and ``topp`` (the sorting-free top-p kernel,
 :func:`sparsebench.kernels.topp.topp_mask_nd`, over random block probabilities whose spread is
-calibrated so that it keeps about the same fraction). Both always keep the newest block.
+calibrated so that it keeps about the same fraction). All of them always keep the newest block. With
+``--check``, the ``topk`` selection is also compared with the exact reference
+(:func:`sparsebench.kernels.topk.topk_mask_reference`); a difference is reported under "Errors".
 
 Timing: CUDA events around CUDA-graph replays for graph-safe methods (``timing`` column "graph"), around
 eager calls otherwise ("eager": host work and synchronisations included); median of ``--repeats``
@@ -43,12 +47,15 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from sparsebench.kernels.base import AttentionBackend
 from sparsebench.selection import Selection
+
+if TYPE_CHECKING:  # a runtime import would import triton before --dry-run selects its interpreter
+    from sparsebench.kernels.topk import Backend as TopKBackend
 
 #: Targets from the project brief: whole sparse step vs dense FlashInfer decode, per context length.
 TARGETS = {32768: 2.0, 131072: 3.5}
@@ -135,7 +142,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument("--keep", type=float, default=0.22, help="fraction of blocks each selection keeps")
     ap.add_argument("--p", type=float, default=0.9, help="top-p mass for the topp selection")
-    ap.add_argument("--selections", default="topk,topp", help="comma-separated: topk, topp")
+    ap.add_argument("--selections", default="topk,topp", help="comma-separated: topk, topk-torch, topp")
     ap.add_argument("--methods", default=",".join(METHODS),
                     help=f"comma-separated sparse methods ({', '.join(METHODS)})")
     ap.add_argument("--triton-config", default=None,
@@ -203,15 +210,34 @@ def make_problem(n_tokens: int, args: argparse.Namespace, device: str, gen: torc
     return Problem(n_tokens, n_blocks, q, k, v, scores, probs, d**-0.5)
 
 
+def topk_budget(pb: Problem, args: argparse.Namespace) -> int:
+    """Blocks the top-k selections keep per (sequence, kv head): ``--keep`` of them, at least one."""
+    return max(1, min(pb.n_blocks, round(args.keep * pb.n_blocks)))
+
+
+def check_topk_selection(pb: Problem, args: argparse.Namespace, sel: Selection, errors: list[str]) -> None:
+    """``--check``: the ``topk`` selection equals the exact reference (ties to the lowest index) plus the
+    newest block; a difference is recorded in ``errors``."""
+    from sparsebench.kernels.topk import topk_mask_reference
+
+    ref = topk_mask_reference(pb.scores, topk_budget(pb, args))
+    ref[..., -1] = True
+    bad = int((sel.mask != ref).any(-1).sum())
+    if bad:
+        errors.append(f"topk selection @ {pb.n_tokens}: {bad} of {ref.shape[0] * ref.shape[1]} rows differ from "
+                      "topk_mask_reference")
+    print(f"  topk selection vs reference: {'ok' if not bad else f'{bad} rows DIFFER'}", flush=True)
+
+
 def selection_fns(pb: Problem, args: argparse.Namespace) -> dict[str, Callable[[], Selection]]:
     """Selection builders as policies run them on the device (no host sync: graph-capturable)."""
+    from sparsebench.kernels.topk import topk_mask
     from sparsebench.kernels.topp import topp_mask_nd
 
-    k = max(1, min(pb.n_blocks, round(args.keep * pb.n_blocks)))
+    k = topk_budget(pb, args)
 
-    def topk() -> Selection:
-        idx = torch.topk(pb.scores, k, dim=-1, sorted=False).indices
-        mask = torch.zeros(pb.scores.shape, dtype=torch.bool, device=pb.scores.device).scatter_(-1, idx, True)
+    def topk(backend: TopKBackend = "auto") -> Selection:
+        mask = topk_mask(pb.scores, k, backend)
         mask[..., -1] = True
         return Selection(mask)
 
@@ -220,7 +246,7 @@ def selection_fns(pb: Problem, args: argparse.Namespace) -> dict[str, Callable[[
         mask[..., -1] = True
         return Selection(mask)
 
-    fns = {"topk": topk, "topp": topp}
+    fns = {"topk": topk, "topk-torch": lambda: topk("torch"), "topp": topp}
     unknown = set(args.selections.split(",")) - set(fns)
     if unknown:
         raise SystemExit(f"--selections: unknown {sorted(unknown)}; choose from {sorted(fns)}")
@@ -393,6 +419,8 @@ def bench_context(n_tokens: int, args: argparse.Namespace, device: str, gen: tor
     )
     for sel_name, select in selection_fns(pb, args).items():
         sel = select()
+        if args.check and sel_name == "topk":
+            check_topk_selection(pb, args, sel, errors)
         for m_name, backend in methods.items():
             rows.append(bench_sparse(pb, args, timer, bandwidth, dense, sel_name, select, sel, m_name, backend,
                                      errors))
@@ -445,7 +473,7 @@ def bench_sparse(pb: Problem, args: argparse.Namespace, timer: Timer, bandwidth:
         versus = dense["flashinfer"] or dense["reference_flashinfer"]
         row["target"] = target
         row["meets_target"] = (versus / step >= target) if (target and versus) else None
-    print(f"  {m_name:<20} {sel_name:<5} kept {row['kept_fraction']:5.3f}  select {fmt(row['select_us'])}  plan "
+    print(f"  {m_name:<20} {sel_name:<10} kept {row['kept_fraction']:5.3f}  select {fmt(row['select_us'])}  plan "
           f"{fmt(row['plan_us'])}  kernel {fmt(row['kernel_us'])}  step {fmt(step)} us  "
           f"(bound {row['bound_us']:.1f} us){check_text(row)}", flush=True)
     return row

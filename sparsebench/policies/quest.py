@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from sparsebench.kernels.topk import topk_mask
 from sparsebench.params import param
 from sparsebench.policy import GROUP_REDUCTIONS, Policy, Requirements, SelectionContext, reduce_groups
 from sparsebench.selection import Selection
@@ -58,5 +59,5 @@ class Quest(Policy):
             return ctx.full()
         bound = quest_upper_bound(ctx.grouped_query(), ctx.summaries["key_min"], ctx.summaries["key_max"])
         scores = reduce_groups(bound, self.group_reduce)
-        top = scores.topk(k, dim=-1).indices
-        return Selection.from_indices(top, ctx.n_blocks)
+        # The sorting-free Triton kernel on CUDA (lowest index wins a tie), torch.topk on CPU.
+        return Selection(topk_mask(scores, k))

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from sparsebench.kernels.topk import topk_mask
 from sparsebench.kernels.topp import topp_mask_nd
 from sparsebench.params import param
 from sparsebench.policy import Policy, Requirements, SelectionContext
@@ -44,7 +45,7 @@ def _select_from_mass(ctx: SelectionContext, mass: torch.Tensor, p: float, selec
     """Top-p (or top-k) blocks of ``mass`` ``[B, Hkv, N]``, plus the first ``sink_blocks`` blocks."""
     if select_by == "topk":
         k = ctx.budget_blocks(None, budget_frac)
-        selection = Selection.from_indices(mass.topk(k, dim=-1).indices, ctx.n_blocks)
+        selection = Selection(topk_mask(mass, k))  # the Triton kernel on CUDA, torch.topk on CPU
     else:
         selection = Selection(topp_mask_nd(mass, p, check=False))
     if sink_blocks:
