@@ -510,6 +510,113 @@ def cmd_layermap(argv: Sequence[str]) -> int:
     return 0
 
 
+DISTILL_DESCRIPTION = (
+    "Train a small draft for a target: --layers decoder layers (from evenly spaced target layers, or fresh) with "
+    "the target's tokenizer, trained to match its next-token distribution (KL on logits, plus optionally its "
+    "attention at the mapped layers). The draft is saved as a transformers model directory under "
+    "$SPARSEBENCH_CACHE/drafts/NAME (or --out) and used with --draft distilled:NAME. Ctrl-C saves a checkpoint; "
+    "--resume continues."
+)
+
+
+def cmd_distill(argv: Sequence[str]) -> int:
+    from sparsebench.distill import DistillConfig, Distiller
+
+    p = _Parser(prog="sparsebench distill", description=DISTILL_DESCRIPTION)
+    p.add_argument("--target", required=True, help="target model: alias, HF id, local directory or tiny:ARCH")
+    p.add_argument("--layers", type=int, default=4, help="draft decoder layers (default 4)")
+    p.add_argument("--init", default="subset", choices=["subset", "fresh"],
+                   help="copy evenly spaced target layers (subset, default) or initialise at random (fresh)")
+    p.add_argument("--share-embeddings", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep the target's embeddings, final norm and head frozen (default); --no-share-embeddings "
+                        "trains copies of them")
+    g = p.add_argument_group("training")
+    g.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000)")
+    g.add_argument("--seq-len", type=int, default=1024, help="tokens per training window (default 1024)")
+    g.add_argument("--batch-size", type=int, default=8, help="windows per step (default 8)")
+    g.add_argument("--lr", type=float, default=5e-4, help="peak AdamW learning rate (default 5e-4)")
+    g.add_argument("--min-lr-frac", type=float, default=0.1, help="final lr as a fraction of --lr (default 0.1)")
+    g.add_argument("--warmup", type=int, default=None, help="linear warmup steps (default 5%% of --steps)")
+    g.add_argument("--schedule", default="cosine", choices=["cosine", "linear"], help="decay after warmup")
+    g.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay on matrices (default 0.01)")
+    g.add_argument("--grad-clip", type=float, default=1.0, help="gradient-norm clip, 0 for none (default 1.0)")
+    g.add_argument("--attention-weight", type=float, default=0.0,
+                   help="weight of the attention-matching KL (draft layer j vs the target layer it came from; "
+                        "default 0: logits only)")
+    g.add_argument("--attention-rows", type=int, default=32, help="query positions matched per window (default 32)")
+    g.add_argument("--attention-block-size", type=int, default=16,
+                   help="KV block size the attention is compared at, as SpecAttn reads it (default 16)")
+    g.add_argument("--seed", type=int, default=0, help="initialisation and data-order seed (default 0)")
+    g.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default 100)")
+    g.add_argument("--resume", action="store_true", help="continue from the draft's last checkpoint")
+    g.add_argument("--overwrite", action="store_true", help="discard an existing checkpoint and start over")
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", default="pg19",
+                   help="pg19, wikitext, govreport or a .txt/.jsonl file or folder; comma-separate several "
+                        "(default pg19)")
+    d.add_argument("--holdout-docs", type=int, default=4,
+                   help="first documents of each corpus (in run/compare's order at --seed 0) kept out of training "
+                        "and used for evaluation (default 4)")
+    d.add_argument("--data-dir", default=None, help="offline corpus directory (default: $SPARSEBENCH_DATA, ...)")
+    d.add_argument("--data-source", default="auto", choices=["auto", "hub", "offline"])
+    o = p.add_argument_group("output and evaluation")
+    o.add_argument("--name", default=None, help="draft name (default TARGET-L<layers>, e.g. smollm2-135m-L4)")
+    o.add_argument("--out", default=None, help="model directory (default $SPARSEBENCH_CACHE/drafts/NAME)")
+    o.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N] (default auto)")
+    o.add_argument("--dtype", default=None, choices=["bf16", "fp32"], help="autocast dtype (default bf16 on a GPU, "
+                                                                           "fp32 on the CPU)")
+    o.add_argument("--eval-tokens", type=int, default=16384, help="held-out tokens for perplexity/KL (default 16384)")
+    o.add_argument("--eval-acceptance", action="store_true",
+                   help="also measure greedy speculative-decoding acceptance on held-out prompts")
+    o.add_argument("--gamma", type=int, default=4, help="tokens drafted per round for --eval-acceptance (default 4)")
+    o.add_argument("--acceptance-prompts", type=int, default=4, help="held-out prompts (default 4)")
+    o.add_argument("--acceptance-context", type=int, default=512, help="prompt tokens (default 512)")
+    o.add_argument("--acceptance-tokens", type=int, default=128, help="tokens generated per prompt (default 128)")
+    o.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    if args.resume and args.overwrite:
+        raise UsageError("--resume and --overwrite contradict each other; give one")
+    datasets = tuple(x.strip() for x in args.dataset.split(",") if x.strip())
+    cfg = DistillConfig(
+        target=args.target, layers=args.layers, init=args.init, share_embeddings=args.share_embeddings,
+        steps=args.steps, seq_len=args.seq_len, batch_size=args.batch_size, lr=args.lr, min_lr_frac=args.min_lr_frac,
+        warmup=args.warmup, schedule=args.schedule, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
+        attention_weight=args.attention_weight, attention_rows=args.attention_rows,
+        attention_block_size=args.attention_block_size, datasets=datasets, holdout_docs=args.holdout_docs,
+        data_dir=args.data_dir, data_source=args.data_source, seed=args.seed, checkpoint_every=args.checkpoint_every,
+        name=args.name, out=args.out, device=args.device, dtype=args.dtype, eval_tokens=args.eval_tokens,
+        eval_acceptance=args.eval_acceptance, gamma=args.gamma, acceptance_prompts=args.acceptance_prompts,
+        acceptance_context=args.acceptance_context, acceptance_tokens=args.acceptance_tokens,
+    )
+    report = Distiller(cfg, progress=not args.no_progress, resume=args.resume, overwrite=args.overwrite).run()
+    _print_distill_report(report)
+    return 0
+
+
+def _print_distill_report(report: dict[str, Any]) -> None:
+    held = report["heldout"]
+    rows = [["steps", f"{report['steps']} ({report['tokens_seen'] / 1e6:.2f}M tokens)"],
+            ["training time", f"{report['train_seconds']:.1f} s on {report['device']}"],
+            ["final training KL (nats/token, mean of the last 20 steps)", f"{report['final_train_kl']:.4f}"]]
+    if held.get("windows"):
+        rows += [["held-out KL(target || draft)", f"{held['kl_target_draft']:.4f}"],
+                 ["held-out perplexity draft / target",
+                  f"{held['draft_perplexity']:.2f} / {held['target_perplexity']:.2f} ({held['tokens']} tokens)"]]
+    else:
+        rows.append(["held-out evaluation", held.get("note", "none")])
+    for cost in report["cost"]:
+        rows.append([f"FLOPs per token target / draft (context {cost['context_tokens']})",
+                     f"{cost['target_over_draft']:.2f}x ({cost['target_gflops_per_token']:.4g} / "
+                     f"{cost['draft_gflops_per_token']:.4g} GFLOP)"])
+    acc = report.get("acceptance")
+    if acc and acc.get("prompts"):
+        rows.append([f"greedy acceptance at gamma {acc['gamma']}",
+                     f"{100 * acc['acceptance_rate']:.1f}% ({acc['accepted']}/{acc['proposed']}, "
+                     f"{acc['tokens_per_round']:.2f} tokens/round, {acc['prompts']} prompts)"])
+    print(tabulate(rows, headers=[f"draft {report['name']}", "value"], tablefmt="github"))
+    print(f"saved to {report['path']} (report: distill_report.json); use it with --draft {report['draft_spec']}")
+
+
 COMMANDS = {
     "run": (cmd_run, "evaluate one policy (perplexity, KV reduction, tokens/s)"),
     "generate": (cmd_generate, "speculative decoding with a policy verifying (SpecAttn as the paper means it)"),
@@ -521,6 +628,7 @@ COMMANDS = {
     "models": (cmd_models, "list model aliases and their cache state"),
     "fetch": (cmd_fetch, "pre-fetch a model alias"),
     "layermap": (cmd_layermap, "compute the SpecAttn target-to-draft layer map (and plot it)"),
+    "distill": (cmd_distill, "train a small draft that matches a target (--draft distilled:NAME)"),
 }
 
 

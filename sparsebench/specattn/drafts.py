@@ -1,7 +1,8 @@
 """Turning ``--draft`` into a :class:`~sparsebench.specattn.capture.Draft` with its layer map.
 
 ``--draft self:SPEC`` builds a self-draft from a subset of the target's own layers (shared weights,
-own KV cache); any other value is loaded like ``--model`` and must share the target's tokenizer. With
+own KV cache); ``distilled:NAME`` (or a directory) loads a draft trained by ``sparsebench distill``; any
+other value is loaded like ``--model``. Separate drafts must share the target's tokenizer. With
 no ``--draft``, a model alias uses its registry default self-draft and anything else ``self:first-half``.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -53,7 +55,12 @@ def load_draft_model(spec: str, target: Any, *, dtype: torch.dtype, device: str,
                        "sharing its weights, with its own KV cache; it predicts attention, it is not trained "
                        "to propose tokens")
         return draft, {"kind": "self", "spec": spec, "layers": layers, "target": target.identity}, description
-    loaded = load_model(spec, dtype=dtype, device=device, progress=progress)
+    if _is_distilled(spec):
+        from sparsebench.distill import load_distilled
+
+        loaded = load_distilled(spec, dtype=dtype, device=device, progress=progress)
+    else:
+        loaded = load_model(spec, dtype=dtype, device=device, progress=progress)
     check_same_tokenizer(target.tokenizer, loaded.tokenizer, target.name, loaded.name)
     n_draft = sum(p.numel() for p in loaded.model.parameters())
     n_target = sum(p.numel() for p in target.model.parameters())
@@ -61,6 +68,14 @@ def load_draft_model(spec: str, target: Any, *, dtype: torch.dtype, device: str,
         print(f"sparsebench: warning: the draft {spec} ({n_draft / 1e6:.0f}M parameters) is larger than the "
               f"target {target.name} ({n_target / 1e6:.0f}M); a draft is meant to be cheaper", file=sys.stderr)
     return loaded.model, loaded.identity, f"separate draft model {spec} ({n_draft / 1e6:.0f}M parameters)"
+
+
+def _is_distilled(spec: str) -> bool:
+    """``distilled:NAME`` or a directory written by ``sparsebench distill`` (whose tokenizer may be the
+    tiny models' byte tokenizer, which ``load_model`` cannot read from files)."""
+    from sparsebench.distill import PREFIX, is_distilled_dir
+
+    return spec.startswith(PREFIX) or is_distilled_dir(Path(spec).expanduser())
 
 
 def _ranges(layers: list[int]) -> str:

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# A distilled 4-layer draft for smollm2-135m on one H200 (issue 8, part 1), and what it buys SpecAttn.
+#
+#   bash benchmarks/device/distill_smollm2.sh train   # ~5.5 min: time a step, distil for BUDGET_S seconds,
+#                                                     # held-out perplexity/KL, FLOP ratio, greedy acceptance (gamma 4)
+#   bash benchmarks/device/distill_smollm2.sh table   # ~5 min: Table-1 rows (dense, SpecAttn p=0.95 with the distilled
+#                                                     # draft and with the default self:0-14 draft) and speculative
+#                                                     # decoding with SpecAttn verification
+#   bash benchmarks/device/distill_smollm2.sh all     # both (~10.5 min: over one 10-minute device command)
+#
+# Run from the repository root. Needs $OUT (results go there), $SPARSEBENCH_CACHE holding smollm2-135m,
+# $SPARSEBENCH_DATA (offline PG-19, govreport, WikiText-2), python3 with CUDA; no network. The table phase
+# reads the draft the train phase left in $SPARSEBENCH_CACHE/drafts/$NAME, so run both on the same machine.
+#
+# Held-out books: distillation keeps the first 4 PG-19 books of run/compare's seed-0 order out of training
+# (--holdout-docs 4); the table and acceptance measurements use those books (DOCS <= 4).
+#
+# Time estimate (training), from CPU throughput: on the project's shared 2-core CPU a 1 x 1024-token step
+# (target forward + 4-layer draft forward/backward, fp32) took ~33 s: ~31 tokens/s at ~0.62 GFLOP per
+# training token (target forward 0.34, draft forward + backward ~0.28), i.e. ~19 GFLOP/s. Assumed: the
+# H200 sustains ~100 TFLOP/s on these bf16 shapes (a tenth of its dense peak; the 576-wide matmuls are
+# small), ~5000x the CPU, plus ~25 ms per step of memory-bound softmax/KL over the 49152-token vocabulary:
+# a 16 x 2048-token step ~0.2-0.25 s, so ~1000 steps (~33M tokens, ~4-5 passes over the ~7M training
+# tokens) in 240 s. The script does not rely on this guess: it times 12 steps first and sets --steps so
+# that training takes about BUDGET_S seconds.
+#
+# CPU dry run of the whole script (checks the plumbing, not the numbers; ~10 min on 2 cores):
+#   OUT=/tmp/out TARGET=tiny:llama DEVICE=cpu TRAIN_DTYPE=fp32 NAME=tiny-L4 BUDGET_S=20 SEQ_LEN=256 BATCH=4 \
+#     bash benchmarks/device/distill_smollm2.sh all
+set -euo pipefail
+phase=${1:-all}
+: "${OUT:?set OUT to the results directory}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+NAME=${NAME:-smollm2-135m-L4}
+BUDGET_S=${BUDGET_S:-240}       # training seconds to fill
+ATTN=${ATTN:-0.25}              # weight of the attention-matching term
+DOCS=${DOCS:-4}                 # PG-19 books in the table (at most the 4 held out)
+LR=${LR:-1e-3}
+TARGET=${TARGET:-smollm2-135m}  # TARGET=tiny:llama DEVICE=cpu TRAIN_DTYPE=fp32 is a CPU dry run of this script
+DEVICE=${DEVICE:-cuda}
+TRAIN_DTYPE=${TRAIN_DTYPE:-bf16}
+SEQ_LEN=${SEQ_LEN:-2048}        # training window
+BATCH=${BATCH:-16}              # training windows per step
+mkdir -p "$OUT"
+drafts=$(python3 -c "from sparsebench.distill.store import drafts_root; print(drafts_root())")
+train=(--target "$TARGET" --layers 4 --init subset --seq-len "$SEQ_LEN" --batch-size "$BATCH" --lr "$LR"
+       --attention-weight "$ATTN" --dataset pg19,govreport,wikitext --data-source offline --holdout-docs 4
+       --device "$DEVICE" --dtype "$TRAIN_DTYPE" --no-progress)
+
+if [ "$phase" = train ] || [ "$phase" = all ]; then
+  nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv > "$OUT/gpu.txt" || true
+  # 1. Time a step (12 steps; the first ones include CUDA start-up, so the median of steps 3-12 is used).
+  python3 -m sparsebench.cli distill "${train[@]}" --steps 12 --name "$NAME-probe" --overwrite --eval-tokens 2048 \
+    > "$OUT/probe.txt" 2>&1 || { tail -20 "$OUT/probe.txt"; exit 1; }
+  steps=$(python3 - "$drafts/$NAME-probe/distill_report.json" "$BUDGET_S" <<'PY'
+import json, statistics, sys
+report = json.load(open(sys.argv[1]))
+step_s = statistics.median(h["seconds"] for h in report["history"][2:])
+steps = max(10, min(20000, int(0.95 * float(sys.argv[2]) / step_s)))
+print(steps)
+print(f"probe: {step_s:.3f} s per training step -> {steps} steps", file=sys.stderr)
+PY
+)
+  rm -rf "${drafts:?}/$NAME-probe"
+  # 2. Distil, then evaluate on the held-out books (perplexity, KL, FLOPs, greedy acceptance at gamma 4).
+  start=$(date +%s)
+  python3 -m sparsebench.cli distill "${train[@]}" --steps "$steps" --name "$NAME" --overwrite --checkpoint-every 250 \
+    --eval-tokens 32768 --eval-acceptance --gamma 4 --acceptance-prompts 4 --acceptance-context 1024 \
+    --acceptance-tokens 128 2>&1 | tee "$OUT/distill.txt"
+  echo "distill wall time: $(( $(date +%s) - start )) s" | tee -a "$OUT/distill.txt"
+  cp "$drafts/$NAME/distill_report.json" "$drafts/$NAME/sparsebench_distill.json" "$drafts/$NAME/config.json" "$OUT/"
+fi
+
+if [ "$phase" = table ] || [ "$phase" = all ]; then
+  [ -f "$drafts/$NAME/sparsebench_distill.json" ] || { echo "no draft $NAME in $drafts: run the train phase first"; exit 1; }
+  [ "$DOCS" -le 4 ] || { echo "DOCS=$DOCS exceeds the 4 held-out books"; exit 1; }
+  base=(--model "$TARGET" --dataset pg19 --data-source offline --seq-len 2048 --prefill-frac 0.1 --docs "$DOCS"
+        --batch-size "$DOCS" --block-size 16 --dense-layers 2 --device "$DEVICE" --dtype fp32 --out "$OUT/table1.jsonl"
+        --no-progress)
+  # Dense runs once: the second comparison reuses its rows from table1.jsonl.
+  python3 -m sparsebench.cli compare "${base[@]}" --policies specattn:p=0.95 --draft "distilled:$NAME" \
+    2>&1 | tee "$OUT/table1_distilled.txt"
+  python3 -m sparsebench.cli compare "${base[@]}" --policies specattn:p=0.95 2>&1 | tee "$OUT/table1_selfdraft.txt"
+  python3 -m sparsebench.cli layermap --model "$TARGET" --draft "distilled:$NAME" --device "$DEVICE" --dtype fp32 \
+    --data-source offline \
+    2>&1 | tee "$OUT/layermap_distilled.txt"
+  # Speculative decoding with SpecAttn verification (the paper's setting): acceptance and KV reads.
+  python3 -m sparsebench.cli generate --model "$TARGET" --policy specattn --p 0.95 --draft "distilled:$NAME" --eval \
+    --docs "$DOCS" --dataset pg19 --data-source offline --context-tokens 1024 --max-new-tokens 128 --gamma 4 \
+    --device "$DEVICE" --dtype fp32 --out "$OUT/generate_specattn.jsonl" --no-progress 2>&1 \
+    | tee "$OUT/generate_specattn.txt"
+  python3 - "$OUT" <<'PY'
+import json, math, sys
+from pathlib import Path
+from sparsebench.compare import method_label
+out = Path(sys.argv[1])
+summary = {}
+report = out / "distill_report.json"
+if report.exists():
+    r = json.loads(report.read_text())
+    summary["distill"] = {k: r[k] for k in ("steps", "tokens_seen", "train_seconds", "final_train_kl", "heldout",
+                                            "cost", "acceptance") if k in r}
+rows = [json.loads(line) for line in (out / "table1.jsonl").read_text().splitlines()]
+runs = {}
+for row in rows:
+    key = "dense" if row["policy"] == "dense" else f"{method_label(row)} draft={row['config']['draft'] or 'default'}"
+    runs.setdefault(key, []).append(row["metrics"])
+dense_ppl = None
+table = {}
+for key, ms in runs.items():
+    tokens = sum(m["tokens"] for m in ms)
+    ppl = math.exp(sum(m["nll_sum"] for m in ms) / tokens)
+    red = 1 - sum(m["kv_read_sparse"] for m in ms) / max(1, sum(m["kv_dense_sparse"] for m in ms))
+    dense_ppl = ppl if key == "dense" else dense_ppl
+    table[key] = {"docs": len(ms), "perplexity": ppl, "kv_reduction_sparse": red}
+for v in table.values():
+    v["rel_increase"] = v["perplexity"] / dense_ppl - 1 if dense_ppl else None
+summary["table1"] = table
+gen = [json.loads(line) for line in (out / "generate_specattn.jsonl").read_text().splitlines()]
+prop, acc = sum(g["metrics"]["proposed"] for g in gen), sum(g["metrics"]["accepted"] for g in gen)
+summary["specdec_specattn_p0.95"] = {"prompts": len(gen), "acceptance_rate": acc / prop if prop else None,
+                                     "kv_reduction_sparse": 1 - sum(g["metrics"]["kv_read_sparse"] for g in gen)
+                                     / max(1, sum(g["metrics"]["kv_dense_sparse"] for g in gen))}
+(out / "distill_summary.json").write_text(json.dumps(summary, indent=1))
+print(json.dumps(summary, indent=1))
+PY
+fi
