@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import json
 import math
 import os
 import subprocess
@@ -23,8 +24,12 @@ import pytest
 import torch
 
 from sparsebench.errors import UsageError
+from sparsebench.kernels import topp as topp_module
 from sparsebench.kernels.topp import (
+    RESIDENT_MAX,
+    TopPConfig,
     default_config,
+    resolve_config,
     topp_mask,
     topp_mask_nd,
     topp_mask_torch,
@@ -32,7 +37,7 @@ from sparsebench.kernels.topp import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-PS = (0.5, 0.9, 0.95, 0.99, 1.0)
+PS = (1e-6, 0.5, 0.9, 0.95, 0.99, 0.999999, 1.0)
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
 SEED = int(os.environ.get("SPARSEBENCH_TEST_SEED", int.from_bytes(os.urandom(4), "little")))
 #: Relative margin within which a prefix "nearly" reaches p; the kernel's own margin is below 1e-5.
@@ -67,35 +72,44 @@ def row_kinds(n: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
     return rows
 
 
+#: Kernel configurations the interpreter cases cycle through (the interpreter costs ~1 ms an operation,
+#: so sizes stay tiny and the configurations are spread over the cases rather than crossed with them).
+#: Under the interpreter a split row (chunks > 1) is computed by one program chunk after chunk, through
+#: the same exchange buffer and combine code as the GPU's parallel programs.
+KERNEL_CONFIGS: tuple[dict, ...] = (
+    {},  # the default: one resident tile, 8 candidates, bracket tightening
+    dict(num_candidates=4, tighten="candidates"),
+    dict(chunks=4, block_n=64, num_candidates=4),  # split over four chunks (two tiles each at N = 300)
+    dict(num_candidates=2, keep_f64=False),  # resident chunk re-converted to float64 every pass
+    dict(chunks=2, num_candidates=8, tighten="candidates"),  # split over two chunks of one tile
+    dict(block_n=128, num_candidates=4),  # several streamed tiles a row (three at N = 300)
+    dict(num_candidates=1),  # one candidate a pass: the longest searches
+)
+
+
 def make_cases(gen: torch.Generator) -> list[dict]:
-    """Kernel cases: many N (one tile and several), dtypes, a strided input, the nd entry point."""
+    """Kernel cases: N from 1 to 300 (one tile and several, one chunk and several), every p, every
+    configuration above (each p meets several configurations), dtypes, a strided input, nd."""
     cases = []
-    for n in (1, 2, 3, 5, 8, 16, 33, 100, 257):
+    i = 0
+    for n in (1, 5, 16, 33, 100, 257):
         kinds = row_kinds(n, gen)
         probs = torch.stack(list(kinds.values()))
-        for p in PS:
-            # The default configuration (one candidate a pass, ~27 passes) costs the interpreter about
-            # 50 ms a row, so most cases use 8 candidates with tightening (~4 passes); some p=0.9
-            # cases and the dtype, strided and nd cases below keep the defaults.
-            kw = {} if p == 0.9 and n in (1, 5, 33, 257) else dict(num_candidates=8, tighten=True)
-            cases.append(dict(name=f"n{n}_p{p}", probs=probs, kinds=list(kinds), p=p, kw=kw))
-    # Several tiles per row (BLOCK_N forced small) and other candidate counts: the streaming loop.
+        for _ in range(2):
+            p, kw = PS[i % len(PS)], KERNEL_CONFIGS[(i + i // len(PS)) % len(KERNEL_CONFIGS)]
+            i += 1
+            cases.append(dict(name=f"n{n}_p{p}_{kw}", probs=probs, kinds=list(kinds), p=p, kw=kw))
     kinds = row_kinds(300, gen)
     probs = torch.stack(list(kinds.values()))
-    for p, cand in ((0.9, 1), (0.99, 4), (0.95, 8)):
-        cases.append(dict(name=f"tiles_p{p}_k{cand}", probs=probs, kinds=list(kinds), p=p,
-                          kw=dict(block_n=64, num_candidates=cand)))
-    cases.append(dict(name="notighten", probs=probs, kinds=list(kinds), p=0.95, kw=dict(tighten=False)))
-    # The register-resident configuration used for 4K-16K entries, at a size the interpreter affords.
-    for p in (0.5, 0.99):
-        cases.append(dict(name=f"resident_k1_p{p}", probs=probs, kinds=list(kinds), p=p,
-                          kw=dict(num_candidates=1, tighten=False)))
+    for j, kw in enumerate(KERNEL_CONFIGS):
+        p = PS[(3 * j + 1) % len(PS)]
+        cases.append(dict(name=f"n300_p{p}_{kw}", probs=probs, kinds=list(kinds), p=p, kw=kw))
     for dtype in (torch.bfloat16, torch.float16):
         kinds = row_kinds(64, gen)
         cases.append(dict(name=f"{dtype}", probs=torch.stack(list(kinds.values())).to(dtype),
                           kinds=list(kinds), p=0.9, kw={}))
     base = torch.softmax(torch.randn(40, 6, generator=gen) * 2, 0)
-    cases.append(dict(name="strided", probs=base.t(), kinds=["strided"] * 6, p=0.9, kw={}))
+    cases.append(dict(name="strided", probs=base.t(), kinds=["strided"] * 6, p=0.9, kw=dict(chunks=2)))
     nd = torch.softmax(torch.randn(2, 3, 50, generator=gen) * 2, -1)
     cases.append(dict(name="nd", probs=nd, kinds=["nd"] * 6, p=0.95, kw={}, nd=True))
     return cases
@@ -252,6 +266,40 @@ def test_triton_rejects_what_it_cannot_run() -> None:
         topp_mask_triton(torch.full((1, 4), 0.25, dtype=torch.float64), 0.9)
     with pytest.raises(UsageError, match="power of two"):
         topp_mask_triton(torch.full((1, 4), 0.25), 0.9, num_candidates=3)
+    with pytest.raises(UsageError, match="unknown top-p kernel option"):
+        topp_mask_triton(torch.full((1, 4), 0.25), 0.9, candidates=4)
+    with pytest.raises(UsageError, match="tighten must be one of"):
+        topp_mask_triton(torch.full((1, 4), 0.25), 0.9, tighten=True)
+
+
+def test_split_must_fit_the_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chunks of a row wait for each other, so a split that cannot be resident at once is refused."""
+    monkeypatch.setattr(topp_module, "_sm_count", lambda device: 132)
+    cuda = torch.device("cuda")
+    assert resolve_config(TopPConfig(chunks=4), 1 << 15, 33, cuda).chunks == 4
+    with pytest.raises(UsageError, match="exceeds the 132 SMs"):
+        resolve_config(TopPConfig(chunks=8), 1 << 15, 32, cuda)
+    with pytest.raises(UsageError, match="chunks must be a power of two"):
+        resolve_config(TopPConfig(chunks=3), 1 << 15, 1, cuda)
+
+
+@pytest.mark.parametrize("rows", [1, 8, 32, 64, 256])
+@pytest.mark.parametrize("n", [1, 100, 512, 2048, 8192, 16384, 32768, 131072, 1 << 20])
+def test_default_config_is_launchable(rows: int, n: int) -> None:
+    """Defaults: powers of two, a split that fits the SMs and covers the row, register-resident chunks
+    no longer than RESIDENT_MAX, and the float64 copy kept only at 16 entries a thread or fewer."""
+    cfg = default_config(n, rows, 132)
+    for v in (cfg.chunks, cfg.block_n, cfg.num_candidates, cfg.num_warps):
+        assert v >= 1 and v & (v - 1) == 0, cfg
+    assert cfg.chunks == 1 or rows * cfg.chunks <= 132, cfg
+    chunk_len = -(-n // cfg.chunks)
+    if chunk_len <= cfg.block_n:  # resident
+        assert cfg.block_n <= RESIDENT_MAX and cfg.block_n < 2 * max(chunk_len, 16), cfg
+        if cfg.keep_f64:
+            assert cfg.block_n // (32 * cfg.num_warps) <= 16, cfg
+    else:
+        assert not cfg.keep_f64, cfg
+    assert resolve_config(None, n, rows, torch.device("cpu")) == cfg
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,9 +368,107 @@ def test_triton_pass_bound(interpreted: tuple[list[dict], list[dict]]) -> None:
         if out["passes"] is None:
             continue
         n = case["probs"].shape[-1]
-        cand = case["kw"].get("num_candidates", default_config(n)["num_candidates"])
+        cand = resolve_config(TopPConfig(**case["kw"]), n, case["probs"].shape[0], torch.device("cpu")).num_candidates
         bound = math.ceil(31 / math.log2(cand + 1)) + 1
         assert int(out["passes"].max()) <= bound, (case["name"], out["passes"].tolist())
+
+
+#: Child that runs a grid's programs concurrently (one thread each) under the interpreter, so that the
+#: programs of a split row really meet in the exchange buffer and wait on the row's counters, as on a
+#: GPU (the stock interpreter runs programs one after another, where the split is emulated serially).
+#: It patches interpreter internals; if they are not as expected the child exits with code 3 (skip).
+THREADED_CHILD = textwrap.dedent(
+    """
+    import inspect, sys, threading, time, torch
+    try:
+        import triton.runtime.interpreter as ti
+        ti.GridExecutor._init_args_hst, ti.GridExecutor._restore_args_dev, ti._patch_lang, ti._implicit_cvt
+        ti.interpreter_builder.set_grid_idx, ti.interpreter_builder.set_grid_dim
+    except AttributeError:
+        sys.exit(3)
+    from sparsebench.kernels import topp
+
+    local = threading.local()
+    ti.InterpreterBuilder.grid_idx = property(lambda self: getattr(local, "idx", None),
+                                              lambda self, v: setattr(local, "idx", v))
+
+    def concurrent_call(self, *args_dev, **kwargs):
+        spec = inspect.getfullargspec(self.fn)
+        kwargs = {k: v for k, v in kwargs.items() if k in spec.args or k in spec.kwonlyargs}
+        args_hst, kwargs_hst = self._init_args_hst(args_dev, kwargs)
+        scope = ti._patch_lang(self.fn)
+        errors = []
+        try:
+            args = inspect.getcallargs(self.fn, *args_hst, **kwargs_hst)
+            args = {k: v if k in self.constexprs else ti._implicit_cvt(v) for k, v in args.items()}
+            grid = tuple(self.grid) + (1,) * (3 - len(self.grid))
+            ti.interpreter_builder.set_grid_dim(*grid)
+
+            def program(idx):
+                try:
+                    ti.interpreter_builder.set_grid_idx(*idx)
+                    self.fn(**args)
+                except Exception as exc:
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=program, args=((x, y, z),), daemon=True)
+                       for x in range(grid[0]) for y in range(grid[1]) for z in range(grid[2])]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=120)
+            if any(t.is_alive() for t in threads):
+                raise RuntimeError("split programs still waiting after 120 s: a barrier is never reached")
+        finally:
+            scope.restore()
+        if errors:
+            raise errors[0]
+        self._restore_args_dev(args_dev, args_hst, kwargs, kwargs_hst)
+
+    ti.GridExecutor.__call__ = concurrent_call
+    poll = ti.InterpreterBuilder.create_atomic_rmw
+
+    def yielding_atomic(self, op, ptr, val, mask, sem, scope):
+        time.sleep(1e-4)  # a waiting program lets the others run instead of spinning on the GIL
+        return poll(self, op, ptr, val, mask, sem, scope)
+
+    ti.InterpreterBuilder.create_atomic_rmw = yielding_atomic
+    sys.setswitchinterval(1e-4)  # interleave the programs finely
+    topp._SERIAL_OFF_GPU = False
+    cases = torch.load(sys.argv[1])
+    out = [topp.topp_mask_triton(c["probs"], c["p"], **c["kw"]) for c in cases]
+    counters = topp._SYNC_CACHE[("cpu", None)].view(-1, 3)
+    torch.save(dict(masks=out, counters_left=int(counters[:, :2].abs().sum()),
+                    timeouts=topp.split_timeouts("cpu")), sys.argv[2])
+    """
+)
+
+
+@pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")
+def test_triton_split_programs_concurrently_interpreted(tmp_path: Path) -> None:
+    """The cross-program exchange of a split row (arrival counter, two exchange slots, re-arming the
+    counters at the end) with its programs running concurrently, several launches in a row."""
+    gen = torch.Generator().manual_seed(SEED)
+    cases = []
+    for n, kw, p in ((100, dict(chunks=4, block_n=16, num_candidates=4), 0.9),
+                     (257, dict(chunks=2, num_candidates=2, tighten="candidates"), 0.999999)):
+        kinds = row_kinds(n, gen)
+        rows = [kinds[k] for k in ("softmax_t0.3", "softmax_t3.0", "ties", "zeros", "subnormal", "all_zero")]
+        cases.append(dict(probs=torch.stack(rows), p=p, kw=kw))
+    torch.save(cases, tmp_path / "cases.pt")
+    env = {**os.environ, "TRITON_INTERPRET": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-c", THREADED_CHILD, str(tmp_path / "cases.pt"), str(tmp_path / "out.pt")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    if proc.returncode == 3:
+        pytest.skip("this Triton's interpreter internals differ from what the concurrent harness patches")
+    assert proc.returncode == 0, f"concurrent interpreter child failed (seed {SEED}):\n{proc.stderr[-4000:]}"
+    res = torch.load(tmp_path / "out.pt")
+    assert res["counters_left"] == 0, "a launch left its row counters armed for the next one"
+    assert res["timeouts"] == 0, "a split program gave up waiting for its partners"
+    for case, mask in zip(cases, res["masks"], strict=True):
+        check_mask(case["probs"], mask, case["p"], f"concurrent split {case['kw']}")
+        check_against_reference(case["probs"], mask, case["p"], f"concurrent split {case['kw']}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,3 +486,47 @@ def test_triton_cuda_large() -> None:
             mask = topp_mask(x, p)
             check_mask(x.cpu(), mask.cpu(), p, f"cuda n={n} {dtype}")
             check_against_reference(x.cpu(), mask.cpu(), p, f"cuda n={n} {dtype}")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAVE_TRITON and torch.cuda.is_available()), reason="needs a CUDA device and triton")
+@pytest.mark.parametrize("kw", [dict(chunks=4), dict(chunks=8, tighten="candidates"), dict(chunks=2, block_n=4096),
+                                dict(block_n=2048, num_candidates=2), dict(keep_f64=False)])
+def test_triton_cuda_split(kw: dict) -> None:
+    """The split over programs that meet in global memory (never run by the CPU interpreter), repeated so
+    that a counter left armed by one launch would hang or corrupt the next."""
+    gen = torch.Generator().manual_seed(SEED)
+    for n in (5000, 40000):
+        probs = torch.stack(list(row_kinds(n, gen).values())).cuda()
+        for p in PS:
+            for _ in range(3):
+                mask = topp_mask_triton(probs, p, **kw)
+            check_mask(probs.cpu(), mask.cpu(), p, f"cuda split n={n} {kw}")
+            check_against_reference(probs.cpu(), mask.cpu(), p, f"cuda split n={n} {kw}")
+    assert topp_module.split_timeouts("cuda") == 0, "split programs gave up waiting for each other"
+
+
+# ---------------------------------------------------------------------------------------------
+# the benchmark script, as a dry run under the interpreter
+
+
+@pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")
+def test_bench_dry_run(tmp_path: Path) -> None:
+    """`sparsebench bench topp --dry-run --configs all` runs end to end and writes the documented fields."""
+    env = {**os.environ, "TRITON_INTERPRET": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "sparsebench.bench.topp", "--out", str(tmp_path), "--dry-run", "--sizes", "40",
+         "--suites", "main", "--configs", "all", "--repeats", "1", "--warmup", "0"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads((tmp_path / "bench_topp.json").read_text())
+    (result,) = report["results"]
+    for key in ("n", "rows", "triton_us", "sort_us", "read_us", "speedup_vs_sort", "triton_over_read",
+                "passes_mean", "rows_differing_from_reference", "min_kept_mass", "config", "best_us", "best_config"):
+        assert key in result, key
+    assert result["rows_differing_from_reference"] == 0 and result["min_kept_mass"] >= 0.9 * (1 - 1e-12)
+    assert len(report["sweep"]) >= 2 and all(s["matches_reference"] for s in report["sweep"]), report["sweep"]
+    md = (tmp_path / "bench_topp.md").read_text()
+    assert "Fastest exact configuration per shape" in md and "| 40 |" in md
