@@ -9,16 +9,12 @@ How the kernel runs on a CPU-only CI: as in tests/test_topp.py, Triton's interpr
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
+from interpreted import HAVE_TRITON, SEED, run_interpreted
 
 from sparsebench.errors import UsageError
 from sparsebench.kernels.topk import (
@@ -36,9 +32,6 @@ from sparsebench.policies.specattn import SpecAttn, heads_to_kv_groups
 from sparsebench.policy import SelectionContext, reduce_groups
 from sparsebench.selection import Selection
 
-REPO = Path(__file__).resolve().parents[1]
-HAVE_TRITON = importlib.util.find_spec("triton") is not None
-SEED = int(os.environ.get("SPARSEBENCH_TEST_SEED", int.from_bytes(os.urandom(4), "little")))
 needs_cuda = pytest.mark.skipif(not (HAVE_TRITON and torch.cuda.is_available()),
                                 reason="needs a CUDA device and triton")
 
@@ -299,19 +292,8 @@ def make_cases(gen: torch.Generator) -> list[dict]:
 @pytest.fixture(scope="module")
 def interpreted(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], list[dict]]:
     """Run every kernel case once in a child with TRITON_INTERPRET=1; return (cases, outputs)."""
-    if not HAVE_TRITON:
-        pytest.skip("triton is not installed; the kernel runs only with triton (pip install triton)")
-    tmp = tmp_path_factory.mktemp("topk")
     cases = make_cases(torch.Generator().manual_seed(SEED))
-    torch.save(cases, tmp / "cases.pt")
-    env = {**os.environ, "TRITON_INTERPRET": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD, str(tmp / "cases.pt"), str(tmp / "out.pt")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, f"interpreter child failed (seed {SEED}):\n{proc.stderr[-4000:]}"
-    return cases, torch.load(tmp / "out.pt")
+    return cases, run_interpreted(CHILD, cases, tmp_path_factory.mktemp("topk"))
 
 
 @pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")

@@ -10,7 +10,6 @@ child sends back. Inputs are fresh each run; set ``SPARSEBENCH_TEST_SEED`` to re
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import math
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from interpreted import HAVE_TRITON, REPO, SEED, run_interpreted
 
 from sparsebench.errors import UsageError
 from sparsebench.kernels import topp as topp_module
@@ -36,10 +36,7 @@ from sparsebench.kernels.topp import (
     topp_mask_triton,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 PS = (1e-6, 0.5, 0.9, 0.95, 0.99, 0.999999, 1.0)
-HAVE_TRITON = importlib.util.find_spec("triton") is not None
-SEED = int(os.environ.get("SPARSEBENCH_TEST_SEED", int.from_bytes(os.urandom(4), "little")))
 #: Relative margin within which a prefix "nearly" reaches p; the kernel's own margin is below 1e-5.
 NEAR = 1e-5
 
@@ -331,19 +328,8 @@ CHILD = textwrap.dedent(
 @pytest.fixture(scope="module")
 def interpreted(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], list[dict]]:
     """Run every kernel case once in a child with TRITON_INTERPRET=1; return (cases, outputs)."""
-    if not HAVE_TRITON:
-        pytest.skip("triton is not installed; the kernel runs only with triton (pip install triton)")
-    tmp = tmp_path_factory.mktemp("topp")
     cases = make_cases(torch.Generator().manual_seed(SEED))
-    torch.save(cases, tmp / "cases.pt")
-    env = {**os.environ, "TRITON_INTERPRET": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD, str(tmp / "cases.pt"), str(tmp / "out.pt")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, f"interpreter child failed (seed {SEED}):\n{proc.stderr[-4000:]}"
-    return cases, torch.load(tmp / "out.pt")
+    return cases, run_interpreted(CHILD, cases, tmp_path_factory.mktemp("topp"))
 
 
 @pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")

@@ -9,7 +9,6 @@ capture of plan + run replayed on changed inputs.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from interpreted import HAVE_TRITON, REPO, SEED, run_interpreted
 from test_torch_backend import masked_reference
 
 from sparsebench.errors import UsageError
@@ -26,10 +26,7 @@ from sparsebench.kernels.torch_backend import TorchBackend
 from sparsebench.kernels.triton_backend import TritonBackend
 from sparsebench.selection import Selection
 
-REPO = Path(__file__).resolve().parents[1]
-HAVE_TRITON = importlib.util.find_spec("triton") is not None
 HAVE_CUDA = torch.cuda.is_available()
-SEED = int(os.environ.get("SPARSEBENCH_TEST_SEED", int.from_bytes(os.urandom(4), "little")))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,19 +138,8 @@ CHILD = textwrap.dedent(
 @pytest.fixture(scope="module")
 def interpreted(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], list[dict]]:
     """Run every case once in a child with TRITON_INTERPRET=1; return (cases, outputs)."""
-    if not HAVE_TRITON:
-        pytest.skip("triton is not installed")
-    tmp = tmp_path_factory.mktemp("triton_decode")
     cases = make_cases(torch.Generator().manual_seed(SEED))
-    torch.save(cases, tmp / "cases.pt")
-    env = {**os.environ, "TRITON_INTERPRET": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD, str(tmp / "cases.pt"), str(tmp / "out.pt")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, f"interpreter child failed (seed {SEED}):\n{proc.stderr[-4000:]}"
-    return cases, torch.load(tmp / "out.pt")
+    return cases, run_interpreted(CHILD, cases, tmp_path_factory.mktemp("triton_decode"))
 
 
 @pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")
