@@ -36,12 +36,9 @@ import datetime as dt
 import importlib
 import itertools
 import json
-import math
 import os
 import platform
-import shutil
 import statistics
-import subprocess
 import sys
 import traceback
 from collections.abc import Callable
@@ -51,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from sparsebench.bench.common import driver_version, fmt
 from sparsebench.kernels.base import AttentionBackend
 from sparsebench.selection import Selection
 
@@ -562,11 +560,7 @@ def environment(args: argparse.Namespace, bandwidth: float) -> dict[str, Any]:
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         meta.update(sm_count=props.multi_processor_count, capability=f"{props.major}.{props.minor}")
-        meta["driver"] = torch.cuda.driver_version() if hasattr(torch.cuda, "driver_version") else None
-        if shutil.which("nvidia-smi"):
-            smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=30)
-            meta["driver"] = smi.stdout.strip() or meta["driver"]
+        meta["driver"] = driver_version()
     return meta
 
 
@@ -635,9 +629,6 @@ def fastest(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------------------------
 # output
 
-
-def fmt(v: float | None, spec: str = ".1f") -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
 
 def to_markdown(report: dict[str, Any]) -> str:

@@ -20,7 +20,6 @@ import argparse
 import dataclasses
 import gc
 import json
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from typing import Any
 import torch
 from tabulate import tabulate
 
+from sparsebench.bench.common import driver_version
 from sparsebench.cli import _typed_spec
 from sparsebench.compare import split_policy_specs
 from sparsebench.config import DTYPES
@@ -119,15 +119,6 @@ def copy_bandwidth(device: torch.device, nbytes: int) -> float:
     if device.type == "cuda":
         torch.cuda.empty_cache()  # give the buffers back before the KV caches are sized against free memory
     return 2 * nbytes * reps / seconds
-
-
-def _driver_version() -> str | None:
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.strip().splitlines()[0] if out.strip() else None
 
 
 def step_bytes(spec: ModelSpec, dtype: torch.dtype, policy: Policy, m: Measurement, *, context: int,
@@ -279,7 +270,7 @@ def run(args: argparse.Namespace, save: Callable[[dict[str, Any]], None] | None 
         f"{bandwidth / 1e9:.0f} GB/s (read + write)")
     meta = {
         "date": now_iso(), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "environment": environment_info(device), "driver": _driver_version() if device.type == "cuda" else None,
+        "environment": environment_info(device), "driver": driver_version() if device.type == "cuda" else None,
         "weights": weights, "model_shape": dataclasses.asdict(spec), "dtype": str(dtype),
         "layers_compiled": compiled,
         "backend": backend.name, "kv_cache": prefill, "block_size": args.block_size,

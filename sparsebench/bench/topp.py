@@ -41,6 +41,8 @@ from typing import Any
 
 import torch
 
+from sparsebench.bench.common import fmt
+
 SPEEDUP_TARGET = 10.0  # vs sort, for N <= SPEEDUP_TARGET_MAX_N
 SPEEDUP_TARGET_MAX_N = 32 * 1024
 READ_RATIO_TARGET = 2.0  # Triton time / time of one read of the input
@@ -146,9 +148,6 @@ def make_probs(rows: int, n: int, *, temperature: float, dtype: torch.dtype, dev
     scores = torch.randn(rows, n, generator=gen, device="cpu").to(device) * temperature
     return torch.softmax(scores, dim=-1).to(dtype)
 
-
-def fmt(v: float | None, spec: str = ".1f") -> str:
-    return "-" if v is None else format(v, spec)
 
 
 def _pow2_at_least(v: int) -> int:

@@ -8,6 +8,7 @@ auto`` can fall back and an explicit ``--backend NAME`` fails with a message tha
 from __future__ import annotations
 
 import abc
+import importlib.util
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -47,6 +48,15 @@ class AttendResult:
     """``[B, Hq, Q, D]`` in the query's dtype."""
     tokens_read: torch.Tensor
     """``[B, Hkv]`` KV tokens actually read per (sequence, kv head); stays on the device."""
+
+
+def cuda_package_unavailable(package: str, install: str, *, no_cuda: str = "no CUDA device is visible") -> str | None:
+    """Why a backend built on ``package`` (a CUDA-only kernel library) cannot run here, or None."""
+    if importlib.util.find_spec(package) is None:
+        return f"{package} is not installed ({install})"
+    if not torch.cuda.is_available():
+        return no_cuda
+    return None
 
 
 class AttentionBackend(abc.ABC):

@@ -21,14 +21,19 @@ kernel reads the page lists from buffers we own, so only their contents change.
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
-from sparsebench.kernels.base import AttendResult, AttentionBackend, AttentionPlan, Capabilities
+from sparsebench.kernels.base import (
+    AttendResult,
+    AttentionBackend,
+    AttentionPlan,
+    Capabilities,
+    cuda_package_unavailable,
+)
 from sparsebench.selection import Selection
 
 #: FlashInfer's recommended float workspace for split-KV partial results.
@@ -73,11 +78,7 @@ class FlashInferBackend(AttentionBackend):
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        if importlib.util.find_spec("flashinfer") is None:
-            return "flashinfer is not installed (pip install 'sparsebench[gpu]' on a CUDA machine)"
-        if not torch.cuda.is_available():
-            return "no CUDA device is visible"
-        return None
+        return cuda_package_unavailable("flashinfer", "pip install 'sparsebench[gpu]' on a CUDA machine")
 
     def plan(
         self,

@@ -6,14 +6,19 @@ loads them on first use), so registering the backend costs nothing on a CPU-only
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
 from sparsebench.errors import UsageError
-from sparsebench.kernels.base import AttendResult, AttentionBackend, AttentionPlan, Capabilities
+from sparsebench.kernels.base import (
+    AttendResult,
+    AttentionBackend,
+    AttentionPlan,
+    Capabilities,
+    cuda_package_unavailable,
+)
 from sparsebench.selection import Selection
 
 if TYPE_CHECKING:  # the kernels module imports triton; keep that off the import path
@@ -62,11 +67,9 @@ class TritonBackend(AttentionBackend):
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        if importlib.util.find_spec("triton") is None:
-            return "triton is not installed (pip install 'sparsebench[triton]')"
-        if not torch.cuda.is_available():
-            return "no CUDA device is visible: the Triton backend runs compiled kernels on NVIDIA GPUs"
-        return None
+        return cuda_package_unavailable(
+            "triton", "pip install 'sparsebench[triton]'",
+            no_cuda="no CUDA device is visible: the Triton backend runs compiled kernels on NVIDIA GPUs")
 
     def plan(
         self,
