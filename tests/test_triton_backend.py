@@ -2,9 +2,10 @@
 
 CPU: the kernels run under Triton's interpreter in one child process (``TRITON_INTERPRET=1`` must be set
 before triton is first imported, for the whole process; see tests/test_topp.py), on fresh random
-inputs each run (``SPARSEBENCH_TEST_SEED`` replays one). GPU (skipped without CUDA): bf16 against the
-torch backend over many shapes up to 32K tokens (static-cache slices included), and a CUDA-graph
-capture of plan + run replayed on changed inputs.
+inputs each run (``SPARSEBENCH_TEST_SEED`` replays one): single-row decode and several query rows
+(speculative verification: shared and per-row selections, causal within the window). GPU (skipped
+without CUDA): bf16 against the torch backend over many shapes up to 32K tokens (static-cache slices
+included), a CUDA-graph capture of plan + run replayed on changed inputs, and bf16 multi-row queries.
 """
 
 from __future__ import annotations
@@ -36,19 +37,22 @@ HAVE_CUDA = torch.cuda.is_available()
 def make_case(gen: torch.Generator, *, b: int, hkv: int, group: int, d: int, n_tokens: int, block: int = 16,
               mode: str = "indices", softcap: float | None = None, kv_len: bool = False, empty_rows: bool = False,
               layout: str = "contiguous", dtype: torch.dtype = torch.float32, config: dict | None = None,
-              keep: float = 0.5) -> dict:
+              keep: float = 0.5, q_rows: int = 1, per_row: bool = False) -> dict:
     """One random decode problem; the selection always holds each row's newest live block.
 
     ``kv_len``: the cache holds garbage (large keys) past each sequence's length. ``empty_rows``: some
     rows select only their newest block. ``layout``: ``capacity`` slices a larger preallocated cache
-    (stride(2) == D, the engine's static cache), ``bthd`` permutes a [B, T, Hkv, D] tensor.
+    (stride(2) == D, the engine's static cache), ``bthd`` permutes [B, T, H, D] tensors (query too).
+    ``q_rows`` query rows sit at the last positions of each sequence; ``per_row`` gives each its own
+    selection ``[B, Hkv, Q, N]``, which may hold blocks in the row's future (the kernel must mask them).
     """
     n_blocks = -(-n_tokens // block)
-    q = torch.randn(b, hkv * group, 1, d, generator=gen)
     if layout == "bthd":
+        q = torch.randn(b, q_rows, hkv * group, d, generator=gen).transpose(1, 2)
         k = torch.randn(b, n_tokens, hkv, d, generator=gen).transpose(1, 2)
         v = torch.randn(b, n_tokens, hkv, d, generator=gen).transpose(1, 2)
     else:
+        q = torch.randn(b, hkv * group, q_rows, d, generator=gen)
         extra = 2 * block if layout == "capacity" else 0
         k = torch.randn(b, hkv, n_tokens + extra, d, generator=gen)[:, :, :n_tokens]
         v = torch.randn(b, hkv, n_tokens + extra, d, generator=gen)[:, :, :n_tokens]
@@ -59,11 +63,16 @@ def make_case(gen: torch.Generator, *, b: int, hkv: int, group: int, d: int, n_t
         lens = live.to(torch.int32)
         garbage = torch.arange(n_tokens).view(1, 1, n_tokens, 1) >= live.view(b, 1, 1, 1)
         k.copy_(torch.where(garbage, 50.0 * torch.randn(k.shape, generator=gen), k))  # in place: keeps the layout
-    mask = torch.rand(b, hkv, n_blocks, generator=gen) < keep
-    if empty_rows:
-        mask[:, torch.rand(hkv, generator=gen) < 0.6] = False
-    newest = (live - 1) // block
-    mask[torch.arange(b), :, newest] = True
+    # Each query row keeps the block of its own position, so no row is left with nothing to attend.
+    own = (live.view(b, 1) - q_rows + torch.arange(q_rows)).clamp(min=0) // block  # [B, Q]
+    if per_row:
+        mask = torch.rand(b, hkv, q_rows, n_blocks, generator=gen) < keep
+        mask[torch.arange(b).view(b, 1), :, torch.arange(q_rows), own] = True
+    else:
+        mask = torch.rand(b, hkv, n_blocks, generator=gen) < keep
+        if empty_rows:
+            mask[:, torch.rand(hkv, generator=gen) < 0.6] = False
+        mask[torch.arange(b).view(b, 1), :, own] = True
     return dict(q=q.to(dtype), k=k.to(dtype), v=v.to(dtype), mask=mask, block=block, mode=mode, softcap=softcap,
                 kv_len=lens, scaling=d**-0.5, config=config or {})
 
@@ -87,19 +96,38 @@ def make_cases(gen: torch.Generator) -> list[dict]:
     cases.append(make_case(gen, b=1, hkv=2, group=4, d=64, n_tokens=70, mode="indices", dtype=torch.float16))
     cases.append(make_case(gen, b=1, hkv=2, group=2, d=64, n_tokens=50, mode="bitmap", dtype=torch.float16,
                            kv_len=True))
+    # Several query rows: (rows, per-row selection, GQA group, mode, splits, blocks per tile, softcap, layout).
+    multi = [(2, False, 1, "indices", None, 2, None, "contiguous"), (2, True, 4, "bitmap", 3, 1, None, "capacity"),
+             (4, True, 1, "indices", 2, 1, None, "contiguous"), (4, False, 4, "bitmap", 2, 2, 20.0, "bthd"),
+             (4, True, 4, "indices", 3, 2, None, "bthd"), (1, True, 2, "indices", 2, 1, None, "contiguous")]
+    for q_rows, per_row, group, mode, splits, bpt, softcap, layout in multi:
+        cases.append(make_case(
+            gen, b=2, hkv=2, group=group, d=64, n_tokens=int(torch.randint(40, 100, (1,), generator=gen)), mode=mode,
+            softcap=softcap, kv_len=True, layout=layout, q_rows=q_rows, per_row=per_row,
+            config=dict(blocks_per_tile=bpt, splits=splits),
+        ))
     return cases
 
 
 def reference(case: dict) -> torch.Tensor:
-    """The float64 masked dense attention of each sequence's live tokens (tests/test_torch_backend.py)."""
+    """The float64 masked dense attention of each sequence's live tokens (tests/test_torch_backend.py).
+
+    Query row ``r`` of ``Q`` is a one-row problem over the tokens up to its position ``len - Q + r``, with
+    its own row of a per-row selection: causality checked independently of the torch backend.
+    """
     q, k, v, mask, block = case["q"], case["k"], case["v"], case["mask"], case["block"]
-    outs = []
+    q_rows = q.shape[2]
+    rows = mask if mask.dim() == 4 else mask.unsqueeze(2).expand(-1, -1, q_rows, -1)
+    outs = torch.empty(q.shape, dtype=torch.float64)
     for bi in range(q.shape[0]):
-        n = k.shape[2] if case["kv_len"] is None else int(case["kv_len"][bi])
-        token_mask = mask[bi : bi + 1].repeat_interleave(block, dim=-1)[..., :n]
-        outs.append(masked_reference(q[bi : bi + 1], k[bi : bi + 1, :, :n], v[bi : bi + 1, :, :n], token_mask,
-                                     case["scaling"], case["softcap"]))
-    return torch.cat(outs)
+        live = k.shape[2] if case["kv_len"] is None else int(case["kv_len"][bi])
+        for r in range(q_rows):
+            n = live - q_rows + r + 1
+            token_mask = rows[bi : bi + 1, :, min(r, rows.shape[2] - 1)].repeat_interleave(block, dim=-1)[..., :n]
+            outs[bi : bi + 1, :, r : r + 1] = masked_reference(
+                q[bi : bi + 1, :, r : r + 1], k[bi : bi + 1, :, :n], v[bi : bi + 1, :, :n], token_mask,
+                case["scaling"], case["softcap"])
+    return outs
 
 
 def torch_backend(case: dict):
@@ -130,21 +158,30 @@ CHILD = textwrap.dedent(
                              scaling=c["scaling"], softcap=c["softcap"], kv_len=c["kv_len"])
         idx, cnt = compact_selection(c["mask"])
         out.append(dict(out=res.out, tokens=res.tokens_read, indices=idx, counts=cnt))
-    torch.save(out, sys.argv[2])
+    c = cases[-1]  # a per-row selection whose row count is not the query's must be refused
+    try:
+        TritonBackend().attend(c["q"][:, :, :1].repeat(1, 1, 3, 1), c["k"], c["v"],
+                               Selection(c["mask"].repeat(1, 1, 2, 1)), block_size=c["block"], scaling=1.0)
+        bad_rows = "no error"
+    except Exception as e:
+        bad_rows = f"{type(e).__name__}: {e}"
+    torch.save(dict(outs=out, bad_rows=bad_rows), sys.argv[2])
     """
 )
 
 
 @pytest.fixture(scope="module")
-def interpreted(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], list[dict]]:
-    """Run every case once in a child with TRITON_INTERPRET=1; return (cases, outputs)."""
+def interpreted(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], list[dict], str]:
+    """Run every case once in a child with TRITON_INTERPRET=1; return (cases, outputs, the error a per-row
+    selection of the wrong row count raised)."""
     cases = make_cases(torch.Generator().manual_seed(SEED))
-    return cases, run_interpreted(CHILD, cases, tmp_path_factory.mktemp("triton_decode"))
+    res = run_interpreted(CHILD, cases, tmp_path_factory.mktemp("triton_decode"))
+    return cases, res["outs"], res["bad_rows"]
 
 
 @pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")
-def test_interpreted_matches_references(interpreted: tuple[list[dict], list[dict]]) -> None:
-    cases, outs = interpreted
+def test_interpreted_matches_references(interpreted: tuple[list[dict], list[dict], str]) -> None:
+    cases, outs, _ = interpreted
     for i, (case, res) in enumerate(zip(cases, outs, strict=True)):
         ctx = f"case {i} ({case['mode']}, {case['q'].dtype}, q {tuple(case['q'].shape)}, k {tuple(case['k'].shape)}, " \
               f"config {case['config']}, seed {SEED})"
@@ -160,16 +197,25 @@ def test_interpreted_matches_references(interpreted: tuple[list[dict], list[dict
 
 
 @pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")
-def test_interpreted_compaction(interpreted: tuple[list[dict], list[dict]]) -> None:
-    """The planning step lists each row's selected blocks in ascending order and counts them."""
-    cases, outs = interpreted
+def test_interpreted_compaction(interpreted: tuple[list[dict], list[dict], str]) -> None:
+    """The planning step lists each row's selected blocks (a per-row selection's union) in ascending order
+    and counts them."""
+    cases, outs, _ = interpreted
     for case, res in zip(cases, outs, strict=True):
-        mask = case["mask"]
+        mask = case["mask"] if case["mask"].dim() == 3 else case["mask"].any(2)
         assert torch.equal(res["counts"], mask.sum(-1).to(torch.int32))
         for row in range(mask.shape[0] * mask.shape[1]):
             want = torch.nonzero(mask.reshape(-1, mask.shape[-1])[row]).flatten()
             got = res["indices"].reshape(-1, mask.shape[-1])[row, : len(want)]
             assert torch.equal(got.long(), want), (row, got.tolist(), want.tolist())
+
+
+@pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")
+def test_interpreted_multi_row_rows_mismatch(interpreted: tuple[list[dict], list[dict], str]) -> None:
+    """A per-row selection whose row count is not the query's is a one-line UsageError, not a wrong answer."""
+    assert sum(c["q"].shape[2] > 1 for c in interpreted[0]) == 5  # the multi-row cases are compared above
+    bad_rows = interpreted[2]
+    assert bad_rows.startswith("UsageError") and "2 rows for 3 query rows" in bad_rows, bad_rows
 
 
 #: Checks that registering the backend does not import triton (slow, absent on some machines), then runs
@@ -208,7 +254,7 @@ def test_lazy_import_and_attention_bench_dry_run(tmp_path: Path) -> None:
 
 def test_capabilities_and_availability() -> None:
     caps = TritonBackend.capabilities
-    assert caps.cuda_graph_safe and caps.softcap and not caps.multi_row_queries
+    assert caps.cuda_graph_safe and caps.softcap and caps.multi_row_queries
     assert caps.head_dims == frozenset({64, 128, 256})
     reasons = TritonBackend.reasons_to_reject(device="cpu", dtype=torch.float64, head_dim=96)
     assert any("device" in r for r in reasons) and any("dtype" in r for r in reasons)
@@ -236,9 +282,7 @@ def test_bad_block_size(block: int) -> None:
 
 
 @pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")
-def test_rejects_per_row_selection_and_wrong_block_count() -> None:
-    with pytest.raises(UsageError, match="per-row"):
-        TritonBackend().plan(Selection(torch.ones(1, 1, 2, 3, dtype=torch.bool)), block_size=16, n_tokens=48)
+def test_rejects_wrong_block_count() -> None:
     with pytest.raises(UsageError, match="blocks"):
         TritonBackend().plan(Selection.full(1, 1, 2, "cpu"), block_size=16, n_tokens=48)
 
@@ -269,10 +313,11 @@ def test_splits_depend_on_shapes_only() -> None:
 
 
 def gpu_case(gen: torch.Generator, *, n_tokens: int, b: int, hkv: int, group: int, d: int, keep: float,
-             kv_len: bool, dtype: torch.dtype, spare: int = 0) -> dict:
+             kv_len: bool, dtype: torch.dtype, spare: int = 0, q_rows: int = 1, per_row: bool = False) -> dict:
     """A decode problem on the GPU; keys scaled up so the softmax is far from flat. ``spare`` > 0 puts K/V
     in the first ``n_tokens`` slots of a larger preallocated cache, as the engine's static cache does."""
-    case = make_case(gen, b=b, hkv=hkv, group=group, d=d, n_tokens=n_tokens, kv_len=kv_len, keep=keep)
+    case = make_case(gen, b=b, hkv=hkv, group=group, d=d, n_tokens=n_tokens, kv_len=kv_len, keep=keep,
+                     q_rows=q_rows, per_row=per_row)
     case["q"] = case["q"].to("cuda", dtype)
     for name, scale in (("k", 1.5), ("v", 1.0)):
         cache = torch.zeros(b, hkv, n_tokens + spare, d, device="cuda", dtype=dtype)
@@ -369,3 +414,23 @@ def test_gpu_cuda_graph_replay(mode: str) -> None:
         ref = torch_backend(dict(case, q=q, k=k, v=v, mask=mask, kv_len=lens))
         assert rel_err(captured.out, ref.out) < 1e-2, (mode, trial)
         assert torch.equal(captured.tokens_read, ref.tokens_read), (mode, trial)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAVE_TRITON and HAVE_CUDA), reason="needs a CUDA device and triton")
+@pytest.mark.parametrize("mode", ["bitmap", "indices"])
+@pytest.mark.parametrize("q_rows", [2, 4, 8])
+def test_gpu_multi_row_bf16_matches_torch(mode: str, q_rows: int) -> None:
+    """Speculative verification's shapes (gamma + 1 rows) in bf16, shared and per-row selections, static cache."""
+    gen = torch.Generator().manual_seed(SEED + q_rows)
+    for n_tokens, b, hkv, group, per_row in ((8200, 2, 8, 4, True), (3000, 3, 2, 8, False), (20000, 1, 8, 1, True)):
+        case = gpu_case(gen, n_tokens=n_tokens, b=b, hkv=hkv, group=group, d=128, keep=0.25, kv_len=True,
+                        dtype=torch.bfloat16, spare=64, q_rows=q_rows, per_row=per_row)
+        ref = torch_backend(case)
+        res = TritonBackend(selection_mode=mode).attend(
+            case["q"], case["k"], case["v"], Selection(case["mask"]), block_size=16, scaling=case["scaling"],
+            kv_len=case["kv_len"])
+        ctx = f"{mode} Q={q_rows} T={n_tokens} B={b} H={hkv}x{group} per_row={per_row} seed={SEED}"
+        assert res.out.shape == case["q"].shape and res.out.dtype == torch.bfloat16, ctx
+        assert rel_err(res.out, ref.out) < 1e-2, f"{ctx}: rel err {rel_err(res.out, ref.out):.2e}"
+        assert torch.equal(res.tokens_read, ref.tokens_read), ctx

@@ -31,7 +31,8 @@ SELECTION_MODES = ("bitmap", "indices")
 
 @dataclass(frozen=True)
 class TritonPlan(AttentionPlan):
-    """A plan plus, in ``indices`` mode, the device-side block lists ``[B, Hkv, N]`` and counts ``[B, Hkv]``."""
+    """A plan plus, in ``indices`` mode, the device-side block lists ``[B, Hkv, N]`` and counts ``[B, Hkv]``
+    (of the union of the query rows' blocks for a per-row selection)."""
 
     indices: torch.Tensor | None = None
     counts: torch.Tensor | None = None
@@ -44,6 +45,10 @@ class TritonBackend(AttentionBackend):
     loads only selected blocks); ``"indices"`` compacts the bitmap in ``plan()`` (one small kernel) so
     each program loads only useful tiles and the work is split evenly. ``config`` overrides the launch
     parameters (tile, warps, stages, splits), which benchmarks sweep.
+
+    Several query rows (speculative verification) run in the same programs as their GQA group: every
+    selected block is loaded once for all rows, each row masked to its own blocks and causally, and the
+    tokens read are the union's, as the torch backend counts them.
     """
 
     name = "triton"
@@ -51,7 +56,7 @@ class TritonBackend(AttentionBackend):
         devices=frozenset({"cuda"}),
         dtypes=frozenset({torch.float16, torch.bfloat16, torch.float32}),
         head_dims=frozenset({64, 128, 256}),
-        multi_row_queries=False,
+        multi_row_queries=True,
         cuda_graph_safe=True,
         softcap=True,
     )
@@ -83,9 +88,6 @@ class TritonBackend(AttentionBackend):
         from sparsebench.kernels import triton_decode
 
         triton_decode.check_block_size(block_size)
-        if selection.per_row:
-            raise UsageError("the Triton backend decodes one query row per sequence; per-row selections "
-                             "(speculative verification) need --backend torch")
         if selection.n_blocks != -(-n_tokens // block_size):
             raise UsageError(f"selection has {selection.n_blocks} blocks but {n_tokens} tokens in blocks of "
                              f"{block_size} need {-(-n_tokens // block_size)}")

@@ -28,6 +28,13 @@ Two ways of reading the selection (``mode``):
   takes list positions ``[count * s / splits, count * (s + 1) / splits)``, so every tile it loads is
   fully useful and the work is split evenly whatever the selection looks like.
 
+Several query rows (speculative verification, ``Q`` up to ``gamma + 1``) share one program too: the
+program's ``GROUP * Q`` rows (query head major, query row minor) attend the *union* of the rows' blocks, so
+each KV block is loaded once for all rows, and each row is masked to its own blocks (a per-row bitmap
+``[B, Hkv, Q, N]``) and to its causal limit: row ``r`` sits at position ``len - Q + r`` and sees keys up to
+it. The tokens read are the union's live tokens, as in the torch backend. One row (plain decode) compiles
+the masking away and launches exactly the single-row kernel.
+
 Tokens at or past ``kv_len[b]`` (static caches) are neither loaded nor counted; blocks past the last
 live one are not even scanned in bitmap mode. An empty selection gives NaN, as the torch reference does.
 
@@ -64,6 +71,7 @@ __all__ = [
     "default_splits",
     "resolve_config",
     "sparse_decode",
+    "union_of_rows",
 ]
 
 #: Query/KV dtypes the kernels load directly.
@@ -72,6 +80,9 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_BLOCK_SIZE = 128
 #: Upper bound on splits per (sequence, kv head): the merge kernel holds all partials of a head at once.
 MAX_SPLITS = 128
+#: Most query rows per sequence (speculative verification checks ``gamma + 1`` tokens at once); each program
+#: holds ``GQA group * rows`` query rows in registers, so the bound keeps that tile sane.
+MAX_QUERY_ROWS = 16
 _LOG2E = 1.4426950408889634
 
 
@@ -192,12 +203,14 @@ if _HAVE_TRITON:
         sel_ptr,
         cnt_ptr,
         kvlen_ptr,
+        rowsel_ptr,
         o_part_ptr,
         m_part_ptr,
         l_part_ptr,
         n_part_ptr,
         stride_qb,
         stride_qh,
+        stride_qq,
         stride_qd,
         stride_kb,
         stride_kh,
@@ -210,6 +223,10 @@ if _HAVE_TRITON:
         stride_sb,
         stride_sh,
         stride_sn,
+        stride_rb,
+        stride_rh,
+        stride_rq,
+        stride_rn,
         n_kv_heads,
         n_tokens,
         n_blocks,
@@ -217,6 +234,8 @@ if _HAVE_TRITON:
         score_scale,
         cap_scale,
         GROUP: tl.constexpr,
+        Q_ROWS: tl.constexpr,
+        PER_ROW: tl.constexpr,
         GROUP_PAD: tl.constexpr,
         HEAD_DIM: tl.constexpr,
         BLOCK_SIZE: tl.constexpr,
@@ -229,9 +248,12 @@ if _HAVE_TRITON:
         """Partial attention of one GQA group over one share of its selected blocks.
 
         ``sel_ptr`` is the bitmap (``USE_INDICES`` false) or the compacted index lists with counts at
-        ``cnt_ptr``. Scores are kept in base 2: ``score_scale`` is ``scaling * log2(e)``, or with
-        ``SOFTCAP`` ``scaling / softcap`` before ``tanh`` and ``cap_scale = softcap * log2(e)`` after it.
-        Writes the unnormalised accumulator, running max and sum per query row, and the tokens read.
+        ``cnt_ptr``, of the union of the query rows' blocks. With ``Q_ROWS > 1`` the program holds
+        ``GROUP * Q_ROWS`` rows (``GROUP_PAD`` is their padded count), each masked causally and, with
+        ``PER_ROW``, to its own blocks in the bitmap at ``rowsel_ptr``. Scores are kept in base 2:
+        ``score_scale`` is ``scaling * log2(e)``, or with ``SOFTCAP`` ``scaling / softcap`` before ``tanh``
+        and ``cap_scale = softcap * log2(e)`` after it. Writes the unnormalised accumulator, running max and
+        sum per row, and the tokens read (the union's: each loaded token counts once for all rows).
         ``DOT_PRECISION`` is "ieee" for float32 inputs (exact products, no TF32) and the default otherwise.
         """
         TILE: tl.constexpr = BLOCKS_PER_TILE * BLOCK_SIZE
@@ -243,16 +265,20 @@ if _HAVE_TRITON:
         n_splits = tl.num_programs(1)  # a launch argument, not a constant: no recompilation per context length
         b = bh // n_kv_heads
         h = bh % n_kv_heads
+        ROWS: tl.constexpr = GROUP * Q_ROWS
         rows = tl.arange(0, GROUP_PAD)
+        head = rows // Q_ROWS  # query head within the group; with one query row these fold to rows and 0
+        q_row = rows % Q_ROWS
         dims = tl.arange(0, HEAD_DIM)
         t = tl.arange(0, TILE)
 
         q_base = q_ptr + b.to(tl.int64) * stride_qb + (h * GROUP).to(tl.int64) * stride_qh
-        q = tl.load(q_base + rows[:, None] * stride_qh + dims[None, :] * stride_qd,
-                    mask=rows[:, None] < GROUP, other=0.0)
+        q = tl.load(q_base + (head * stride_qh + q_row * stride_qq)[:, None] + dims[None, :] * stride_qd,
+                    mask=rows[:, None] < ROWS, other=0.0)
         k_base = k_ptr + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
         v_base = v_ptr + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
         sel_row = sel_ptr + b.to(tl.int64) * stride_sb + h.to(tl.int64) * stride_sh
+        rowsel = rowsel_ptr + b.to(tl.int64) * stride_rb + h.to(tl.int64) * stride_rh + q_row * stride_rq
 
         limit = n_tokens
         if HAS_KV_LEN:
@@ -292,7 +318,15 @@ if _HAVE_TRITON:
             if SOFTCAP:
                 # tanh(x) = 1 - 2 / (e^{2x} + 1): saturates cleanly (e^{2x} -> inf gives 1, -> 0 gives -1).
                 s = cap_scale * (1.0 - 2.0 / (tl.exp2(s * TWO_LOG2E) + 1.0))
-            s = tl.where(ok[None, :], s, float("-inf"))
+            if Q_ROWS > 1:
+                # Row r sits at position limit - Q + r and sees keys up to it, and (per row) only its blocks.
+                seen = ok[None, :] & (tok[None, :] <= (limit - Q_ROWS + q_row)[:, None])
+                if PER_ROW:
+                    bit = tl.load(rowsel[:, None] + block[None, :] * stride_rn, mask=seen, other=0)
+                    seen = seen & (bit != 0)
+                s = tl.where(seen, s, float("-inf"))
+            else:
+                s = tl.where(ok[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
             alpha = tl.exp2(m_i - m_new)
             p = tl.exp2(s - m_new[:, None])
@@ -303,10 +337,10 @@ if _HAVE_TRITON:
             n_read += ok.to(tl.int32)
 
         part = bh.to(tl.int64) * n_splits + split
-        row_ok = rows < GROUP
-        tl.store(o_part_ptr + (part * GROUP + rows)[:, None] * HEAD_DIM + dims[None, :], acc, mask=row_ok[:, None])
-        tl.store(m_part_ptr + part * GROUP + rows, m_i, mask=row_ok)
-        tl.store(l_part_ptr + part * GROUP + rows, l_i, mask=row_ok)
+        row_ok = rows < ROWS
+        tl.store(o_part_ptr + (part * ROWS + rows)[:, None] * HEAD_DIM + dims[None, :], acc, mask=row_ok[:, None])
+        tl.store(m_part_ptr + part * ROWS + rows, m_i, mask=row_ok)
+        tl.store(l_part_ptr + part * ROWS + rows, l_i, mask=row_ok)
         tl.store(n_part_ptr + part, tl.sum(n_read, axis=0))
 
     def _merge_kernel(
@@ -318,14 +352,17 @@ if _HAVE_TRITON:
         tokens_ptr,
         stride_ob,
         stride_oh,
+        stride_oq,
         stride_od,
         n_kv_heads,
         n_splits,
         GROUP: tl.constexpr,
+        Q_ROWS: tl.constexpr,
         HEAD_DIM: tl.constexpr,
         SPLITS_PAD: tl.constexpr,
     ):
-        """Combine the partials of query head ``program_id(1)`` of group ``program_id(0)``.
+        """Combine the partials of row ``program_id(1)`` (query head major, query row minor) of group
+        ``program_id(0)``.
 
         ``out = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s`` with ``M = max_s m_s``; empty splits
         carry ``m = -1e30, l = 0`` and weigh nothing. Query head 0 of each group also writes the group's
@@ -336,15 +373,17 @@ if _HAVE_TRITON:
         s = tl.arange(0, SPLITS_PAD)
         dims = tl.arange(0, HEAD_DIM)
         s_ok = s < n_splits
+        ROWS: tl.constexpr = GROUP * Q_ROWS
         part = bh.to(tl.int64) * n_splits + s
-        m = tl.load(m_part_ptr + part * GROUP + g, mask=s_ok, other=float("-inf"))
-        lsum = tl.load(l_part_ptr + part * GROUP + g, mask=s_ok, other=0.0)
+        m = tl.load(m_part_ptr + part * ROWS + g, mask=s_ok, other=float("-inf"))
+        lsum = tl.load(l_part_ptr + part * ROWS + g, mask=s_ok, other=0.0)
         w = tl.exp2(m - tl.max(m, axis=0))
-        o = tl.load(o_part_ptr + (part * GROUP + g)[:, None] * HEAD_DIM + dims[None, :], mask=s_ok[:, None], other=0.0)
+        o = tl.load(o_part_ptr + (part * ROWS + g)[:, None] * HEAD_DIM + dims[None, :], mask=s_ok[:, None], other=0.0)
         res = tl.sum(o * w[:, None], axis=0) / tl.sum(lsum * w, axis=0)
         b = bh // n_kv_heads
         h = bh % n_kv_heads
-        out = out_ptr + b.to(tl.int64) * stride_ob + (h * GROUP + g).to(tl.int64) * stride_oh
+        out = (out_ptr + b.to(tl.int64) * stride_ob + (h * GROUP + g // Q_ROWS).to(tl.int64) * stride_oh
+               + (g % Q_ROWS).to(tl.int64) * stride_oq)
         tl.store(out + dims * stride_od, res.to(out_ptr.dtype.element_ty))
         n = tl.sum(tl.load(n_part_ptr + part, mask=s_ok, other=0), axis=0)
         tl.store(tokens_ptr + bh, n.to(tl.int64), mask=g == 0)
@@ -394,10 +433,22 @@ def _require_runnable(device: torch.device) -> None:
 
 def _check_mask(mask: torch.Tensor) -> torch.Tensor:
     """The bitmap as uint8 (a free view of the bool tensor), after shape and dtype checks."""
-    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.dim() != 3:
-        raise UsageError("the Triton backend takes one bool selection [batch, kv_heads, n_blocks] per sequence "
-                         "(per-query-row selections need --backend torch)")
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.dim() not in (3, 4):
+        raise UsageError("the Triton backend takes a bool selection [batch, kv_heads, n_blocks], or "
+                         "[batch, kv_heads, query_rows, n_blocks] per query row")
     return mask.view(torch.uint8)
+
+
+def union_of_rows(mask: torch.Tensor) -> torch.Tensor:
+    """The ``[B, Hkv, N]`` blocks any query row reads: what the kernels load (once for all rows) and count.
+
+    A shared selection is returned as it is, a one-row one as a view; only several rows cost a reduction
+    (on the device, no sync).
+    """
+    _check_mask(mask)
+    if mask.dim() == 3:
+        return mask
+    return mask[:, :, 0] if mask.shape[2] == 1 else mask.any(2)
 
 
 def compact_selection(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -405,9 +456,9 @@ def compact_selection(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     Returns ``indices`` ``[B, Hkv, N]`` int32 (entries past a row's count are unspecified) and
     ``counts`` ``[B, Hkv]`` int32. One launch, one program per row: this is the ``indices`` mode's
-    planning step.
+    planning step. A per-query-row selection is compacted as the union of its rows.
     """
-    sel = _check_mask(mask)
+    sel = _check_mask(union_of_rows(mask))
     _require_runnable(sel.device)
     b, hkv, n = sel.shape
     indices = torch.empty((b, hkv, n), dtype=torch.int32, device=sel.device)
@@ -444,23 +495,30 @@ def sparse_decode(
     counts: torch.Tensor | None = None,
     config: KernelConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Block-sparse decode attention; returns ``(out [B, Hq, 1, D], tokens_read [B, Hkv] int64)``.
+    """Block-sparse decode attention; returns ``(out [B, Hq, Q, D], tokens_read [B, Hkv] int64)``.
 
     Shapes as in :meth:`sparsebench.kernels.base.AttentionBackend.attend`; ``key``/``value`` may have
-    any strides. With ``indices``/``counts`` (from :func:`compact_selection` of ``mask``) the kernel
-    reads the compacted lists, otherwise it scans the bitmap. Every check here looks at shapes and
+    any strides. ``mask`` is ``[B, Hkv, N]`` (shared by the ``Q`` query rows) or ``[B, Hkv, Q, N]`` (per
+    row); rows are causal within the last ``Q`` positions (see the module docstring). With
+    ``indices``/``counts`` (from :func:`compact_selection` of ``mask``) the kernel reads the compacted
+    lists, otherwise it scans the bitmap. Every check here looks at shapes and
     dtypes only, so the call never synchronises with the device and can be captured in a CUDA graph.
     """
-    sel = _check_mask(mask)
+    _check_mask(mask)
     _require_runnable(query.device)
     check_block_size(block_size)
     if query.dim() != 4 or key.dim() != 4 or value.dim() != 4:
-        raise UsageError("query must be [B, Hq, 1, D] and key/value [B, Hkv, T, D]")
+        raise UsageError("query must be [B, Hq, Q, D] and key/value [B, Hkv, T, D]")
     b, hq, q_rows, d = query.shape
     _, hkv, n_tokens, _ = key.shape
-    if q_rows != 1:
-        raise UsageError(f"the Triton backend decodes one query row per sequence, got {q_rows}; "
-                         "use --backend torch for multi-row queries")
+    if not 1 <= q_rows <= MAX_QUERY_ROWS:
+        raise UsageError(f"the Triton backend takes 1 to {MAX_QUERY_ROWS} query rows per sequence, got {q_rows}; "
+                         "use --backend torch")
+    if mask.dim() == 4 and mask.shape[2] not in (1, q_rows):
+        raise UsageError(f"a per-row selection of {mask.shape[2]} rows for {q_rows} query rows")
+    per_row = mask.dim() == 4 and mask.shape[2] > 1
+    rows_sel = mask.view(torch.uint8) if per_row else None
+    sel = _check_mask(union_of_rows(mask))
     if key.shape != value.shape or key.shape[0] != b or key.shape[3] != d:
         raise UsageError(f"key {tuple(key.shape)} and value {tuple(value.shape)} must both be [B, Hkv, T, D] "
                          f"matching query {tuple(query.shape)}")
@@ -494,12 +552,13 @@ def sparse_decode(
     bpt, warps, stages, splits = cfg.blocks_per_tile, cfg.num_warps, cfg.num_stages, cfg.splits
     group = hq // hkv
 
-    out = torch.empty((b, hq, 1, d), dtype=query.dtype, device=query.device)
+    rows = group * q_rows
+    out = torch.empty((b, hq, q_rows, d), dtype=query.dtype, device=query.device)
     tokens_read = torch.empty((b, hkv), dtype=torch.int64, device=query.device)
     if heads == 0:
         return out, tokens_read
-    o_part = torch.empty((heads * splits, group, d), dtype=torch.float32, device=query.device)
-    m_part = torch.empty((heads * splits, group), dtype=torch.float32, device=query.device)
+    o_part = torch.empty((heads * splits, rows, d), dtype=torch.float32, device=query.device)
+    m_part = torch.empty((heads * splits, rows), dtype=torch.float32, device=query.device)
     l_part = torch.empty_like(m_part)
     n_part = torch.empty((heads * splits,), dtype=torch.int32, device=query.device)
     if softcap is None:
@@ -510,19 +569,20 @@ def sparse_decode(
     dummy = n_part  # stands in for absent optional pointers; never read
     _jit(_split_kernel)[(heads, splits)](
         query, key, value, lists, counts if use_indices else dummy, kv_len if kv_len is not None else dummy,
-        o_part, m_part, l_part, n_part,
-        query.stride(0), query.stride(1), query.stride(3),
-        *key.stride(), *value.stride(), *lists.stride(),
+        rows_sel if per_row else dummy, o_part, m_part, l_part, n_part,
+        *query.stride(), *key.stride(), *value.stride(), *lists.stride(),
+        *(rows_sel.stride() if per_row else (0, 0, 0, 0)),
         hkv, n_tokens, n_blocks, -(-n_blocks // splits), float(score_scale), float(cap_scale),
-        GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=d, BLOCK_SIZE=block_size,
+        GROUP=group, Q_ROWS=q_rows, PER_ROW=per_row, GROUP_PAD=max(16, triton.next_power_of_2(rows)),
+        HEAD_DIM=d, BLOCK_SIZE=block_size,
         BLOCKS_PER_TILE=bpt, USE_INDICES=use_indices, HAS_KV_LEN=kv_len is not None,
         SOFTCAP=softcap is not None, DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
         num_warps=warps, num_stages=stages,
     )
-    _jit(_merge_kernel)[(heads, group)](
+    _jit(_merge_kernel)[(heads, rows)](
         o_part, m_part, l_part, n_part, out, tokens_read,
-        out.stride(0), out.stride(1), out.stride(3), hkv, splits,
-        GROUP=group, HEAD_DIM=d, SPLITS_PAD=triton.next_power_of_2(splits),
+        *out.stride(), hkv, splits,
+        GROUP=group, Q_ROWS=q_rows, HEAD_DIM=d, SPLITS_PAD=triton.next_power_of_2(splits),
         num_warps=4 if d * triton.next_power_of_2(splits) >= 4096 else 2,
     )
     return out, tokens_read
