@@ -503,12 +503,13 @@ def test_bench_dry_run(tmp_path: Path) -> None:
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run(
         [sys.executable, "-m", "sparsebench.bench.topp", "--out", str(tmp_path), "--dry-run", "--sizes", "40",
-         "--suites", "main", "--configs", "all", "--repeats", "1", "--warmup", "0"],
+         "--suites", "main", "--configs", "all", "--repeats", "1", "--warmup", "0", "--calls-per-replay", "2"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads((tmp_path / "bench_topp.json").read_text())
     (result,) = report["results"]
+    assert report["meta"]["calls_per_replay"] == 2
     for key in ("n", "rows", "triton_us", "sort_us", "read_us", "speedup_vs_sort", "triton_over_read",
                 "passes_mean", "rows_differing_from_reference", "min_kept_mass", "config", "best_us", "best_config"):
         assert key in result, key

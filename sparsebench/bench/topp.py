@@ -78,12 +78,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=100)
     ap.add_argument("--no-flush", action="store_true", help="do not flush L2 between timed calls")
+    ap.add_argument("--calls-per-replay", type=int, default=1,
+                    help="time this many back-to-back calls per graph replay and divide (steady state inside a "
+                         "captured decode step; with the L2 flush only the first call of each replay is cold)")
     ap.add_argument("--eager", action="store_true",
                     help="time eager calls (Python launch overhead included) instead of CUDA-graph replays")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if args.sweep:
         args.configs = "all"
+    if args.calls_per_replay < 1:
+        ap.error(f"--calls-per-replay must be >= 1, got {args.calls_per_replay}")
     return args
 
 
@@ -96,13 +101,24 @@ def sort_topp(probs: torch.Tensor, p: float) -> torch.Tensor:
 
 
 def time_gpu(fn: Callable[[], Any], *, warmup: int, repeats: int, flush: torch.Tensor | None,
-             graph: bool = True) -> list[float]:
+             graph: bool = True, calls: int = 1) -> list[float]:
     """Per-call GPU times in microseconds from CUDA events around each call.
 
     With ``graph`` the call is captured once in a CUDA graph and the replays are timed: a decode loop
     would run it that way, and it keeps Python's launch overhead (tens of microseconds for a Triton
     launch, more than the kernel itself at small N) out of a measurement of the GPU work.
+
+    With ``calls`` > 1 each timed replay runs the call ``calls`` times back to back and the time is
+    divided by ``calls``: the steady state of a call inside a captured decode step, where the graph
+    launch and the event pair (about 8 µs on the H200, more than one read of a 128 KB input) are paid
+    once per step rather than per call. ``flush`` then empties the L2 only before the first of them.
     """
+    if calls > 1:
+        single = fn
+
+        def fn() -> None:
+            for _ in range(calls):
+                single()
     run = fn
     if graph:
         side = torch.cuda.Stream()
@@ -127,7 +143,7 @@ def time_gpu(fn: Callable[[], Any], *, warmup: int, repeats: int, flush: torch.T
         run()
         ends[i].record()
     torch.cuda.synchronize()
-    return [s.elapsed_time(e) * 1e3 for s, e in zip(starts, ends, strict=True)]
+    return [s.elapsed_time(e) * 1e3 / calls for s, e in zip(starts, ends, strict=True)]
 
 
 def time_cpu(fn: Callable[[], Any], *, warmup: int, repeats: int) -> list[float]:
@@ -267,7 +283,8 @@ class Bench:
         if self.dry:
             ts = time_cpu(fn, warmup=self.warmup, repeats=self.repeats)
         else:
-            ts = time_gpu(fn, warmup=self.warmup, repeats=self.repeats, flush=self.flush, graph=not self.args.eager)
+            ts = time_gpu(fn, warmup=self.warmup, repeats=self.repeats, flush=self.flush, graph=not self.args.eager,
+                          calls=self.args.calls_per_replay)
         return statistics.median(ts)
 
     def shape(self, suite: str, rows: int, n: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -375,6 +392,7 @@ def run(args: argparse.Namespace, on_shape: Callable[[dict[str, Any]], None] | N
         torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
         dtype=args.dtype, p=args.p, temperature=args.temperature, rows=rows_main,
         warmup=bench.warmup, repeats=bench.repeats, statistic="median", l2_flushed=bench.flush is not None,
+        calls_per_replay=bench.args.calls_per_replay,
         timing=("wall clock, CPU interpreter" if dry else
                 "CUDA events around eager calls" if args.eager else "CUDA events around CUDA-graph replays"),
         dry_run=dry, read_reference="probs.sum(-1)", sort_reference="torch.sort + cumsum + scatter",
