@@ -229,6 +229,7 @@ CHILD = textwrap.dedent(
     import sys, torch
     from sparsebench.kernels.topk import TopKConfig, topk_mask, topk_mask_triton
     from sparsebench.kernels.topp import interpreter_enabled
+    from sparsebench.kernels.quest_kernels import quest_scores
     from sparsebench.policies.quest import Quest, quest_upper_bound
     from sparsebench.policies.specattn import SpecAttn, heads_to_kv_groups
     from sparsebench.policy import SelectionContext, reduce_groups
@@ -238,10 +239,12 @@ CHILD = textwrap.dedent(
         if c["fn"] == "policies":
             ctx = SelectionContext(**c["ctx"])
             bound = quest_upper_bound(ctx.grouped_query(), ctx.summaries["key_min"], ctx.summaries["key_max"])
+            kernel_scores = quest_scores(ctx.query, ctx.summaries["key_min"], ctx.summaries["key_max"], "max")
             quest = Quest(budget_frac=c["frac"]).select(ctx).mask
             spec = SpecAttn(select_by="topk", budget_frac=c["frac"]).select(ctx).mask
             mass = heads_to_kv_groups(ctx.draft_attention.float(), ctx.num_kv_heads, "mean")
-            out.append(dict(quest=quest, quest_scores=reduce_groups(bound, "max"), spec=spec, spec_scores=mass,
+            out.append(dict(quest=quest, quest_scores=kernel_scores, quest_torch=reduce_groups(bound, "max"),
+                            spec=spec, spec_scores=mass,
                             k=ctx.budget_blocks(None, c["frac"])))
         elif c["fn"] == "auto":
             out.append(dict(mask=topk_mask(c["scores"], c["k"]), passes=None))
@@ -280,10 +283,10 @@ def make_cases(gen: torch.Generator) -> list[dict]:
     add("n=300", torch.stack([torch.randn(300, generator=gen), torch.randint(0, 4, (300,), generator=gen).float()]),
         66)
     add("auto dispatch", kinds, 7, fn="auto")
-    key_min = torch.randn(1, 2, 20, 8, generator=gen)
-    ctx = dict(layer=0, query=torch.randn(1, 4, 1, 8, generator=gen), n_tokens=320, block_size=16, n_blocks=20,
-               num_kv_heads=2, scaling=8**-0.5, step=0,
-               summaries={"key_min": key_min, "key_max": key_min + torch.rand(1, 2, 20, 8, generator=gen)},
+    key_min = torch.randn(1, 2, 20, 16, generator=gen)  # head dim 16: the smallest the Quest kernel takes
+    ctx = dict(layer=0, query=torch.randn(1, 4, 1, 16, generator=gen), n_tokens=320, block_size=16, n_blocks=20,
+               num_kv_heads=2, scaling=16**-0.5, step=0,
+               summaries={"key_min": key_min, "key_max": key_min + torch.rand(1, 2, 20, 16, generator=gen)},
                draft_attention=torch.softmax(torch.randn(1, 4, 20, generator=gen), -1))
     cases.append(dict(name="policies", fn="policies", ctx=ctx, frac=0.3))
     return cases
@@ -318,11 +321,15 @@ def test_kernel_pass_bound_interpreted(interpreted: tuple[list[dict], list[dict]
 
 @pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")
 def test_policies_use_the_kernel_interpreted(interpreted: tuple[list[dict], list[dict]]) -> None:
-    """Where the kernel serves the tensors, Quest and SpecAttn --select-by topk select its exact top-k."""
+    """Where the kernel serves the tensors, Quest and SpecAttn --select-by topk select its exact top-k (Quest:
+    of its scoring kernel's bound, the torch bound up to summation order, plus the newest block)."""
     cases, outs = interpreted
     (out,) = [o for c, o in zip(cases, outs, strict=True) if c["fn"] == "policies"]
-    for policy in ("quest", "spec"):
-        check_exact(out[f"{policy}_scores"], out[policy], out["k"], f"{policy} under the interpreter")
+    check_exact(out["spec_scores"], out["spec"], out["k"], "spec under the interpreter")
+    torch.testing.assert_close(out["quest_scores"], out["quest_torch"], rtol=1e-5, atol=1e-5)
+    want = topk_mask_reference(out["quest_scores"], out["k"])
+    want[..., -1] = True
+    assert torch.equal(out["quest"], want), f"quest under the interpreter (seed {SEED})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,7 +395,10 @@ def test_cuda_graph_capture() -> None:
 @pytest.mark.gpu
 @needs_cuda
 def test_cuda_quest_uses_the_kernel() -> None:
-    """Quest on CUDA selects the exact top-k of its bound (the reference's tie rule), k blocks a head."""
+    """Quest on CUDA selects the exact top-k of its kernel's bound (the reference's tie rule) plus the newest
+    block; the kernel's bound is the torch one up to float32 summation order."""
+    from sparsebench.kernels.quest_kernels import quest_scores
+
     gen = torch.Generator().manual_seed(SEED)
     key_min = torch.randn(2, 8, 2048, 128, generator=gen).cuda()
     summaries = {"key_min": key_min, "key_max": key_min + torch.rand(2, 8, 2048, 128, generator=gen).cuda()}
@@ -396,5 +406,9 @@ def test_cuda_quest_uses_the_kernel() -> None:
                            block_size=16, n_blocks=2048, num_kv_heads=8, scaling=128**-0.5, step=0,
                            summaries=summaries)
     k = ctx.budget_blocks(None, 0.2)
-    scores = reduce_groups(quest_upper_bound(ctx.grouped_query(), key_min, summaries["key_max"]), "max")
-    check_exact(scores.cpu(), Quest(budget_frac=0.2).select(ctx).mask.cpu(), k, "quest on cuda")
+    scores = quest_scores(ctx.query, key_min, summaries["key_max"], "max")
+    torch.testing.assert_close(scores, reduce_groups(quest_upper_bound(ctx.grouped_query(), key_min,
+                                                                       summaries["key_max"]), "max"))
+    want = topk_mask_reference(scores.cpu(), k)
+    want[..., -1] = True  # the fused top-k adds the newest block, which the engine always attends
+    assert torch.equal(Quest(budget_frac=0.2).select(ctx).mask.cpu(), want), "quest on cuda"

@@ -96,6 +96,11 @@ def make_cases(gen: torch.Generator) -> list[dict]:
     cases.append(make_case(gen, b=1, hkv=2, group=4, d=64, n_tokens=70, mode="indices", dtype=torch.float16))
     cases.append(make_case(gen, b=1, hkv=2, group=2, d=64, n_tokens=50, mode="bitmap", dtype=torch.float16,
                            kv_len=True))
+    # The one-launch merge (an option: the default second merge kernel measured faster): one row and several,
+    # both modes.
+    for q_rows, per_row, mode in ((1, False, "indices"), (3, True, "bitmap")):
+        cases.append(make_case(gen, b=2, hkv=2, group=2, d=64, n_tokens=80, mode=mode, kv_len=True, q_rows=q_rows,
+                               per_row=per_row, config=dict(blocks_per_tile=1, splits=3, fused_merge=True)))
     # Several query rows: (rows, per-row selection, GQA group, mode, splits, blocks per tile, softcap, layout).
     multi = [(2, False, 1, "indices", None, 2, None, "contiguous"), (2, True, 4, "bitmap", 3, 1, None, "capacity"),
              (4, True, 1, "indices", 2, 1, None, "contiguous"), (4, False, 4, "bitmap", 2, 2, 20.0, "bthd"),
@@ -213,7 +218,7 @@ def test_interpreted_compaction(interpreted: tuple[list[dict], list[dict], str])
 @pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")
 def test_interpreted_multi_row_rows_mismatch(interpreted: tuple[list[dict], list[dict], str]) -> None:
     """A per-row selection whose row count is not the query's is a one-line UsageError, not a wrong answer."""
-    assert sum(c["q"].shape[2] > 1 for c in interpreted[0]) == 5  # the multi-row cases are compared above
+    assert sum(c["q"].shape[2] > 1 for c in interpreted[0]) == 6  # the multi-row cases are compared above
     bad_rows = interpreted[2]
     assert bad_rows.startswith("UsageError") and "2 rows for 3 query rows" in bad_rows, bad_rows
 
@@ -234,15 +239,18 @@ BENCH_CHILD = textwrap.dedent(
 @pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")
 def test_lazy_import_and_attention_bench_dry_run(tmp_path: Path) -> None:
     """The backend module imports without triton, and ``sparsebench bench attention --dry-run`` runs end to
-    end on CPU with its correctness check passing for both selection modes."""
+    end on CPU with its correctness check passing for both selection modes, the one-launch merge and the
+    fused selections."""
     args = ["bench", "attention", "--out", str(tmp_path), "--dry-run", "--check", "--contexts", "40",
-            "--selections", "topk", "--repeats", "1", "--warmup", "0"]
+            "--selections", "topk,topk-fused,quest-fused", "--repeats", "1", "--warmup", "0"]
     proc = subprocess.run([sys.executable, "-c", BENCH_CHILD, *args], cwd=REPO, capture_output=True, text=True,
                           timeout=300, env={**os.environ, "PYTHONPATH": str(REPO), "TRITON_INTERPRET": "1"})
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads((tmp_path / "bench_attention.json").read_text())
     sparse = [r for r in report["rows"] if r["kind"] == "sparse"]
-    assert {r["method"] for r in sparse} == {"triton-bitmap", "triton-indices"}
+    assert {r["method"] for r in sparse} == {"triton-bitmap", "triton-indices", "triton-fused"}
+    assert {r["selection"] for r in sparse} == {"topk", "topk-fused", "quest-fused"}
+    assert not report["errors"], report["errors"]
     for r in sparse:
         assert r["rel_err_vs_torch"] < 1e-2 and r["tokens_read_match"] and r["step_us"] > 0, r
     assert (tmp_path / "bench_attention.md").read_text().startswith("# Block-sparse decode")

@@ -6,4 +6,5 @@ BENCHMARKS = {
     "topp": ("sparsebench.bench.topp", "sorting-free Triton top-p vs sort-based top-p vs one read (GPU)"),
     "attention": ("sparsebench.bench.attention", "block-sparse decode step (select + plan + kernel) vs dense (GPU)"),
     "decode": ("sparsebench.bench.decode", "decode tokens/s per policy on the fast engine vs the bandwidth bound"),
+    "specdec": ("sparsebench.bench.specdec", "speculative decoding with SpecAttn verification vs the bound (GPU)"),
 }

@@ -9,8 +9,19 @@ kernel alone (``run()`` on a plan made beforehand). Selections: ``topk`` (random
 kernel on CUDA), ``topk-torch`` (the previous path: ``torch.topk`` scattered into the bitmap, as the
 baseline) and ``topp`` (the sorting-free top-p kernel,
 :func:`sparsebench.kernels.topp.topp_mask_nd`, over random block probabilities whose spread is
-calibrated so that it keeps about the same fraction). All of them always keep the newest block. With
-``--check``, the ``topk`` selection is also compared with the exact reference
+calibrated so that it keeps about the same fraction). The fused path (issue 5): ``topk-fused`` is
+:func:`sparsebench.kernels.topk.topk_select`, one launch writing the top-k bitmap and the block lists the
+Triton backend reads (its ``plan()`` then launches nothing); ``quest-torch`` and ``quest-fused`` rank the
+blocks by Quest's bound over the problem's own block key min/max (the former torch matmul path vs the
+scoring kernel :func:`sparsebench.kernels.quest_kernels.quest_scores` feeding ``topk_select``). Methods
+``triton-bitmap``/``triton-indices`` merge the split-K partials in a second launch (the backend's
+default); ``triton-fused`` merges them in the decode kernel's own launch (``KernelConfig(fused_merge=True)``).
+Measured on the H200 at 8K (B=1, 32q/8kv heads, D=128, bf16, 22% kept): ``topk-fused`` cut select + plan
+from 9.8 + 5.7 µs (``topk``) to 8.4 + 1.2 µs, so it is the top-k policies' path on CUDA; ``triton-fused``
+*lost*, 20.5 µs of kernel against 13.5 µs for ``triton-indices``, so it stays only as an option and as this
+recorded row. The fastest step is therefore ``topk-fused`` (or ``quest-fused``) x ``triton-indices``:
+score -> top-k + lists (one launch) -> decode -> merge. All selections keep the newest block. With
+``--check``, the ``topk`` and ``topk-fused`` selections are also compared with the exact reference
 (:func:`sparsebench.kernels.topk.topk_mask_reference`); a difference is reported under "Errors".
 
 Timing: CUDA events around CUDA-graph replays for graph-safe methods (``timing`` column "graph"), around
@@ -32,6 +43,7 @@ DIR/bench_attention.json and DIR/bench_attention.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import importlib
 import itertools
@@ -61,6 +73,9 @@ TARGETS = {32768: 2.0, 131072: 3.5}
 #: D=128, bf16), in microseconds: the reference the targets refer to when flashinfer is absent here.
 REFERENCE_DENSE_FI_US = {8192: 25.0, 32768: 59.0, 131072: 190.0}
 FLUSH_BYTES = 256 * 1024 * 1024
+#: Floor on timed calls per measurement on a GPU (``--repeats`` below it is raised to it): a median of
+#: fewer is noise at microsecond scale.
+MIN_GPU_REPEATS = 20
 
 
 # ----------------------------------------------------------------------------------------------
@@ -71,14 +86,20 @@ class MethodUnavailable(Exception):
     """A method cannot run here (missing package, no device); the message says why."""
 
 
-def _triton(mode: str) -> Callable[[argparse.Namespace], AttentionBackend]:
+def _triton(mode: str, *, fused_merge: bool) -> Callable[[argparse.Namespace], AttentionBackend]:
+    """A Triton backend factory; ``fused_merge`` False keeps the two-launch split-K merge (the backend's
+    default, measured faster), True the one-launch merge, unless ``--triton-config`` sets it."""
     def make(args: argparse.Namespace) -> AttentionBackend:
         from sparsebench.kernels.triton_backend import TritonBackend
+        from sparsebench.kernels.triton_decode import KernelConfig
 
         reason = TritonBackend.unavailable_reason()
         if reason and not args.dry_run:
             raise MethodUnavailable(reason)
-        return TritonBackend(selection_mode=mode, config=triton_config(args.triton_config))
+        config = triton_config(args.triton_config) or KernelConfig()
+        if config.fused_merge is None:
+            config = dataclasses.replace(config, fused_merge=fused_merge)
+        return TritonBackend(selection_mode=mode, config=config)
 
     return make
 
@@ -101,8 +122,9 @@ def _flashinfer(args: argparse.Namespace) -> AttentionBackend:
 
 #: Sparse methods timed by default, in table order. Add a method by adding a factory here.
 METHODS: dict[str, Callable[[argparse.Namespace], AttentionBackend]] = {
-    "triton-bitmap": _triton("bitmap"),
-    "triton-indices": _triton("indices"),
+    "triton-bitmap": _triton("bitmap", fused_merge=False),
+    "triton-indices": _triton("indices", fused_merge=False),
+    "triton-fused": _triton("indices", fused_merge=True),
     "flashinfer": _flashinfer,
 }
 
@@ -140,13 +162,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument("--keep", type=float, default=0.22, help="fraction of blocks each selection keeps")
     ap.add_argument("--p", type=float, default=0.9, help="top-p mass for the topp selection")
-    ap.add_argument("--selections", default="topk,topp", help="comma-separated: topk, topk-torch, topp")
+    ap.add_argument("--selections", default="topk,topk-fused,topp",
+                    help="comma-separated: topk, topk-fused, topk-torch, quest-torch, quest-fused, topp")
     ap.add_argument("--methods", default=",".join(METHODS),
                     help=f"comma-separated sparse methods ({', '.join(METHODS)})")
     ap.add_argument("--triton-config", default=None,
                     help="Triton kernel parameters for the main rows, e.g. blocks_per_tile=4,num_warps=4,num_stages=3")
     ap.add_argument("--warmup", type=int, default=10)
-    ap.add_argument("--repeats", type=int, default=100)
+    ap.add_argument("--repeats", type=int, default=100,
+                    help=f"timed calls per measurement (median; at least {MIN_GPU_REPEATS} on a GPU)")
     ap.add_argument("--no-flush", action="store_true", help="do not flush L2 before each timed call")
     ap.add_argument("--check", action="store_true", help="compare each method's output with the torch backend first")
     ap.add_argument("--sweep", action="store_true",
@@ -178,6 +202,9 @@ class Problem:
     probs: torch.Tensor
     """``[B, Hkv, N]`` float32 block probabilities for top-p."""
     scaling: float
+    key_min: torch.Tensor
+    """``[B, Hkv, N, D]`` per-block key minima of ``k`` (Quest's summaries), in its dtype."""
+    key_max: torch.Tensor
 
 
 def calibrate_spread(n: int, keep: float, p: float, gen: torch.Generator) -> float:
@@ -205,7 +232,11 @@ def make_problem(n_tokens: int, args: argparse.Namespace, device: str, gen: torc
     scores = torch.randn(b, hkv, n_blocks, generator=gen).to(device)
     spread = calibrate_spread(n_blocks, args.keep, args.p, gen)
     probs = torch.softmax(torch.randn(b, hkv, n_blocks, generator=gen) * spread, -1).to(device)
-    return Problem(n_tokens, n_blocks, q, k, v, scores, probs, d**-0.5)
+    blocks = torch.nn.functional.pad(k, (0, 0, 0, n_blocks * bs - n_tokens), value=float("nan"))
+    blocks = blocks.view(b, hkv, n_blocks, bs, d).float()
+    key_min = blocks.nan_to_num(float("inf")).amin(3).to(dtype)  # padding never wins a min or a max
+    key_max = blocks.nan_to_num(float("-inf")).amax(3).to(dtype)
+    return Problem(n_tokens, n_blocks, q, k, v, scores, probs, d**-0.5, key_min, key_max)
 
 
 def topk_budget(pb: Problem, args: argparse.Namespace) -> int:
@@ -229,13 +260,18 @@ def check_topk_selection(pb: Problem, args: argparse.Namespace, sel: Selection, 
 
 def selection_fns(pb: Problem, args: argparse.Namespace) -> dict[str, Callable[[], Selection]]:
     """Selection builders as policies run them on the device (no host sync: graph-capturable)."""
-    from sparsebench.kernels.topk import topk_mask
+    from sparsebench.kernels.quest_kernels import quest_scores
+    from sparsebench.kernels.topk import topk_mask, topk_select
     from sparsebench.kernels.topp import topp_mask_nd
+    from sparsebench.policies.quest import quest_upper_bound
+    from sparsebench.policy import reduce_groups
 
     k = topk_budget(pb, args)
+    b, hq, _, d = pb.q.shape
+    hkv = pb.k.shape[1]
 
-    def topk(backend: TopKBackend = "auto") -> Selection:
-        mask = topk_mask(pb.scores, k, backend)
+    def topk(backend: TopKBackend = "auto", scores: torch.Tensor = pb.scores) -> Selection:
+        mask = topk_mask(scores, k, backend)
         mask[..., -1] = True
         return Selection(mask)
 
@@ -244,7 +280,17 @@ def selection_fns(pb: Problem, args: argparse.Namespace) -> dict[str, Callable[[
         mask[..., -1] = True
         return Selection(mask)
 
-    fns = {"topk": topk, "topk-torch": lambda: topk("torch"), "topp": topp}
+    def quest_torch() -> Selection:
+        """Quest's former path: the bound by torch matmuls, the group max, then the top-k mask."""
+        bound = quest_upper_bound(pb.q.reshape(b, hkv, hq // hkv, d).float(), pb.key_min, pb.key_max)
+        return topk(scores=reduce_groups(bound, "max"))
+
+    fns = {"topk": topk, "topk-torch": lambda: topk("torch"), "topp": topp,
+           # One launch for the top-k set, the newest block and the block lists the backend reads.
+           "topk-fused": lambda: topk_select(pb.scores, k),
+           "quest-torch": quest_torch,
+           # Quest's fused path: the scoring kernel, then the fused top-k (two launches).
+           "quest-fused": lambda: topk_select(quest_scores(pb.q, pb.key_min, pb.key_max, "max"), k)}
     unknown = set(args.selections.split(",")) - set(fns)
     if unknown:
         raise SystemExit(f"--selections: unknown {sorted(unknown)}; choose from {sorted(fns)}")
@@ -262,7 +308,7 @@ class Timer:
     def __init__(self, args: argparse.Namespace, device: str) -> None:
         self.dry = args.dry_run
         self.warmup = min(args.warmup, 1) if self.dry else args.warmup
-        self.repeats = min(args.repeats, 2) if self.dry else max(args.repeats, 50)
+        self.repeats = min(args.repeats, 2) if self.dry else max(args.repeats, MIN_GPU_REPEATS)
         self.flush = None
         if not self.dry and not args.no_flush:
             self.flush = torch.empty(FLUSH_BYTES // 4, dtype=torch.float32, device=device)
@@ -375,6 +421,8 @@ def sparse_bytes(pb: Problem, sel: Selection, backend: AttentionBackend, plan: A
     blocks = int(sel.mask.sum())
     kv = 2 * blocks * args.block_size * pb.k.shape[3] * elem
     score_bytes = pb.scores.numel() * 4 * (2 if selection_name == "topp" else 1)  # top-p reads its row twice+
+    if selection_name.startswith("quest"):  # the bound reads every block's key min and max
+        score_bytes += 2 * pb.key_min.numel() * elem
     mask_bytes = 2 * sel.mask.numel()  # written by the selection, read by the plan or the kernel
     plan_bytes = 0
     indices = getattr(plan, "indices", None)
@@ -417,7 +465,7 @@ def bench_context(n_tokens: int, args: argparse.Namespace, device: str, gen: tor
     )
     for sel_name, select in selection_fns(pb, args).items():
         sel = select()
-        if args.check and sel_name == "topk":
+        if args.check and sel_name in ("topk", "topk-fused"):
             check_topk_selection(pb, args, sel, errors)
         for m_name, backend in methods.items():
             rows.append(bench_sparse(pb, args, timer, bandwidth, dense, sel_name, select, sel, m_name, backend,

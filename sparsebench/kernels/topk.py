@@ -83,6 +83,7 @@ import torch
 
 from sparsebench.errors import DependencyError, UsageError
 from sparsebench.kernels.topp import interpreter_enabled, triton_usable
+from sparsebench.selection import Selection
 
 try:  # Triton is optional: the torch paths serve every device without it.
     import triton
@@ -104,6 +105,7 @@ __all__ = [
     "topk_mask_reference",
     "topk_mask_torch",
     "topk_mask_triton",
+    "topk_select",
 ]
 
 Backend = Literal["auto", "triton", "torch", "reference"]
@@ -225,6 +227,8 @@ if _HAVE_TRITON:
         k_ptr,
         out_ptr,
         passes_ptr,
+        idx_ptr,
+        cnt_ptr,
         n_cols,
         k_all,
         stride_x,
@@ -234,10 +238,16 @@ if _HAVE_TRITON:
         PER_ROW_K: tl.constexpr,
         WRITE_PASSES: tl.constexpr,
         MAX_PASSES: tl.constexpr,
+        KEEP_LAST: tl.constexpr = False,
+        WRITE_INDICES: tl.constexpr = False,
     ):
         """Write the top-k mask of row ``program_id(0)`` (module docstring, "Kernel algorithm").
 
         ``k`` is ``k_ptr[row]`` with ``PER_ROW_K``, else ``k_all``; either is clamped to ``[0, n_cols]``.
+        ``KEEP_LAST`` adds entry ``n_cols - 1`` (the newest block) to the kept set; ``WRITE_INDICES`` also
+        writes the kept entries' ids in ascending order to ``idx_ptr`` (row-major, ``n_cols`` a row) and
+        their number to ``cnt_ptr``: the compaction the decode kernel reads, from the registers already
+        holding the mask.
         Scalars ``lo``/``hi`` are keys (int32); bracket widths and candidate offsets are computed in
         uint32, whose wrap-around makes ``hi - lo`` exact for any two int32 keys.
         """
@@ -312,7 +322,13 @@ if _HAVE_TRITON:
             rank = tl.cumsum(tied.to(tl.int32), axis=0)
             keep = (key > lo) | (tied & (rank <= k - cnt_above))
         keep = keep & valid & (k > 0)
+        if KEEP_LAST:
+            keep = keep | (offs == n_cols - 1)
         tl.store(out_ptr + row * stride_out + offs, keep.to(tl.uint8), mask=valid)
+        if WRITE_INDICES:
+            flag = keep.to(tl.int32)
+            tl.store(idx_ptr + row * n_cols + tl.cumsum(flag, axis=0) - 1, offs, mask=flag != 0)
+            tl.store(cnt_ptr + row, tl.sum(flag, axis=0))
 
 else:  # pragma: no cover
     _topk_kernel = None
@@ -377,22 +393,12 @@ def _resolve(config: TopKConfig | None, n_cols: int) -> tuple[int, int]:
     return int(warps), int(cand)
 
 
-def topk_mask_triton(
-    scores: torch.Tensor,
-    k: int | torch.Tensor,
-    *,
-    config: TopKConfig | None = None,
-    passes_out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Top-k mask of ``scores`` ``[..., N]`` (``N <= MAX_N``) by the Triton kernel; same result as
-    :func:`topk_mask_reference`.
-
-    Runs compiled on CUDA tensors, and under Triton's interpreter on CPU tensors (tests). No host
-    synchronisation: CUDA-graph safe for an int ``k`` or a per-row ``k`` tensor updated in place.
-    ``passes_out`` (int32, one per row, on the scores' device) receives each row's number of passes.
-    """
+def _launch(scores: torch.Tensor, k: int | torch.Tensor, *, config: TopKConfig | None,
+            passes_out: torch.Tensor | None, keep_last: bool,
+            lists: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """Validate and launch the kernel: the mask ``[rows, N]`` (uint8), plus the lists into ``lists``."""
     if not _HAVE_TRITON:
-        raise DependencyError("topk_mask_triton needs triton: pip install 'sparsebench[triton]', or use "
+        raise DependencyError("the Triton top-k kernel needs triton: pip install 'sparsebench[triton]', or use "
                               "backend='torch'")
     _check_scores(scores)
     kk = _check_k(k, scores)
@@ -412,19 +418,72 @@ def topk_mask_triton(
                                    or passes_out.device != scores.device):
         raise UsageError(f"passes_out must be an int32 tensor of shape ({rows},) on {scores.device}")
     if rows == 0 or n == 0:
-        return torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+        if lists is not None:
+            lists[1].zero_()
+        return torch.zeros((rows, n), dtype=torch.uint8, device=scores.device)
+    out = torch.empty((rows, n), dtype=torch.uint8, device=scores.device)  # the kernel writes every entry
     x = scores.reshape(rows, n)
     if x.stride(-1) != 1:
         x = x.contiguous()
-    out = torch.empty((rows, n), dtype=torch.uint8, device=scores.device)
     per_row = isinstance(kk, torch.Tensor)
+    idx, cnt = lists if lists is not None else (out, out)
     _kernel(interpreter_enabled())[(rows,)](
-        x, kk if per_row else out, out, out if passes_out is None else passes_out,
+        x, kk if per_row else out, out, out if passes_out is None else passes_out, idx, cnt,
         n, 0 if per_row else kk, x.stride(0), out.stride(0),
         BLOCK_N=max(_pow2_at_least(n), 16), NUM_CAND=cand, PER_ROW_K=per_row,
-        WRITE_PASSES=passes_out is not None, MAX_PASSES=_MAX_PASSES, num_warps=warps,
+        WRITE_PASSES=passes_out is not None, MAX_PASSES=_MAX_PASSES, KEEP_LAST=keep_last,
+        WRITE_INDICES=lists is not None, num_warps=warps,
     )
+    return out
+
+
+def topk_mask_triton(
+    scores: torch.Tensor,
+    k: int | torch.Tensor,
+    *,
+    config: TopKConfig | None = None,
+    passes_out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Top-k mask of ``scores`` ``[..., N]`` (``N <= MAX_N``) by the Triton kernel; same result as
+    :func:`topk_mask_reference`.
+
+    Runs compiled on CUDA tensors, and under Triton's interpreter on CPU tensors (tests). No host
+    synchronisation: CUDA-graph safe for an int ``k`` or a per-row ``k`` tensor updated in place.
+    ``passes_out`` (int32, one per row, on the scores' device) receives each row's number of passes.
+    """
+    out = _launch(scores, k, config=config, passes_out=passes_out, keep_last=False, lists=None)
     return out.view(torch.bool).reshape(scores.shape)
+
+
+def topk_select(scores: torch.Tensor, k: int | torch.Tensor, *, keep_newest: bool = True,
+                config: TopKConfig | None = None) -> Selection:
+    """The top-k blocks of ``scores`` ``[B, Hkv, N]`` as a selection (plus block ``N - 1`` with
+    ``keep_newest``), compacted for the Triton decode kernel in the same launch.
+
+    Why: a top-k policy followed by the backend's ``plan()`` used to be three launches (the top-k mask,
+    the compaction to block lists, and the newest block's column); this is one. Returns a
+    :class:`~sparsebench.kernels.compact.CompactSelection` where the kernel serves the scores (CUDA, or
+    the interpreter), else the same set as a plain :class:`~sparsebench.selection.Selection` from
+    :func:`topk_mask` (the backend then compacts it). The kept set is :func:`topk_mask_reference`'s
+    (lowest index wins a tie) plus the newest block: exactly what a policy's top-k plus the engine's
+    "always attend the newest block" select. No host synchronisation.
+    """
+    from sparsebench.kernels.compact import CompactSelection
+
+    _check_scores(scores)
+    if scores.dim() != 3:
+        raise UsageError(f"topk_select takes block scores [batch, kv_heads, n_blocks], got {tuple(scores.shape)}")
+    n = scores.shape[-1]
+    if not (triton_usable(scores.device) and scores.dtype in _KERNEL_DTYPES and 0 < n <= MAX_N):
+        mask = topk_mask(scores, k)
+        if keep_newest and n:
+            mask[..., n - 1] = True
+        return Selection(mask)
+    indices = torch.empty(scores.shape, dtype=torch.int32, device=scores.device)
+    counts = torch.empty(scores.shape[:2], dtype=torch.int32, device=scores.device)
+    out = _launch(scores, k, config=config, passes_out=None, keep_last=keep_newest, lists=(indices, counts))
+    return CompactSelection(out.view(torch.bool).reshape(scores.shape), indices=indices, counts=counts,
+                            includes_newest=keep_newest)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from sparsebench.kernels.base import (
     Capabilities,
     cuda_package_unavailable,
 )
+from sparsebench.kernels.compact import compacted
 from sparsebench.selection import Selection
 
 if TYPE_CHECKING:  # the kernels module imports triton; keep that off the import path
@@ -84,7 +85,8 @@ class TritonBackend(AttentionBackend):
         n_tokens: int,
         kv_len: torch.Tensor | None = None,
     ) -> TritonPlan:
-        """Check the block size and, in ``indices`` mode, compact the bitmap on the device (no sync)."""
+        """Check the block size and, in ``indices`` mode, compact the bitmap on the device (no sync), unless
+        the selection already carries its lists (a :class:`~sparsebench.kernels.compact.CompactSelection`)."""
         from sparsebench.kernels import triton_decode
 
         triton_decode.check_block_size(block_size)
@@ -93,7 +95,7 @@ class TritonBackend(AttentionBackend):
                              f"{block_size} need {-(-n_tokens // block_size)}")
         indices = counts = None
         if self.selection_mode == "indices":
-            indices, counts = triton_decode.compact_selection(selection.mask)
+            indices, counts = compacted(selection) or triton_decode.compact_selection(selection.mask)
         return TritonPlan(selection=selection, block_size=block_size, n_tokens=n_tokens, kv_len=kv_len,
                           indices=indices, counts=counts)
 
@@ -112,7 +114,7 @@ class TritonBackend(AttentionBackend):
         indices = getattr(plan, "indices", None)
         counts = getattr(plan, "counts", None)
         if self.selection_mode == "indices" and indices is None:  # a plan made by another backend's plan()
-            indices, counts = triton_decode.compact_selection(plan.selection.mask)
+            indices, counts = compacted(plan.selection) or triton_decode.compact_selection(plan.selection.mask)
         if self.selection_mode == "bitmap":
             indices = counts = None
         out, tokens_read = triton_decode.sparse_decode(

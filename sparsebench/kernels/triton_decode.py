@@ -13,9 +13,22 @@ The grid is ``(B * Hkv, splits)``. Each program serves one (sequence, kv head) a
 the group is padded to 16 rows so both products run on ``tl.dot`` (tensor cores for fp16/bf16, exact
 IEEE fp32 for fp32 inputs). A program walks its share of the selected blocks in tiles of
 ``blocks_per_tile`` blocks, keeping a running max, sum and fp32 accumulator (online softmax, base-2
-exponentials); a second small kernel merges the ``splits`` partial results per query head and sums the
-tokens read. ``splits`` depends only on shapes (blocks, ``B * Hkv``, the multiprocessor count), never on
-the data, so the launch is the same on every replay.
+exponentials); the ``splits`` partial results per query head are then merged and the tokens read summed
+by a second, small merge kernel (see "The merge" below). ``splits`` depends only on shapes (blocks,
+``B * Hkv``, the multiprocessor count), never on the data, so the launch is the same on every replay.
+
+The merge
+---------
+By default a second kernel merges the split partials (a program per query row of each kv head); with one
+split the split kernel writes the output directly. ``KernelConfig(fused_merge=True)`` merges in the split
+kernel instead, saving a launch: each program stores its partial result, then draws a ticket from a
+per-(sequence, kv head) atomic counter (a block barrier, then an acquire-release add at GPU scope); the
+program that draws the last ticket reads every partial of its group (bypassing L1), merges them and resets
+the counter to zero, so the next launch or graph replay needs no memset. It is kept as an option and as
+the ``triton-fused`` row of ``bench attention`` because it measured *slower* on the H200 (8K context, B=1,
+32 query / 8 kv heads, D=128, bf16, 22% kept: 20.5 µs for the kernel against 13.5 µs with the second
+launch). Likely cause (not profiled): the last program of each head merges all of its group's rows one
+after another, after a GPU-scope acquire, while the merge kernel gives every row its own program.
 
 Two ways of reading the selection (``mode``):
 
@@ -26,7 +39,9 @@ Two ways of reading the selection (``mode``):
 * ``"indices"``: :func:`compact_selection` (run by ``plan()``) turns each bitmap row into a sorted list
   of selected block ids plus a count (one program per row, ``tl.cumsum`` + scatter); program ``s``
   takes list positions ``[count * s / splits, count * (s + 1) / splits)``, so every tile it loads is
-  fully useful and the work is split evenly whatever the selection looks like.
+  fully useful and the work is split evenly whatever the selection looks like. A selection that already
+  carries its lists (:class:`sparsebench.kernels.compact.CompactSelection`, written by the fused top-k
+  kernel in the same launch as the bitmap) skips that step.
 
 Several query rows (speculative verification, ``Q`` up to ``gamma + 1``) share one program too: the
 program's ``GROUP * Q`` rows (query head major, query row minor) attend the *union* of the rows' blocks, so
@@ -84,6 +99,11 @@ MAX_SPLITS = 128
 #: holds ``GQA group * rows`` query rows in registers, so the bound keeps that tile sane.
 MAX_QUERY_ROWS = 16
 _LOG2E = 1.4426950408889634
+#: Who finishes a launch (the split kernel's ``MERGE``): one split writes the output itself; a second
+#: kernel merges the partials; the last split program to finish merges them in the same launch.
+MERGE_NONE, MERGE_SEPARATE, MERGE_LAST = 0, 1, 2
+#: Device functions the kernels call: the compiler resolves them by global name (see :func:`_jit`).
+_HELPERS = ("_merge_row", "_store_rows")
 
 
 def _is_pow2(v: int) -> bool:
@@ -105,6 +125,10 @@ class KernelConfig:
     """Software-pipelining depth of the tile loop (K/V tiles in flight per program)."""
     splits: int | None = None
     """Programs per (sequence, kv head); None derives it from shapes (:func:`default_splits`)."""
+    fused_merge: bool | None = None
+    """Merge the split partials in the split kernel itself (the last program of each (sequence, kv head)
+    to finish does it, found by an atomic ticket) instead of a second launch; None means no: on the H200
+    the one-launch merge measured slower (8K context, 22% kept: 20.5 µs against 13.5 µs)."""
 
 
 def default_config(head_dim: int, dtype: torch.dtype, block_size: int) -> KernelConfig:
@@ -157,7 +181,8 @@ def resolve_config(config: KernelConfig | None, *, head_dim: int, dtype: torch.d
     splits = given.splits or default_splits(n_blocks, heads, device, bpt)
     if not 1 <= splits <= MAX_SPLITS:
         raise UsageError(f"splits must be in [1, {MAX_SPLITS}], got {splits}")
-    return KernelConfig(blocks_per_tile=bpt, num_warps=warps, num_stages=stages, splits=splits)
+    fused = bool(given.fused_merge)  # None: the two-launch merge, measured faster (see fused_merge)
+    return KernelConfig(blocks_per_tile=bpt, num_warps=warps, num_stages=stages, splits=splits, fused_merge=fused)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -208,6 +233,9 @@ if _HAVE_TRITON:
         m_part_ptr,
         l_part_ptr,
         n_part_ptr,
+        out_ptr,
+        tokens_ptr,
+        ticket_ptr,
         stride_qb,
         stride_qh,
         stride_qq,
@@ -227,6 +255,10 @@ if _HAVE_TRITON:
         stride_rh,
         stride_rq,
         stride_rn,
+        stride_ob,
+        stride_oh,
+        stride_oq,
+        stride_od,
         n_kv_heads,
         n_tokens,
         n_blocks,
@@ -244,6 +276,8 @@ if _HAVE_TRITON:
         HAS_KV_LEN: tl.constexpr,
         SOFTCAP: tl.constexpr,
         DOT_PRECISION: tl.constexpr,
+        MERGE: tl.constexpr,
+        SPLITS_PAD: tl.constexpr,
     ):
         """Partial attention of one GQA group over one share of its selected blocks.
 
@@ -255,6 +289,10 @@ if _HAVE_TRITON:
         and ``cap_scale = softcap * log2(e)`` after it. Writes the unnormalised accumulator, running max and
         sum per row, and the tokens read (the union's: each loaded token counts once for all rows).
         ``DOT_PRECISION`` is "ieee" for float32 inputs (exact products, no TF32) and the default otherwise.
+
+        ``MERGE`` says who finishes: ``MERGE_SEPARATE`` leaves the partials to :func:`_merge_kernel`;
+        ``MERGE_LAST`` has the last program of the group to finish merge them (module docstring, "One
+        launch"); ``MERGE_NONE`` (one split) writes the normalised output and token count directly.
         """
         TILE: tl.constexpr = BLOCKS_PER_TILE * BLOCK_SIZE
         # A finite "minus infinity" for the running max: an all-masked tile then gives 2^(m - m) = 1, not NaN.
@@ -336,12 +374,58 @@ if _HAVE_TRITON:
             m_i = m_new
             n_read += ok.to(tl.int32)
 
-        part = bh.to(tl.int64) * n_splits + split
         row_ok = rows < ROWS
-        tl.store(o_part_ptr + (part * ROWS + rows)[:, None] * HEAD_DIM + dims[None, :], acc, mask=row_ok[:, None])
-        tl.store(m_part_ptr + part * ROWS + rows, m_i, mask=row_ok)
-        tl.store(l_part_ptr + part * ROWS + rows, l_i, mask=row_ok)
-        tl.store(n_part_ptr + part, tl.sum(n_read, axis=0))
+        n_here = tl.sum(n_read, axis=0)
+        if MERGE == 0:  # MERGE_NONE: the only split holds the whole result
+            _store_rows(out_ptr, stride_ob, stride_oh, stride_oq, stride_od, b, h * GROUP + head, q_row, dims,
+                        acc / l_i[:, None], row_ok)
+            tl.store(tokens_ptr + bh, n_here.to(tl.int64))
+        else:
+            part = bh.to(tl.int64) * n_splits + split
+            tl.store(o_part_ptr + (part * ROWS + rows)[:, None] * HEAD_DIM + dims[None, :], acc,
+                     mask=row_ok[:, None])
+            tl.store(m_part_ptr + part * ROWS + rows, m_i, mask=row_ok)
+            tl.store(l_part_ptr + part * ROWS + rows, l_i, mask=row_ok)
+            tl.store(n_part_ptr + part, n_here)
+            if MERGE == 2:  # MERGE_LAST
+                # Every thread's partial stores precede the ticket (barrier, then a release at GPU scope); the
+                # program drawing the last ticket acquires them all and merges. It also resets the ticket, so
+                # the next launch (a CUDA-graph replay) starts from zero with no memset.
+                tl.debug_barrier()
+                ticket = tl.atomic_add(ticket_ptr + bh, 1, sem="acq_rel", scope="gpu")
+                if ticket == n_splits - 1:
+                    s = tl.arange(0, SPLITS_PAD)
+                    s_ok = s < n_splits
+                    parts = bh.to(tl.int64) * n_splits + s
+                    one = tl.zeros([1], dtype=tl.int32)
+                    for g in range(ROWS):
+                        res = _merge_row(o_part_ptr, m_part_ptr, l_part_ptr, parts, s_ok, g, dims, ROWS, HEAD_DIM)
+                        _store_rows(out_ptr, stride_ob, stride_oh, stride_oq, stride_od, b,
+                                    one + (h * GROUP + g // Q_ROWS), one + g % Q_ROWS, dims, res[None, :], one == 0)
+                    n_all = tl.sum(tl.load(n_part_ptr + parts, mask=s_ok, other=0, cache_modifier=".cg"), axis=0)
+                    tl.store(tokens_ptr + bh, n_all.to(tl.int64))
+                    tl.store(ticket_ptr + bh, 0)
+
+    def _merge_row(o_part_ptr, m_part_ptr, l_part_ptr, parts, s_ok, g, dims, ROWS: tl.constexpr,
+                   HEAD_DIM: tl.constexpr):
+        """Row ``g`` of a group merged over its splits ``parts`` (``s_ok`` masks padding splits).
+
+        ``out = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s`` with ``M = max_s m_s``; empty splits carry
+        ``m = -1e30, l = 0`` and weigh nothing. Loads bypass L1 (``.cg``): in the one-launch merge the
+        partials were written by other multiprocessors during this launch.
+        """
+        m = tl.load(m_part_ptr + parts * ROWS + g, mask=s_ok, other=float("-inf"), cache_modifier=".cg")
+        lsum = tl.load(l_part_ptr + parts * ROWS + g, mask=s_ok, other=0.0, cache_modifier=".cg")
+        w = tl.exp2(m - tl.max(m, axis=0))
+        o = tl.load(o_part_ptr + (parts * ROWS + g)[:, None] * HEAD_DIM + dims[None, :], mask=s_ok[:, None],
+                    other=0.0, cache_modifier=".cg")
+        return tl.sum(o * w[:, None], axis=0) / tl.sum(lsum * w, axis=0)
+
+    def _store_rows(out_ptr, stride_ob, stride_oh, stride_oq, stride_od, b, head, q_row, dims, res, ok):
+        """Store rows ``res`` ``[R, D]`` at ``out[b, head[r], q_row[r], :]`` where ``ok`` (``head``, ``q_row``,
+        ``ok`` are ``[R]``)."""
+        base = out_ptr + b.to(tl.int64) * stride_ob + head.to(tl.int64) * stride_oh + q_row.to(tl.int64) * stride_oq
+        tl.store(base[:, None] + dims[None, :] * stride_od, res.to(out_ptr.dtype.element_ty), mask=ok[:, None])
 
     def _merge_kernel(
         o_part_ptr,
@@ -362,11 +446,8 @@ if _HAVE_TRITON:
         SPLITS_PAD: tl.constexpr,
     ):
         """Combine the partials of row ``program_id(1)`` (query head major, query row minor) of group
-        ``program_id(0)``.
-
-        ``out = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s`` with ``M = max_s m_s``; empty splits
-        carry ``m = -1e30, l = 0`` and weigh nothing. Query head 0 of each group also writes the group's
-        token count (int64, as the torch backend returns it).
+        ``program_id(0)`` (:func:`_merge_row`): the two-launch path (``fused_merge=False``). Query head 0 of
+        each group also writes the group's token count (int64, as the torch backend returns it).
         """
         bh = tl.program_id(0)
         g = tl.program_id(1)
@@ -374,22 +455,18 @@ if _HAVE_TRITON:
         dims = tl.arange(0, HEAD_DIM)
         s_ok = s < n_splits
         ROWS: tl.constexpr = GROUP * Q_ROWS
-        part = bh.to(tl.int64) * n_splits + s
-        m = tl.load(m_part_ptr + part * ROWS + g, mask=s_ok, other=float("-inf"))
-        lsum = tl.load(l_part_ptr + part * ROWS + g, mask=s_ok, other=0.0)
-        w = tl.exp2(m - tl.max(m, axis=0))
-        o = tl.load(o_part_ptr + (part * ROWS + g)[:, None] * HEAD_DIM + dims[None, :], mask=s_ok[:, None], other=0.0)
-        res = tl.sum(o * w[:, None], axis=0) / tl.sum(lsum * w, axis=0)
+        parts = bh.to(tl.int64) * n_splits + s
+        res = _merge_row(o_part_ptr, m_part_ptr, l_part_ptr, parts, s_ok, g, dims, ROWS, HEAD_DIM)
         b = bh // n_kv_heads
         h = bh % n_kv_heads
-        out = (out_ptr + b.to(tl.int64) * stride_ob + (h * GROUP + g // Q_ROWS).to(tl.int64) * stride_oh
-               + (g % Q_ROWS).to(tl.int64) * stride_oq)
-        tl.store(out + dims * stride_od, res.to(out_ptr.dtype.element_ty))
-        n = tl.sum(tl.load(n_part_ptr + part, mask=s_ok, other=0), axis=0)
+        one = tl.zeros([1], dtype=tl.int32)
+        _store_rows(out_ptr, stride_ob, stride_oh, stride_oq, stride_od, b, one + (h * GROUP + g // Q_ROWS),
+                    one + g % Q_ROWS, dims, res[None, :], one == 0)
+        n = tl.sum(tl.load(n_part_ptr + parts, mask=s_ok, other=0), axis=0)
         tl.store(tokens_ptr + bh, n.to(tl.int64), mask=g == 0)
 
 else:  # pragma: no cover
-    _compact_kernel = _split_kernel = _merge_kernel = None
+    _compact_kernel = _split_kernel = _merge_kernel = _merge_row = _store_rows = None
 
 
 def _interpreting() -> bool:
@@ -412,7 +489,36 @@ def _jit(fn: Callable[..., Any]) -> Any:
         return InterpretedFunction(fn)
     from triton.runtime.jit import JITFunction
 
+    for name in _HELPERS:
+        if not isinstance(globals()[name], JITFunction):
+            globals()[name] = JITFunction(globals()[name])
     return JITFunction(fn)
+
+
+_TICKETS: dict[torch.device, torch.Tensor] = {}
+
+
+def _tickets(device: torch.device, n: int) -> torch.Tensor:
+    """``n`` zeroed int32 counters for the one-launch merge, kept per device and reused by every launch.
+
+    Why persistent: the kernel leaves them at zero (the merging program resets its counter), so no memset
+    launch is needed, and a CUDA graph replays with the same address. A buffer too small is replaced by a
+    larger one outside a capture; the old one stays referenced (graphs captured with it still use it).
+    During a capture a too-small buffer gets a fresh, graph-owned one for that launch only (its memset is
+    recorded in the graph). Concurrent launches on different streams must not share a device's counters.
+    """
+    buf = _TICKETS.get(device)
+    if buf is not None and buf.numel() >= n:
+        return buf
+    capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    fresh = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
+    if not capturing:
+        _RETIRED.extend([buf] if buf is not None else [])
+        _TICKETS[device] = fresh
+    return fresh
+
+
+_RETIRED: list[torch.Tensor] = []
 
 
 # ----------------------------------------------------------------------------------------------
@@ -557,32 +663,37 @@ def sparse_decode(
     tokens_read = torch.empty((b, hkv), dtype=torch.int64, device=query.device)
     if heads == 0:
         return out, tokens_read
-    o_part = torch.empty((heads * splits, rows, d), dtype=torch.float32, device=query.device)
-    m_part = torch.empty((heads * splits, rows), dtype=torch.float32, device=query.device)
+    merge = MERGE_NONE if splits == 1 else MERGE_LAST if cfg.fused_merge else MERGE_SEPARATE
+    n_parts = heads * splits if merge != MERGE_NONE else 1
+    o_part = torch.empty((n_parts, rows, d), dtype=torch.float32, device=query.device)
+    m_part = torch.empty((n_parts, rows), dtype=torch.float32, device=query.device)
     l_part = torch.empty_like(m_part)
-    n_part = torch.empty((heads * splits,), dtype=torch.int32, device=query.device)
+    n_part = torch.empty((n_parts,), dtype=torch.int32, device=query.device)
     if softcap is None:
         score_scale, cap_scale = scaling * _LOG2E, 1.0
     else:
         score_scale, cap_scale = scaling / softcap, softcap * _LOG2E
     lists = indices.view(torch.int32) if use_indices else sel
     dummy = n_part  # stands in for absent optional pointers; never read
+    tickets = _tickets(query.device, heads) if merge == MERGE_LAST else dummy
+    splits_pad = triton.next_power_of_2(splits)
     _jit(_split_kernel)[(heads, splits)](
         query, key, value, lists, counts if use_indices else dummy, kv_len if kv_len is not None else dummy,
-        rows_sel if per_row else dummy, o_part, m_part, l_part, n_part,
+        rows_sel if per_row else dummy, o_part, m_part, l_part, n_part, out, tokens_read, tickets,
         *query.stride(), *key.stride(), *value.stride(), *lists.stride(),
-        *(rows_sel.stride() if per_row else (0, 0, 0, 0)),
+        *(rows_sel.stride() if per_row else (0, 0, 0, 0)), *out.stride(),
         hkv, n_tokens, n_blocks, -(-n_blocks // splits), float(score_scale), float(cap_scale),
         GROUP=group, Q_ROWS=q_rows, PER_ROW=per_row, GROUP_PAD=max(16, triton.next_power_of_2(rows)),
         HEAD_DIM=d, BLOCK_SIZE=block_size,
         BLOCKS_PER_TILE=bpt, USE_INDICES=use_indices, HAS_KV_LEN=kv_len is not None,
         SOFTCAP=softcap is not None, DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
-        num_warps=warps, num_stages=stages,
+        MERGE=merge, SPLITS_PAD=splits_pad, num_warps=warps, num_stages=stages,
     )
-    _jit(_merge_kernel)[(heads, rows)](
-        o_part, m_part, l_part, n_part, out, tokens_read,
-        *out.stride(), hkv, splits,
-        GROUP=group, Q_ROWS=q_rows, HEAD_DIM=d, SPLITS_PAD=triton.next_power_of_2(splits),
-        num_warps=4 if d * triton.next_power_of_2(splits) >= 4096 else 2,
-    )
+    if merge == MERGE_SEPARATE:
+        _jit(_merge_kernel)[(heads, rows)](
+            o_part, m_part, l_part, n_part, out, tokens_read,
+            *out.stride(), hkv, splits,
+            GROUP=group, Q_ROWS=q_rows, HEAD_DIM=d, SPLITS_PAD=splits_pad,
+            num_warps=4 if d * splits_pad >= 4096 else 2,
+        )
     return out, tokens_read

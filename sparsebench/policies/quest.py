@@ -7,7 +7,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from sparsebench.kernels.topk import topk_mask
+from sparsebench.kernels.quest_kernels import kernels_usable, quest_scores
+from sparsebench.kernels.topk import MAX_N, topk_mask, topk_select
 from sparsebench.params import param
 from sparsebench.policy import GROUP_REDUCTIONS, Policy, Requirements, SelectionContext, reduce_groups
 from sparsebench.selection import Selection
@@ -38,6 +39,13 @@ class Quest(Policy):
     `group_reduce` (default ``max``: a block is kept if any head of the group bounds it high), then the
     top-k blocks are kept for that kv head. The budget is in tokens (`budget`) or, when `budget` is not
     given, a fraction of the current context (`budget_frac`); both round up to whole blocks.
+
+    Where the Triton kernels serve the tensors (CUDA; the interpreter in tests), scoring is one launch
+    (:func:`sparsebench.kernels.quest_kernels.quest_scores`: the same bound in float32, without the torch
+    GPU path's bfloat16 rounding of its two halves) and the top-k one more
+    (:func:`sparsebench.kernels.topk.topk_select`), which also adds the newest block the engine always
+    attends and writes the block lists the Triton backend reads, so its ``plan()`` launches nothing.
+    Elsewhere the torch path below; both keep the lowest index among tied scores (torch.topk on CPU: any).
     """
 
     name = "quest"
@@ -57,7 +65,10 @@ class Quest(Policy):
         k = ctx.budget_blocks(self.budget, None if self.budget is not None else self.budget_frac)
         if k >= ctx.n_blocks:
             return ctx.full()
-        bound = quest_upper_bound(ctx.grouped_query(), ctx.summaries["key_min"], ctx.summaries["key_max"])
+        key_min, key_max = ctx.summaries["key_min"], ctx.summaries["key_max"]
+        if ctx.n_blocks <= MAX_N and kernels_usable(ctx.query, key_min, key_max):
+            return topk_select(quest_scores(ctx.query, key_min, key_max, self.group_reduce), k, keep_newest=True)
+        bound = quest_upper_bound(ctx.grouped_query(), key_min, key_max)
         scores = reduce_groups(bound, self.group_reduce)
         # The sorting-free Triton kernel on CUDA (lowest index wins a tie), torch.topk on CPU.
         return Selection(topk_mask(scores, k))

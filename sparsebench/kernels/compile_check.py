@@ -1,0 +1,106 @@
+"""Compile a kernel wrapper's launches for a GPU target on a machine without one.
+
+Why: Triton's interpreter (how the CPU tests run the kernels) skips most of the GPU compiler's checks, and
+the installed Triton's promotion rules can differ from the device's. Quest's scoring kernel passed every
+interpreted test yet failed to compile on the H200 (Triton 3.6 promotes bfloat16 ``tl.maximum`` operands to
+float32, so its ``tl.dot`` saw fp32 x bf16). Triton compiles for an NVIDIA target without a GPU (the wheel
+ships ``ptxas``), so a test can record the exact arguments a wrapper launches with, on CPU tensors, and
+compile them for sm_90: mixed-dtype or too-small ``tl.dot``, non-power-of-two shapes and bad atomics all
+fail here as they would on the device.
+
+Usage (tests): replace a kernel module's ``_jit`` with a :class:`LaunchRecorder`, call the wrapper, then
+:func:`compile_launch` each recorded launch.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = ["Launch", "LaunchRecorder", "compile_launch", "nvidia_compiler_available"]
+
+_POINTER_TYPES = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.float64: "*fp64",
+                  torch.int8: "*i8", torch.uint8: "*u8", torch.int16: "*i16", torch.int32: "*i32",
+                  torch.int64: "*i64", torch.bool: "*i1"}
+#: Keyword arguments of a launch that are compiler options, not kernel parameters.
+_OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg")
+
+
+@dataclass
+class Launch:
+    """One recorded launch: the plain kernel function, its grid and its arguments as the wrapper passed them."""
+
+    fn: Callable[..., Any]
+    grid: Any
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+@dataclass
+class LaunchRecorder:
+    """Stands in for a kernel module's ``_jit(fn)[grid](*args, **kwargs)``: records instead of running."""
+
+    launches: list[Launch] = field(default_factory=list)
+
+    def __call__(self, fn: Callable[..., Any]) -> Any:
+        recorder = self
+
+        class _Gridded:
+            def __getitem__(self, grid: Any) -> Callable[..., None]:
+                def launch(*args: Any, **kwargs: Any) -> None:
+                    recorder.launches.append(Launch(fn, grid, args, kwargs))
+
+                return launch
+
+        return _Gridded()
+
+
+def nvidia_compiler_available() -> bool:
+    """Whether the installed Triton carries the NVIDIA backend (and so can compile for sm_90 here)."""
+    try:
+        from triton.backends import backends
+    except ImportError:
+        return False
+    return "nvidia" in backends
+
+
+def _arg_type(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return _POINTER_TYPES[value.dtype]
+    if isinstance(value, bool):
+        return "i1"
+    if isinstance(value, int):
+        return "i32" if -(2**31) <= value < 2**31 else "i64"
+    if isinstance(value, float):
+        return "fp32"
+    raise TypeError(f"no Triton signature type for a {type(value).__name__} argument")
+
+
+def compile_launch(launch: Launch, capability: int = 90) -> Any:
+    """Compile ``launch`` for an NVIDIA GPU of compute ``capability`` (Hopper by default) and return the
+    compiled kernel; raises Triton's CompilationError where the device's compiler would."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.runtime.jit import JITFunction
+
+    jit = JITFunction(launch.fn)
+    kernel_kwargs = {k: v for k, v in launch.kwargs.items() if k not in _OPTIONS}
+    bound = inspect.signature(launch.fn).bind(*launch.args, **kernel_kwargs)
+    bound.apply_defaults()
+    signature: dict[str, str] = {}
+    constexprs: dict[str, Any] = {}
+    for param in jit.params:
+        value = bound.arguments[param.name]
+        if param.is_constexpr or value is None:
+            signature[param.name] = "constexpr"
+            constexprs[param.name] = value
+        else:
+            signature[param.name] = _arg_type(value)
+    options = {k: v for k, v in launch.kwargs.items() if k in _OPTIONS}
+    source = ASTSource(fn=jit, signature=signature, constexprs=constexprs)
+    return triton.compile(source, target=GPUTarget("cuda", capability, 32), options=options)
