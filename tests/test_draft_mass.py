@@ -13,6 +13,8 @@ import pytest
 import torch
 from interpreted import HAVE_TRITON, SEED, run_interpreted
 
+from sparsebench.kernels.capture import capture
+
 BS = 16
 
 
@@ -205,14 +207,7 @@ def test_gpu_graph_replay_writes_the_advancing_row() -> None:
         row.add_(1)
         return out
 
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        body()  # compile outside the capture
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = body()
+    graph, out = capture(body)  # compiles outside the capture
     row.zero_()
     buf.zero_()
     expected = []

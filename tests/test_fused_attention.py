@@ -20,6 +20,7 @@ import pytest
 import torch
 from interpreted import HAVE_TRITON, SEED, run_interpreted
 
+from sparsebench.kernels.capture import capture
 from sparsebench.kernels.compact import CompactSelection, compacted
 from sparsebench.kernels.compile_check import Launch, LaunchRecorder, compile_launch, nvidia_compiler_available
 from sparsebench.kernels.topk import topk_mask_reference
@@ -389,14 +390,7 @@ def test_gpu_fused_step_graph_replay() -> None:
         plan = backend.plan(holder["sel"], block_size=16, n_tokens=n * 16)
         return backend.run(plan, q, keys, values, scaling=d**-0.5).out
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = step()
+    graph, out = capture(step)
     assert isinstance(holder["sel"], CompactSelection)
     for _ in range(3):
         y = quest_inputs(gen, b=b, hkv=hkv, group=group, d=d, n=n, integer=True, dtype=torch.bfloat16)

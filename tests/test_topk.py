@@ -17,6 +17,7 @@ import torch
 from interpreted import HAVE_TRITON, SEED, run_interpreted
 
 from sparsebench.errors import UsageError
+from sparsebench.kernels.capture import capture
 from sparsebench.kernels.topk import (
     MAX_N,
     TopKConfig,
@@ -372,16 +373,7 @@ def test_cuda_graph_capture() -> None:
     gen = torch.Generator().manual_seed(SEED)
     scores = torch.randn(8, 2048, generator=gen).cuda()
     per_row = torch.full((8,), 300, dtype=torch.int64, device="cuda")
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # compile outside the capture
-        topk_mask(scores, 450)
-        topk_mask(scores, per_row)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fixed = topk_mask(scores, 450)
-        varying = topk_mask(scores, per_row)
+    graph, (fixed, varying) = capture(lambda: (topk_mask(scores, 450), topk_mask(scores, per_row)))
     for trial in range(3):
         scores.copy_(torch.randint(0, 50, (8, 2048), generator=gen).float() if trial == 1 else
                      torch.randn(8, 2048, generator=gen))

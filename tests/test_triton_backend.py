@@ -23,6 +23,7 @@ from interpreted import HAVE_TRITON, REPO, SEED, run_interpreted
 from test_torch_backend import masked_reference
 
 from sparsebench.errors import UsageError
+from sparsebench.kernels.capture import capture
 from sparsebench.kernels.torch_backend import TorchBackend
 from sparsebench.kernels.triton_backend import TritonBackend
 from sparsebench.selection import Selection
@@ -401,14 +402,7 @@ def test_gpu_cuda_graph_replay(mode: str) -> None:
         plan = backend.plan(Selection(mask), block_size=16, n_tokens=k.shape[2], kv_len=lens)
         return backend.run(plan, q, k, v, scaling=case["scaling"])
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        step()  # compile outside the capture
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = step()
+    graph, captured = capture(step)  # compiles outside the capture
     for trial in range(3):
         new = gpu_case(gen, n_tokens=8192, b=2, hkv=8, group=4, d=128, keep=(0.1, 0.5, 1.0)[trial], kv_len=True,
                        dtype=torch.bfloat16)

@@ -1,9 +1,13 @@
-"""Small pieces every benchmark report uses: number formatting and the GPU driver version."""
+"""Small pieces every benchmark report uses: number formatting, the GPU driver version, writing the report."""
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 
 def fmt(v: float | None, spec: str = ".1f") -> str:
@@ -19,3 +23,31 @@ def driver_version() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.strip().splitlines()[0] if out.strip() else None
+
+
+def json_saver(out: Path, name: str) -> Callable[[dict[str, Any]], None]:
+    """Writes ``bench_NAME.json`` under ``out``; a benchmark calls it after every row, so a run cut short by a
+    time limit still leaves the rows it finished."""
+    path = out / f"bench_{name}.json"
+
+    def save(report: dict[str, Any]) -> None:
+        path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+
+    return save
+
+
+def publish(out: Path, name: str, report: dict[str, Any], markdown: str) -> int:
+    """The final ``bench_NAME.json`` and ``bench_NAME.md``, the table on stdout; returns the exit status 0."""
+    json_saver(out, name)(report)
+    (out / f"bench_{name}.md").write_text(markdown)
+    print(markdown)
+    print(f"wrote {out / f'bench_{name}.json'} and {out / f'bench_{name}.md'}")
+    return 0
+
+
+def run_and_publish(name: str, args: Any, run: Callable[[Any, Callable[[dict[str, Any]], None]], dict[str, Any]],
+                    render: Callable[[dict[str, Any]], str]) -> int:
+    """A benchmark's ``main`` after parsing: ``run(args, save)`` saving as it goes, then :func:`publish`."""
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = run(args, json_saver(args.out, name))
+    return publish(args.out, name, report, render(report))

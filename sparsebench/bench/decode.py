@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -29,7 +28,7 @@ from typing import Any
 import torch
 from tabulate import tabulate
 
-from sparsebench.bench.common import driver_version
+from sparsebench.bench.common import driver_version, run_and_publish
 from sparsebench.cli import _typed_spec
 from sparsebench.compare import split_policy_specs
 from sparsebench.config import DTYPES
@@ -361,19 +360,8 @@ def explanation(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-
-    def save(report: dict[str, Any]) -> None:
-        (args.out / "bench_decode.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-
-    report = run(args, save)
-    save(report)
-    md = table(report) + "\n\n" + explanation(report) + "\n"
-    (args.out / "bench_decode.md").write_text(md)
-    print(md)
-    print(f"wrote {args.out / 'bench_decode.json'} and {args.out / 'bench_decode.md'}")
-    return 0
+    return run_and_publish("decode", parse_args(argv), run,
+                           lambda report: table(report) + "\n\n" + explanation(report) + "\n")
 
 
 if __name__ == "__main__":

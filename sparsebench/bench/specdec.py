@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -43,7 +42,7 @@ from typing import Any
 import torch
 from tabulate import tabulate
 
-from sparsebench.bench.common import driver_version, fmt
+from sparsebench.bench.common import driver_version, fmt, run_and_publish
 from sparsebench.bench.decode import GIB, _draft_for, _ints, copy_bandwidth, step_bytes
 from sparsebench.config import DTYPES
 from sparsebench.engine import EngineConfig
@@ -460,19 +459,8 @@ def explanation(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-
-    def save(report: dict[str, Any]) -> None:
-        (args.out / "bench_specdec.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-
-    report = run(args, save)
-    save(report)
-    md = table(report) + "\n\n" + explanation(report) + "\n"
-    (args.out / "bench_specdec.md").write_text(md)
-    print(md)
-    print(f"wrote {args.out / 'bench_specdec.json'} and {args.out / 'bench_specdec.md'}")
-    return 0
+    return run_and_publish("specdec", parse_args(argv), run,
+                           lambda report: table(report) + "\n\n" + explanation(report) + "\n")
 
 
 if __name__ == "__main__":

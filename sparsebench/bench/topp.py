@@ -42,6 +42,7 @@ from typing import Any
 import torch
 
 from sparsebench.bench.common import fmt
+from sparsebench.kernels.capture import capture
 
 SPEEDUP_TARGET = 10.0  # vs sort, for N <= SPEEDUP_TARGET_MAX_N
 SPEEDUP_TARGET_MAX_N = 32 * 1024
@@ -121,16 +122,7 @@ def time_gpu(fn: Callable[[], Any], *, warmup: int, repeats: int, flush: torch.T
                 single()
     run = fn
     if graph:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(max(warmup, 1)):
-                fn()
-        torch.cuda.current_stream().wait_stream(side)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            fn()
-        run = g.replay
+        run = capture(fn, warmup=warmup)[0].replay
     for _ in range(warmup):
         run()
     torch.cuda.synchronize()

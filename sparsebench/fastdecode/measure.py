@@ -16,7 +16,6 @@ before each), so passes are comparable and the KV cache they write is the same.
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -25,7 +24,7 @@ import torch
 from sparsebench.evals.metrics import KVAccessSummary
 from sparsebench.fastdecode.engine import FastDecoder, Snapshot
 from sparsebench.fastdecode.graphs import GraphCaptureError, StepGraphs, graph_blocker
-from sparsebench.fastdecode.timing import EventTimer, PhaseTracker, WallTimer, add_into
+from sparsebench.fastdecode.timing import EventTimer, PhaseTracker, WallTimer, add_into, time_repeated
 
 
 @dataclass
@@ -111,19 +110,7 @@ def _run_pass(decoder: FastDecoder, start: Snapshot, steps: int, graphs: StepGra
     decoder.restore(start)
     decoder.reset_counters()
     decoder.timer = PhaseTracker()
-    if decoder.device.type != "cuda":
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            _step(decoder, graphs)
-        return (time.perf_counter() - t0) * 1e3
-    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize(decoder.device)
-    begin.record()
-    for _ in range(steps):
-        _step(decoder, graphs)
-    end.record()
-    end.synchronize()
-    return begin.elapsed_time(end)
+    return time_repeated(decoder.device, lambda: _step(decoder, graphs), steps)
 
 
 def _instrumented_pass(decoder: FastDecoder, start: Snapshot, steps: int, graphs: StepGraphs | None,
