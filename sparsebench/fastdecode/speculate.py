@@ -50,9 +50,9 @@ from __future__ import annotations
 
 import functools
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -63,7 +63,7 @@ from sparsebench.fastdecode.cache import StaticKVCache
 from sparsebench.fastdecode.draft import SelfDraft
 from sparsebench.fastdecode.engine import PREFILL_CHUNK, causal_attention
 from sparsebench.fastdecode.model import FastModel, finish_layer, qkv_projection
-from sparsebench.fastdecode.timing import EventTimer, PhaseTracker, Timer, WallTimer, add_into
+from sparsebench.fastdecode.timing import EventTimer, PhaseTracker, Timer, WallTimer, add_into, time_repeated
 from sparsebench.kernels.base import AttentionBackend, AttentionPlan
 from sparsebench.kernels.mass import block_attention_mass
 from sparsebench.policy import Policy, SelectionContext
@@ -296,7 +296,9 @@ class FastSpeculator:
     ``draft_window``: the draft attends only to its first block (attention sink) and its last
     ``draft_window`` tokens (StreamingLLM on the draft's own cache), so its attention mass, and what SpecAttn
     can select from it, covers only those blocks. ``batched_rows``: stack the verified rows along the batch in
-    one ``policy.select`` call (default: only for SpecAttn's top-p, whose selection reads nothing else).
+    one ``policy.select`` call (default: only for SpecAttn's top-p, whose selection reads nothing else); for
+    SpecAttn's top-p below p = 1 where the Triton kernels run, that call is one fused launch per layer instead
+    (:func:`~sparsebench.kernels.verify_select.verify_select`, same blocks; ``fused_select`` says whether).
     ``last_row``: one of :data:`LAST_ROW_MODES` (module docstring). ``mass_kernel``: the Triton kernel for the
     draft layers that keep their attention mass (and for a windowed draft's layers); None: where it can run
     (CUDA, triton, a supported dtype and head dim), True: required, False: torch.
@@ -408,6 +410,25 @@ class FastSpeculator:
         self._row_valid: torch.Tensor | None = None
         self._row_newest: torch.Tensor | None = None
         self._mass_valid: torch.Tensor | None = None
+        self._row_blocks: torch.Tensor | None = None
+        self._mass_blocks: torch.Tensor | None = None
+        self._fused_args = self._fused_select_args()
+        self.fused_select = self._fused_args is not None
+        """The batched rows' selection runs as one fused kernel per layer (see the class docstring)."""
+
+    def _fused_select_args(self) -> dict[str, Any] | None:
+        """SpecAttn's top-p arguments of :func:`~sparsebench.kernels.verify_select.verify_select` when the batched
+        rows can use it (SpecAttn top-p below p = 1 with its draft mass, the Triton kernels usable here), else None.
+        At p = 1 SpecAttn selects every block (not only the positive-mass ones), so that stays on the policy."""
+        from sparsebench.kernels.topp import triton_usable
+        from sparsebench.policies.specattn import HEAD_REDUCTIONS, SpecAttn
+
+        pol = self.policy
+        if not (self.batched_rows and self.uses_mass and isinstance(pol, SpecAttn) and pol.select_by == "topp"
+                and pol.p < 1.0 and pol.head_reduce in HEAD_REDUCTIONS and triton_usable(self.device)):
+            return None
+        return {"p": pol.p, "num_kv_heads": self.target.spec.num_kv_heads, "head_reduce": pol.head_reduce,
+                "sink_blocks": pol.sink_blocks}
 
     def _choose_mass_kernel(self, wanted: bool | None, head_dim: int, block_size: int) -> bool:
         """Whether the draft's mass layers run the Triton kernel (see the class docstring)."""
@@ -624,9 +645,11 @@ class FastSpeculator:
             blocks = torch.arange(n_blocks, device=self.device).view(1, 1, n_blocks)
             self._row_valid, self._row_newest = blocks < limit, blocks == limit - 1
             self._mass_valid = self._row_valid
+            self._row_blocks = self._mass_blocks = limit.view(rows)  # the fused selection's row limits
             if self.reuse_last:  # a reused row's mass covers the blocks of the row it comes from
                 source = torch.div(self.position + self._mass_offsets + bs, bs, rounding_mode="floor")
                 self._mass_valid = blocks < source.view(rows, 1, 1)
+                self._mass_blocks = source
         t.switch("other")
         x = self.target.embed(tokens)
         for layer, block in enumerate(self.target.layers):
@@ -699,6 +722,13 @@ class FastSpeculator:
     def _select_batched(self, layer: int, q: torch.Tensor) -> Selection:
         """The rows as a batch of ``R`` one-row contexts in one call (draft mass past a row's blocks zeroed)."""
         n_blocks, rows = self._verify_rows[-1], self.rows
+        if self.fused_select and self._fused_args is not None:
+            from sparsebench.kernels.verify_select import MAX_N, verify_select
+
+            if n_blocks <= MAX_N:  # one launch: group mean, top-p, row limits, newest block, the union's lists
+                assert self._row_blocks is not None and self._mass_blocks is not None
+                mass = self.rows_mass[:rows, self.mass_slot[self.draft.layer_map[layer]], 0, :, :n_blocks]
+                return verify_select(mass, self._row_blocks, mass_blocks=self._mass_blocks, **self._fused_args)
         assert self._row_valid is not None and self._row_newest is not None and self._mass_valid is not None
         mass = self._draft_mass(layer, slice(0, rows), n_blocks)  # [R, 1, H, N]
         if mass is not None:
@@ -856,19 +886,7 @@ def _pass(spec: FastSpeculator, start: SpecSnapshot, rounds: int) -> float:
     spec.restore(start)
     spec.reset_counters()
     spec.timer = PhaseTracker()
-    if spec.device.type != "cuda":
-        t0 = time.perf_counter()
-        for _ in range(rounds):
-            spec.round()
-        return (time.perf_counter() - t0) * 1e3
-    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize(spec.device)
-    begin.record()
-    for _ in range(rounds):
-        spec.round()
-    end.record()
-    end.synchronize()
-    return begin.elapsed_time(end)
+    return time_repeated(spec.device, spec.round, rounds)
 
 
 def _instrumented(spec: FastSpeculator, start: SpecSnapshot, rounds: int) -> tuple[dict[str, float], str]:

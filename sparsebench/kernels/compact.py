@@ -11,6 +11,11 @@ block), so metrics, unions and policies that look at it keep working; ``indices`
 its compaction. Operations that change the set (``union``, ``with_blocks``) return a plain
 :class:`Selection`, which a backend compacts itself. The backend never learns which policy chose the
 blocks: it only sees a selection that is already compacted.
+
+A per-row selection (``mask`` ``[B, Hkv, Q, N]``, one bitmap per query row of a speculative verification)
+carries the lists of the *union* of its rows, ``[B, Hkv, N]``: the blocks the decode kernel loads once for all
+rows (each row is then masked to its own bitmap). :func:`sparsebench.kernels.verify_select.verify_select`
+writes them in the same launch as the rows' bitmaps.
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ from sparsebench.selection import Selection
 
 @dataclass(frozen=True)
 class CompactSelection(Selection):
-    """``mask`` ``[B, Hkv, N]`` plus its ascending block lists ``indices`` ``[B, Hkv, N]`` (int32, entries past
-    a row's count unspecified) and ``counts`` ``[B, Hkv]`` (int32), all on one device."""
+    """``mask`` ``[B, Hkv, N]`` (or per query row ``[B, Hkv, Q, N]``) plus the ascending block lists of it (of the
+    union of its rows) ``indices`` ``[B, Hkv, N]`` (int32, entries past a list's count unspecified) and ``counts``
+    ``[B, Hkv]`` (int32), all on one device."""
 
     indices: torch.Tensor | None = None
     counts: torch.Tensor | None = None
@@ -35,15 +41,14 @@ class CompactSelection(Selection):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.mask.dim() != 3:
-            raise TypeError("a CompactSelection is one selection per (sequence, kv head): mask [B, Hkv, N]")
         if not isinstance(self.indices, torch.Tensor) or not isinstance(self.counts, torch.Tensor):
             raise TypeError("a CompactSelection needs its indices and counts tensors")
+        lists = (*self.mask.shape[:2], self.mask.shape[-1])  # per-row masks: the union's lists
         if (self.indices.dtype != torch.int32 or self.counts.dtype != torch.int32
-                or tuple(self.indices.shape) != tuple(self.mask.shape)
+                or tuple(self.indices.shape) != lists
                 or tuple(self.counts.shape) != tuple(self.mask.shape[:2])
                 or self.indices.device != self.mask.device or self.counts.device != self.mask.device):
-            raise TypeError(f"CompactSelection: indices must be int32 {tuple(self.mask.shape)} and counts int32 "
+            raise TypeError(f"CompactSelection: indices must be int32 {lists} and counts int32 "
                             f"{tuple(self.mask.shape[:2])} on {self.mask.device}, got {self.indices.dtype} "
                             f"{tuple(self.indices.shape)} and {self.counts.dtype} {tuple(self.counts.shape)}")
 

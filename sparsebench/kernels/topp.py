@@ -266,6 +266,56 @@ if _HAVE_TRITON:
             mx = tl.where(ks == 0, mx_s, -1)
         return m, mn, mx
 
+    def _search_start(total, hi, n_cols, p_hi, p_lo, lb_scale, keep_positive):
+        """The search's first bracket ``[lo, hi]`` (bit patterns) and its acceptance level, from pass 0.
+
+        ``total`` is the row's float64 mass, ``hi`` its max's bit pattern, ``n_cols`` its length (any
+        upper bound on the number of entries keeps ``lo`` valid). Entries below ``(1-p) T / (2N)`` hold
+        less than ``(1-p) T``, so ``M(lo) >= p T`` without computing it. ``p == 1`` (``keep_positive``)
+        brackets every positive entry; an all-zero row gets ``lo = hi = INT32_MAX``, which keeps nothing.
+        Returns ``lo``, ``hi`` and ``target = p (1 + delta) T`` (float64).
+        """
+        lb = (total * lb_scale / n_cols).to(tl.float32)
+        lo = tl.maximum(lb.to(tl.int32, bitcast=True), 1)  # 1 = smallest subnormal: "x > 0"
+        lo = tl.minimum(lo, hi)
+        lo = tl.where(keep_positive != 0, 1, lo)
+        hi = tl.where(keep_positive != 0, 1, hi)
+        lo = tl.where(total > 0.0, lo, 2147483647)
+        hi = tl.where(total > 0.0, hi, 2147483647)
+        return lo, hi, total * p_hi + total * p_lo
+
+    def _candidates(lo, hi, ks, NUM_CAND: tl.constexpr):
+        """``NUM_CAND`` increasing candidate thresholds in ``(lo, hi]``, about ``(hi - lo) / (NUM_CAND + 1)``
+        apart."""
+        step = (hi - lo) // (NUM_CAND + 1) + 1
+        return tl.minimum(lo + (ks + 1) * step, hi)
+
+    def _narrow(m, mn, mx, cand, lo, hi, target, ks, NUM_CAND: tl.constexpr, TIGHTEN: tl.constexpr):
+        """The bracket after one pass, from the row's combined pass statistics (:func:`_pass_stats`).
+
+        The first rejected candidate (``NUM_CAND`` if all were accepted) and its accepted predecessor
+        bracket ``t*``; the bracket then snaps to entries (module docstring, step 2). Every program of a
+        split row calls this on the same combined values, so all take the same decision.
+        """
+        j = tl.min(tl.where(m >= target, NUM_CAND, ks), axis=0)
+        if TIGHTEN == 1:
+            # Snap to entries: smallest entry >= the accepted candidate, largest < the rejected one.
+            lo_new = tl.max(tl.where(ks == j - 1, mn, -1), axis=0)
+            hi_new = tl.max(tl.where(ks == j, mx, -1), axis=0)
+        else:
+            lo_new = tl.max(tl.where(ks == j - 1, cand, -1), axis=0)
+            hi_new = tl.max(tl.where(ks == j, cand - 1, -1), axis=0)
+        lo = tl.where(j > 0, lo_new, lo)
+        hi = tl.where(j < NUM_CAND, hi_new, hi)
+        if TIGHTEN == 2:
+            # Snap to the smallest and largest entry of the bracket this pass started from.
+            # (The bracket always holds an entry; the guard only keeps a broken invariant harmless.)
+            b_lo = tl.min(mn, axis=0)
+            b_hi = tl.max(mx, axis=0)
+            lo = tl.where(b_lo <= b_hi, tl.maximum(lo, b_lo), lo)
+            hi = tl.where(b_lo <= b_hi, tl.minimum(hi, b_hi), hi)
+        return lo, hi
+
     def _topp_kernel(
         x_ptr,
         out_ptr,
@@ -348,24 +398,13 @@ if _HAVE_TRITON:
         total = tl.sum(m, axis=0)
         hi = tl.max(mx, axis=0)
 
-        # Lower end: entries below (1-p) T / (2N) hold < (1-p) T, so M(lo) >= p T without computing it.
-        lb = (total * lb_scale / n_cols).to(tl.float32)
-        lo = tl.maximum(lb.to(tl.int32, bitcast=True), 1)  # 1 = smallest subnormal: "x > 0"
-        lo = tl.minimum(lo, hi)
-        # p == 1 keeps every positive entry; an all-zero row keeps nothing.
-        lo = tl.where(keep_positive != 0, 1, lo)
-        hi = tl.where(keep_positive != 0, 1, hi)
-        lo = tl.where(total > 0.0, lo, int_max)
-        hi = tl.where(total > 0.0, hi, int_max)
-        target = total * p_hi + total * p_lo  # float64
+        lo, hi, target = _search_start(total, hi, n_cols, p_hi, p_lo, lb_scale, keep_positive)
 
         phase = 0
         n_pass = 0
         while (lo < hi) & (n_pass < MAX_PASSES):
             phase += 1
-            # NUM_CAND increasing candidates in (lo, hi], about (hi - lo) / (NUM_CAND + 1) apart.
-            step = (hi - lo) // (NUM_CAND + 1) + 1
-            cand = tl.minimum(lo + (ks + 1) * step, hi)
+            cand = _candidates(lo, hi, ks, NUM_CAND)
             ws_slot = ws_row + (phase % 2) * SLOT
             if RESIDENT:
                 # Without KEEP_F64, re-convert each pass. hi >> 31 is 0 in fact (hi >= 0), but the
@@ -397,24 +436,7 @@ if _HAVE_TRITON:
             if CHUNKS > 1:
                 m, mn, mx = _gather(ws_slot, cnt_ptr, CHUNKS * (phase + 1), ks, CHUNKS, NUM_CAND, SYNC,
                                     SPIN_LIMIT)
-            # First rejected candidate (NUM_CAND if all accepted); its predecessor was accepted.
-            j = tl.min(tl.where(m >= target, NUM_CAND, ks), axis=0)
-            if TIGHTEN == 1:
-                # Snap to entries: smallest entry >= the accepted candidate, largest < the rejected one.
-                lo_new = tl.max(tl.where(ks == j - 1, mn, -1), axis=0)
-                hi_new = tl.max(tl.where(ks == j, mx, -1), axis=0)
-            else:
-                lo_new = tl.max(tl.where(ks == j - 1, cand, -1), axis=0)
-                hi_new = tl.max(tl.where(ks == j, cand - 1, -1), axis=0)
-            lo = tl.where(j > 0, lo_new, lo)
-            hi = tl.where(j < NUM_CAND, hi_new, hi)
-            if TIGHTEN == 2:
-                # Snap to the smallest and largest entry of the bracket this pass started from.
-                # (The bracket always holds an entry; the guard only keeps a broken invariant harmless.)
-                b_lo = tl.min(mn, axis=0)
-                b_hi = tl.max(mx, axis=0)
-                lo = tl.where(b_lo <= b_hi, tl.maximum(lo, b_lo), lo)
-                hi = tl.where(b_lo <= b_hi, tl.minimum(hi, b_hi), hi)
+            lo, hi = _narrow(m, mn, mx, cand, lo, hi, target, ks, NUM_CAND, TIGHTEN)
             n_pass += 1
         if WRITE_PASSES:  # noqa: SIM102 - a constexpr test, then a runtime one (Triton has no `and` of both)
             if tl.program_id(1) == 0:
@@ -446,9 +468,29 @@ else:  # pragma: no cover
     _publish = None
     _gather = None
     _pass_stats = None
+    _search_start = None
+    _candidates = None
+    _narrow = None
 
 
 _KERNEL_CACHE: dict[str, Any] = {}
+#: The search's device functions, shared with :mod:`sparsebench.kernels.verify_select` (which runs the same
+#: search on rows it builds in registers): pass statistics, first bracket, candidates, narrowing.
+SEARCH_HELPERS = ("_pass_stats", "_search_start", "_candidates", "_narrow")
+
+
+def jit_helpers(namespace: dict[str, Any], names: tuple[str, ...]) -> None:
+    """Replace the device functions ``names`` in a module's ``namespace`` by their JIT wrappers (compiled mode).
+
+    Why: the compiler resolves a kernel's helper calls by name in the kernel's module globals, and needs
+    them as ``JITFunction`` objects there; the interpreter calls them as plain Python. Already wrapped
+    helpers are left alone, so a module may call this on every first launch.
+    """
+    from triton.runtime.jit import JITFunction
+
+    for name in names:
+        if not isinstance(namespace[name], JITFunction):
+            namespace[name] = JITFunction(namespace[name])
 
 
 def interpreter_enabled() -> bool:
@@ -482,9 +524,7 @@ def _kernel() -> Callable[..., Any]:
         else:
             from triton.runtime.jit import JITFunction
 
-            for helper in (_publish, _gather, _pass_stats):
-                if not isinstance(helper, JITFunction):
-                    globals()[helper.__name__] = JITFunction(helper)
+            jit_helpers(globals(), (*SEARCH_HELPERS, "_publish", "_gather"))
             _KERNEL_CACHE["kernel"] = JITFunction(_topp_kernel)
     return _KERNEL_CACHE["kernel"]
 

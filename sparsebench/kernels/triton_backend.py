@@ -86,7 +86,9 @@ class TritonBackend(AttentionBackend):
         kv_len: torch.Tensor | None = None,
     ) -> TritonPlan:
         """Check the block size and, in ``indices`` mode, compact the bitmap on the device (no sync), unless
-        the selection already carries its lists (a :class:`~sparsebench.kernels.compact.CompactSelection`)."""
+        the selection already carries its lists (a :class:`~sparsebench.kernels.compact.CompactSelection`; for a
+        per-row selection, the lists of its rows' union, as :func:`~sparsebench.kernels.verify_select.verify_select`
+        writes them): then no launch at all."""
         from sparsebench.kernels import triton_decode
 
         triton_decode.check_block_size(block_size)

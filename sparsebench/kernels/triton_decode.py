@@ -624,7 +624,9 @@ def sparse_decode(
         raise UsageError(f"a per-row selection of {mask.shape[2]} rows for {q_rows} query rows")
     per_row = mask.dim() == 4 and mask.shape[2] > 1
     rows_sel = mask.view(torch.uint8) if per_row else None
-    sel = _check_mask(union_of_rows(mask))
+    # Given compacted lists, the kernel reads them and never the union: a view serves the shape checks below
+    # and the union's reduction (one launch per layer) is skipped.
+    sel = _check_mask(union_of_rows(mask) if indices is None else mask if mask.dim() == 3 else mask[:, :, 0])
     if key.shape != value.shape or key.shape[0] != b or key.shape[3] != d:
         raise UsageError(f"key {tuple(key.shape)} and value {tuple(value.shape)} must both be [B, Hkv, T, D] "
                          f"matching query {tuple(query.shape)}")

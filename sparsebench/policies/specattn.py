@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from sparsebench.kernels.topk import topk_mask
-from sparsebench.kernels.topp import topp_mask_nd
+from sparsebench.kernels.topk import topk_mask, topk_select
+from sparsebench.kernels.topp import topp_mask_nd, triton_usable
 from sparsebench.params import param
 from sparsebench.policy import Policy, Requirements, SelectionContext
 from sparsebench.selection import Selection
@@ -42,10 +42,19 @@ def heads_to_kv_groups(mass: torch.Tensor, num_kv_heads: int, how: str) -> torch
 
 def _select_from_mass(ctx: SelectionContext, mass: torch.Tensor, p: float, select_by: str,
                       budget_frac: float, sink_blocks: int) -> Selection:
-    """Top-p (or top-k) blocks of ``mass`` ``[B, Hkv, N]``, plus the first ``sink_blocks`` blocks."""
+    """Top-p (or top-k) blocks of ``mass`` ``[B, Hkv, N]``, plus the first ``sink_blocks`` blocks.
+
+    Top-k where the Triton kernels run (CUDA; the interpreter in tests) is one launch that also adds the newest
+    block (which the engine always attends) and writes the block lists the Triton backend reads, as Quest does
+    (:func:`~sparsebench.kernels.topk.topk_select`: the kernel's set, lowest index first among ties, the same
+    as ``topk_mask``'s there). Elsewhere ``topk_mask`` (``torch.topk`` on CPU), without the newest block.
+    """
     if select_by == "topk":
         k = ctx.budget_blocks(None, budget_frac)
-        selection = Selection(topk_mask(mass, k))  # the Triton kernel on CUDA, torch.topk on CPU
+        if triton_usable(mass.device):
+            selection = topk_select(mass, k, keep_newest=True)
+        else:
+            selection = Selection(topk_mask(mass, k))
     else:
         selection = Selection(topp_mask_nd(mass, p, check=False))
     if sink_blocks:
