@@ -22,11 +22,13 @@ from sparsebench.errors import UsageError
 from sparsebench.evals.metrics import DENSE_LAYER, SLIDING, SPARSE, KVAccessMeter, KVAccessSummary, StepTimer
 from sparsebench.hf_attention import attached, cache_kwarg, use_router
 from sparsebench.kernels.base import AttentionBackend
+from sparsebench.kernels.compact import CompactSelection
 from sparsebench.kernels.mass import block_attention_mass
 from sparsebench.kvcache import BlockSummaryStore
 from sparsebench.policy import Policy, SelectionContext
 from sparsebench.selection import Selection, n_blocks_for
 from sparsebench.specattn.capture import Draft, DraftAttentionCapture
+from sparsebench.specattn.crosstok import CrossTokenizerCapture, CrossTokenizerDraft, CrossTokenizerDraftModel
 
 
 @dataclass(frozen=True)
@@ -231,6 +233,8 @@ def _finalize(selection: Selection, policy: Policy, batch: int, kv_heads: int, n
             f"policy {policy.name!r} returned a selection of shape {tuple(selection.mask.shape)}, "
             f"expected [batch, kv_heads, n_blocks] = {[batch, kv_heads, n_blocks]}"
         )
+    if isinstance(selection, CompactSelection) and selection.includes_newest:
+        return selection  # already holds the newest block; its block lists stay valid for the backend
     # An integer index, not with_blocks' list (a host-to-device copy): the fast engine captures this
     # in CUDA graphs (sparsebench.fastdecode).
     mask = selection.mask.clone()
@@ -290,31 +294,55 @@ class TeacherForcedEngine:
         self.router = SparseAttentionRouter(policy, backend, self.config)
         self.draft = draft if policy.requires.draft_attention else None
         self.capture: DraftAttentionCapture | None = None
+        self.draft_layers: frozenset[int] = frozenset()
+        """Draft layers whose attention some sparse target layer reads."""
         if self.draft is not None:
             if len(self.draft.layer_map) != n_layers:
                 raise ValueError(f"layer map has {len(self.draft.layer_map)} entries for {n_layers} target layers")
             self.router.layer_map = self.draft.layer_map
-            needed = {self.draft.layer_map[i] for i in range(self.config.dense_layers, n_layers)}
-            self.capture = DraftAttentionCapture(self.config.block_size, frozenset(needed))
+            self.draft_layers = frozenset(self.draft.layer_map[i] for i in range(self.config.dense_layers, n_layers))
+            if not self.cross_tokenizer:  # a cross-tokenizer draft gets a capture per document (its alignment)
+                self.capture = DraftAttentionCapture(self.config.block_size, self.draft_layers)
+
+    @property
+    def cross_tokenizer(self) -> bool:
+        """Whether the draft reads its own tokenization of the text (each decode needs a schedule)."""
+        return isinstance(self.draft, CrossTokenizerDraftModel)
 
     @contextlib.contextmanager
-    def session(self) -> Iterator[DecodeSession]:
-        """A fresh decode of one batch: new KV caches, reset counters, attention routed while it lasts."""
+    def session(self, schedule: CrossTokenizerDraft | None = None) -> Iterator[DecodeSession]:
+        """A fresh decode of one batch: new KV caches, reset counters, attention routed while it lasts.
+
+        ``schedule``: how a cross-tokenizer draft reads this document (required exactly then)."""
+        if self.cross_tokenizer and schedule is None:
+            assert self.draft is not None
+            raise UsageError(f"draft {self.draft.name!r} has its own tokenizer, so it needs the text of what the "
+                             "target decodes; only teacher-forced evaluation (run/compare) and speculative "
+                             "decoding (generate) support such drafts")
         self.router.reset()
         models = [self.model] + ([self.draft.model] if self.draft is not None else [])
         with attached(*models):
-            yield DecodeSession(self)
+            yield DecodeSession(self, schedule if self.cross_tokenizer else None)
         self.router.decoding = False
 
     @torch.inference_mode()
-    def evaluate(self, token_ids: torch.Tensor, progress: Callable[[int], None] | None = None) -> DocumentResult:
-        """Teacher-forced pass over ``token_ids`` ``[B, L]`` (on the model's device)."""
+    def evaluate(self, token_ids: torch.Tensor, progress: Callable[[int], None] | None = None,
+                 schedule: CrossTokenizerDraft | None = None) -> DocumentResult:
+        """Teacher-forced pass over ``token_ids`` ``[B, L]`` (on the model's device).
+
+        ``schedule`` (a cross-tokenizer draft only, batch size 1): the document's two tokenizations, whose
+        target ids must start with ``token_ids``."""
         if token_ids.dim() != 2 or token_ids.shape[1] < 3:
             raise UsageError(f"need token ids [batch, length >= 3], got shape {tuple(token_ids.shape)}")
+        if self.cross_tokenizer and token_ids.shape[0] != 1:
+            raise UsageError("a draft with its own tokenizer reads each document's own tokenization, so documents "
+                             "run one at a time; use --batch-size 1")
+        if schedule is not None and schedule.target_ids[: token_ids.shape[1]] != token_ids[0].tolist():
+            raise ValueError("the schedule's target ids do not start with the evaluated token ids")
         seq_len = token_ids.shape[1]
         prefill = self.config.prefill_len(seq_len)
         nll = []
-        with self.session() as decode:
+        with self.session(schedule) as decode:
             decode.prefill(token_ids[:, :prefill])
             synchronize(token_ids.device)
             start = time.perf_counter()
@@ -343,11 +371,16 @@ class DecodeSession:
     both short loops over these two calls.
     """
 
-    def __init__(self, engine: TeacherForcedEngine) -> None:
+    def __init__(self, engine: TeacherForcedEngine, schedule: CrossTokenizerDraft | None = None) -> None:
         self.engine = engine
         self.cache = DynamicCache(config=engine.model.config)
         draft = engine.draft
         self.draft_cache = DynamicCache(config=draft.model.config) if draft is not None else None
+        self.schedule = schedule
+        """A cross-tokenizer draft's feeding schedule (None: the draft reads the target's ids)."""
+        self.cross_capture = (CrossTokenizerCapture(schedule.alignment, engine.config.block_size, engine.draft_layers,
+                                                    device=next(engine.model.parameters()).device)
+                              if schedule is not None else None)
         self.n_tokens = 0
         self.steps = 0
         self._keep_last = ({"logits_to_keep": 1}
@@ -361,6 +394,9 @@ class DecodeSession:
 
     def _draft(self, tokens: torch.Tensor) -> None:
         engine = self.engine
+        if self.cross_capture is not None:
+            self._draft_cross_tokenizer()
+            return
         if engine.draft is None or engine.capture is None or self.draft_cache is None:
             return
         engine.capture.n_tokens = self.n_tokens
@@ -370,6 +406,24 @@ class DecodeSession:
             self._forward(engine.draft.model, tokens, self.draft_cache, **self._keep_last)
         engine.router.timer.add("draft", time.perf_counter() - t0)
         engine.router.draft_attention = engine.capture.probs
+
+    def _draft_cross_tokenizer(self) -> None:
+        """Feed the draft its own tokens whose text the target has now read (the schedule of
+        :mod:`sparsebench.specattn.crosstok`: zero, one or several per target token) and hand the router
+        the draft's latest attention mapped onto the target's ``n_tokens`` (a step that feeds nothing
+        reuses the previous attention, now over one more target token)."""
+        engine, schedule, capture = self.engine, self.schedule, self.cross_capture
+        assert engine.draft is not None and schedule is not None and capture is not None
+        assert self.draft_cache is not None
+        t0 = time.perf_counter()
+        fed = schedule.draft_fed(self.n_tokens - 1)
+        if fed > capture.n_draft_tokens:
+            ids = torch.tensor([schedule.draft_ids[capture.n_draft_tokens: fed]], device=capture.device)
+            capture.n_draft_tokens = fed
+            with use_router(capture):
+                self._forward(engine.draft.model, ids, self.draft_cache, **self._keep_last)
+        engine.router.draft_attention = capture.target_blocks(self.n_tokens)
+        engine.router.timer.add("draft", time.perf_counter() - t0)  # the mapping is part of the draft's cost
 
     def prefill(self, tokens: torch.Tensor) -> torch.Tensor:
         """Dense pass over ``tokens`` ``[B, P]``; returns the last position's logits ``[B, V]``."""

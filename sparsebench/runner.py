@@ -123,12 +123,17 @@ def run_evaluation(cfg: RunConfig, *, log: Callable[[str], None] | None = None,
         log(f"sparsebench: resuming: {len(result.rows)} of {len(docs)} document(s) already in {cfg.out}")
     docs = [(doc, ids) for doc, ids in docs if doc.id not in stored]
     steps = cfg.seq_len - engine_cfg.prefill_len(cfg.seq_len) - 1
+    batch_size = cfg.batch_size
+    if engine.cross_tokenizer and batch_size > 1:
+        log("sparsebench: note: the draft has its own tokenizer, so documents run one at a time (--batch-size 1)")
+        batch_size = 1
     bar = tqdm(total=steps * len(docs), unit="tok", desc=policy.label(), disable=not progress, file=sys.stderr)
-    for first in range(0, len(docs), cfg.batch_size):
-        batch = docs[first : first + cfg.batch_size]
+    for first in range(0, len(docs), batch_size):
+        batch = docs[first : first + batch_size]
         started = now_iso()
         t0 = time.perf_counter()
-        out = engine.evaluate(torch.tensor([ids for _, ids in batch], device=device), progress=bar.update)
+        out = engine.evaluate(torch.tensor([ids for _, ids in batch], device=device), progress=bar.update,
+                              schedule=_schedule(prep.draft, batch, cfg.seq_len))
         wall = time.perf_counter() - t0
         for i, (doc, _) in enumerate(batch):
             kv = out.kv_rows[i]
@@ -173,6 +178,18 @@ def run_evaluation(cfg: RunConfig, *, log: Callable[[str], None] | None = None,
                 append_row(cfg.out, row)
     bar.close()
     return result
+
+
+def _schedule(draft: Any, batch: list[tuple[Any, list[int]]], seq_len: int) -> Any:
+    """How a cross-tokenizer draft reads the batch's one document (None for any other draft)."""
+    from sparsebench.specattn.crosstok import CrossTokenizerDraftModel, check_schedule
+
+    if not isinstance(draft, CrossTokenizerDraftModel):
+        return None
+    (doc, ids), = batch
+    schedule = draft.schedule(doc.text, seq_len)
+    check_schedule(schedule, ids, f"document {doc.id}")
+    return schedule
 
 
 def stored_rows(cfg: RunConfig) -> dict[str, dict[str, Any]]:

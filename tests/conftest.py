@@ -34,3 +34,13 @@ def text_file(tmp_path: Path) -> Path:
     sentences = [f"Sentence number {i} talks about the sea, the ship and the {i % 7}th mate. " for i in range(60)]
     path.write_text("".join(sentences), encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny matrices, where a second thread only adds synchronisation
+    (use with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

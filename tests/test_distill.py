@@ -27,13 +27,7 @@ from sparsebench.models import ByteTokenizer
 TINY = dict(target="tiny:llama", layers=2, seq_len=64, batch_size=4, lr=3e-3, holdout_docs=1, eval_tokens=512)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the matrices are tiny, so a second thread only adds synchronisation."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -17,12 +17,13 @@ Alignment rules (:class:`TokenAlignment`):
   not mapped (``covered`` says which draft tokens are). A draft token over text that no target token
   covers (a tokenizer whose offsets skip whitespace) is uncovered as well.
 
-Teacher-forced integration (what the engine must do; :class:`CrossTokenizerDraft` computes the schedule):
+Teacher-forced integration (:class:`CrossTokenizerDraft` computes the schedule; ``DecodeSession`` in
+:mod:`sparsebench.engine` follows it for a :class:`CrossTokenizerDraftModel`, which ``--draft`` resolves to
+when the draft's tokenizer is not the target's):
 
 1. Tokenize the document text with both tokenizers, each with its own special-token convention and
    offsets; the target's ids are the evaluated sequence (cut to ``seq_len``), the draft's ids are what
-   the draft reads. Today's ``DecodeSession`` feeds the draft the target's ids, which is only right for
-   a shared tokenizer (``check_same_tokenizer``); a cross-tokenizer draft must be fed its own ids.
+   the draft reads (:func:`document_schedule`).
 2. Step the target one token at a time as today. Before target token ``t`` runs, advance the draft by
    every draft token whose span ends at or before the end of target token ``t`` (prefix maxima of the
    ends on both sides, so the draft is always fed a prefix). That may be zero draft tokens (the target
@@ -41,8 +42,8 @@ Teacher-forced integration (what the engine must do; :class:`CrossTokenizerDraft
 4. Layer-map calibration (``calibrate.collect_block_attention``) must pair rows the same way: target
    row ``t`` against draft row ``draft_fed(t) - 1`` of a full causal draft pass over the draft's ids,
    mapped onto the target's blocks (:func:`mapped_draft_block_attention`; the KL map then runs on the
-   mapped rows unchanged). In speculative decoding the draft's proposed text is
-   re-tokenised by the target before verification (not handled here).
+   mapped rows unchanged; :func:`cross_tokenizer_kl`). In speculative decoding the draft's proposed text
+   is re-tokenised by the target before verification (:mod:`sparsebench.specdec.crosstok`).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ import torch
 from sparsebench.errors import UsageError
 from sparsebench.kernels.mass import block_attention_mass
 from sparsebench.selection import n_blocks_for
+from sparsebench.specattn.capture import Draft
 
 
 @dataclass(frozen=True)
@@ -285,6 +287,8 @@ class CrossTokenizerCapture:
     """Draft tokens in the draft's cache after this forward's append (set before each draft forward)."""
     per_token: dict[int, torch.Tensor] = field(default_factory=dict)
     """Draft layer -> ``[B, H_draft, n_draft_tokens]`` attention of the last fed draft token."""
+    device: torch.device | str = "cpu"
+    """Where the uniform guide of a draft that has read nothing yet is made (the target's device)."""
 
     def attention(self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *,
                   scaling: float, sliding_window: int | None, softcap: float | None) -> torch.Tensor | None:
@@ -298,7 +302,15 @@ class CrossTokenizerCapture:
         return None  # the draft itself attends densely
 
     def target_blocks(self, n_target_tokens: int) -> dict[int, torch.Tensor]:
-        """Draft layer -> ``[B, H_draft, N]`` mass per target block, ``N`` covering ``n_target_tokens``."""
+        """Draft layer -> ``[B, H_draft, N]`` mass per target block, ``N`` covering ``n_target_tokens``.
+
+        Before the draft has read any token (a target prefix whose text ends inside the draft's first
+        token), every mapped layer gets a uniform ``[1, 1, N]``: the draft knows nothing yet, and a
+        uniform guide makes top-p keep nearly every block rather than fail.
+        """
+        if not self.per_token:
+            n = n_blocks_for(n_target_tokens, self.block_size)
+            return {layer: torch.full((1, 1, n), 1.0 / n, device=self.device) for layer in self.layers}
         return {layer: self.alignment.to_target_blocks(att, self.block_size, n_target_tokens)
                 for layer, att in self.per_token.items()}
 
@@ -331,3 +343,82 @@ def mapped_draft_block_attention(draft: torch.nn.Module, schedule: CrossTokenize
     picked = (draft_rows - first).to(per_layer[0].device)
     return [schedule.alignment.to_target_blocks(att.index_select(0, picked), block_size, n_target_tokens)
             for att in per_layer]
+
+
+@dataclass
+class CrossTokenizerDraftModel(Draft):
+    """A separate draft model that reads the text through its own tokenizer.
+
+    Why a subclass rather than a flag on :class:`~sparsebench.specattn.capture.Draft`: everything that
+    handles a draft keeps working on the shared fields (model, layer map, name), and the code paths that
+    must feed the draft its own tokens (the teacher-forced session, speculative decoding) recognise it by
+    type and fail loudly if they cannot.
+    """
+
+    tokenizer: Any = None
+    """The draft's own tokenizer (with character offsets)."""
+    target_tokenizer: Any = None
+    """The target's tokenizer: the other side of every alignment."""
+
+    def schedule(self, text: str, seq_len: int) -> CrossTokenizerDraft:
+        """The feeding schedule of a document whose first ``seq_len`` target tokens are evaluated."""
+        return document_schedule(self.tokenizer, self.target_tokenizer, text, seq_len)
+
+
+def document_schedule(draft_tokenizer: Any, target_tokenizer: Any, text: str, seq_len: int) -> CrossTokenizerDraft:
+    """:class:`CrossTokenizerDraft` over a prefix of ``text`` holding more than ``seq_len`` target tokens.
+
+    Only a prefix is tokenized (grown by doubling from ``8 * seq_len`` characters, the rule of
+    :func:`sparsebench.data.tokenize_documents`), so a whole book costs little; ending past target token
+    ``seq_len`` keeps the cut from splitting a token that is evaluated. Callers compare
+    ``target_ids[:seq_len]`` with the ids they evaluate (:func:`check_schedule`).
+    """
+    chars = seq_len * 8
+    while True:
+        schedule = CrossTokenizerDraft(draft_tokenizer, target_tokenizer, text[:chars])
+        if len(schedule.target_ids) > seq_len or chars >= len(text):
+            return schedule
+        chars *= 2
+
+
+def check_schedule(schedule: CrossTokenizerDraft, ids: list[int], what: str) -> None:
+    """Raise unless the schedule's target ids start with ``ids`` (the sequence being evaluated)."""
+    if schedule.target_ids[: len(ids)] != list(ids):
+        raise RuntimeError(f"{what}: the target's offset tokenization differs from its plain tokenization; "
+                           "cross-tokenizer mapping would be misaligned")
+
+
+def check_offsets(tokenizer: Any, role: str, name: str) -> None:
+    """``UsageError`` naming the tokenizer when it cannot give character offsets (checked before any
+    slow work, so a bad pairing fails at once)."""
+    try:
+        tokenize_with_offsets(tokenizer, "Offsets probe: naïve café, x = 3.")
+    except UsageError as exc:
+        raise UsageError(f"the {role} {name!r}: {exc}") from exc
+
+
+@torch.inference_mode()
+def cross_tokenizer_kl(target: torch.nn.Module, draft: torch.nn.Module, schedules: list[CrossTokenizerDraft],
+                       *, seq_len: int, block_size: int, rows: int, progress: bool = True) -> torch.Tensor:
+    """KL matrix ``[L_target, L_draft]`` between the target's block attention and the draft's mapped onto
+    the target's blocks, over the last ``rows`` positions of each schedule's first ``seq_len`` target
+    tokens (the cross-tokenizer counterpart of :func:`~sparsebench.specattn.calibrate.compute_layer_map`)."""
+    from tqdm.auto import tqdm
+
+    from sparsebench.specattn.calibrate import collect_block_attention
+    from sparsebench.specattn.layermap import kl_matrix
+
+    device = next(target.parameters()).device
+    target_rows: list[list[torch.Tensor]] = []
+    draft_rows: list[list[torch.Tensor]] = []
+    for schedule in tqdm(schedules, desc="layer map: calibration (cross-tokenizer)", unit="seq",
+                         disable=not progress):
+        ids = torch.tensor([schedule.target_ids[:seq_len]], device=device)
+        target_rows.append(collect_block_attention(target, ids, block_size, rows))
+        draft_rows.append([r.float().cpu()
+                           for r in mapped_draft_block_attention(draft, schedule, seq_len, block_size, rows)])
+
+    def cat(per_seq: list[list[torch.Tensor]]) -> list[torch.Tensor]:  # same seq_len: same block count
+        return [torch.cat([layers[i] for layers in per_seq]) for i in range(len(per_seq[0]))]
+
+    return kl_matrix(cat(target_rows), cat(draft_rows))

@@ -2,8 +2,11 @@
 
 ``--draft self:SPEC`` builds a self-draft from a subset of the target's own layers (shared weights,
 own KV cache); ``distilled:NAME`` (or a directory) loads a draft trained by ``sparsebench distill``; any
-other value is loaded like ``--model``. Separate drafts must share the target's tokenizer. With
-no ``--draft``, a model alias uses its registry default self-draft and anything else ``self:first-half``.
+other value is loaded like ``--model``. A separate draft whose tokenizer differs from the target's becomes
+a :class:`~sparsebench.specattn.crosstok.CrossTokenizerDraftModel`: it reads its own tokenization of the
+text and its attention is mapped onto the target's KV blocks through character offsets (both tokenizers
+must give offsets), and its layer map is calibrated on those mapped distributions. With no ``--draft``,
+a model alias uses its registry default self-draft and anything else ``self:first-half``.
 """
 
 from __future__ import annotations
@@ -18,8 +21,15 @@ import torch
 
 from sparsebench.data import load_corpus, select_documents, tokenize_documents
 from sparsebench.errors import UsageError
-from sparsebench.specattn.calibrate import LayerMapResult, load_or_compute_layer_map
+from sparsebench.specattn.calibrate import LayerMapResult, layer_map_key, load_or_compute_layer_map
 from sparsebench.specattn.capture import Draft
+from sparsebench.specattn.crosstok import (
+    CrossTokenizerDraftModel,
+    check_offsets,
+    check_schedule,
+    cross_tokenizer_kl,
+    document_schedule,
+)
 
 CALIBRATION_CORPUS = "wikitext-validation"
 
@@ -42,10 +52,28 @@ def default_draft_spec(model_name: str) -> str:
     return f"self:{entry.default_self_draft}" if entry is not None else "self:first-half"
 
 
-def load_draft_model(spec: str, target: Any, *, dtype: torch.dtype, device: str,
-                     progress: bool) -> tuple[torch.nn.Module, dict[str, Any], str]:
-    """The draft module, its identity (for caches and results) and a plain description of it."""
-    from sparsebench.models import build_self_draft, check_same_tokenizer, load_model
+@dataclass
+class LoadedDraft:
+    """A loaded draft before its layer map: the module, who it is, and its tokenizer when it differs."""
+
+    model: torch.nn.Module
+    identity: dict[str, Any]
+    """For caches and results."""
+    description: str
+    tokenizer: Any = None
+    """The draft's own tokenizer when it differs from the target's (cross-tokenizer); None when shared."""
+
+    def as_draft(self, layer_map: list[int], spec: str, target_tokenizer: Any) -> Draft:
+        """The :class:`Draft` the engines take (a cross-tokenizer one when the tokenizers differ)."""
+        if self.tokenizer is None:
+            return Draft(self.model, layer_map, spec, self.description)
+        return CrossTokenizerDraftModel(self.model, layer_map, spec, self.description, tokenizer=self.tokenizer,
+                                        target_tokenizer=target_tokenizer)
+
+
+def load_draft_model(spec: str, target: Any, *, dtype: torch.dtype, device: str, progress: bool) -> LoadedDraft:
+    """The draft module, its identity, a plain description, and its tokenizer if it is not the target's."""
+    from sparsebench.models import build_self_draft, load_model
 
     if spec.startswith("self:"):
         draft = build_self_draft(target.model, spec.removeprefix("self:"))
@@ -54,20 +82,40 @@ def load_draft_model(spec: str, target: Any, *, dtype: torch.dtype, device: str,
         description = (f"self-draft {spec}: {len(layers)} of the target's {n_target} layers ({_ranges(layers)}), "
                        "sharing its weights, with its own KV cache; it predicts attention, it is not trained "
                        "to propose tokens")
-        return draft, {"kind": "self", "spec": spec, "layers": layers, "target": target.identity}, description
+        return LoadedDraft(draft, {"kind": "self", "spec": spec, "layers": layers, "target": target.identity},
+                           description)
     if _is_distilled(spec):
         from sparsebench.distill import load_distilled
 
         loaded = load_distilled(spec, dtype=dtype, device=device, progress=progress)
     else:
         loaded = load_model(spec, dtype=dtype, device=device, progress=progress)
-    check_same_tokenizer(target.tokenizer, loaded.tokenizer, target.name, loaded.name)
+    cross = not _shares_tokenizer(target, loaded)
+    if cross:
+        check_offsets(target.tokenizer, "target", target.name)
+        check_offsets(loaded.tokenizer, "draft", loaded.name)
     n_draft = sum(p.numel() for p in loaded.model.parameters())
     n_target = sum(p.numel() for p in target.model.parameters())
     if n_draft > n_target:
         print(f"sparsebench: warning: the draft {spec} ({n_draft / 1e6:.0f}M parameters) is larger than the "
               f"target {target.name} ({n_target / 1e6:.0f}M); a draft is meant to be cheaper", file=sys.stderr)
-    return loaded.model, loaded.identity, f"separate draft model {spec} ({n_draft / 1e6:.0f}M parameters)"
+    description = f"separate draft model {spec} ({n_draft / 1e6:.0f}M parameters)"
+    if cross:
+        description += (f" with its own tokenizer ({type(loaded.tokenizer).__name__}); its attention is mapped onto "
+                        "the target's KV blocks through character offsets")
+        return LoadedDraft(loaded.model, loaded.identity | {"cross_tokenizer": True}, description, loaded.tokenizer)
+    return LoadedDraft(loaded.model, loaded.identity, description)
+
+
+def _shares_tokenizer(target: Any, draft: Any) -> bool:
+    """Whether the draft can read the target's token ids (same vocabulary and tokenization)."""
+    from sparsebench.models import check_same_tokenizer
+
+    try:
+        check_same_tokenizer(target.tokenizer, draft.tokenizer, target.name, draft.name)
+    except UsageError:
+        return False
+    return True
 
 
 def _is_distilled(spec: str) -> bool:
@@ -90,14 +138,21 @@ def _ranges(layers: list[int]) -> str:
     return ",".join(parts)
 
 
-def calibration_sequences(tokenizer: Any, settings: CalibrationSettings, *, device: torch.device | str,
-                          data_dir: str | None, data_source: str,
-                          log: Callable[[str], None]) -> tuple[list[torch.Tensor], dict[str, Any]]:
+def calibration_documents(tokenizer: Any, settings: CalibrationSettings, *, data_dir: str | None,
+                          data_source: str, log: Callable[[str], None]) -> list[tuple[Any, list[int]]]:
+    """The calibration documents with their first ``settings.seq_len`` token ids."""
     corpus = load_corpus(settings.dataset, data_dir=data_dir, source=data_source, log=log)
     docs, _ = tokenize_documents(select_documents(corpus.documents, settings.seed), tokenizer,
                                  settings.seq_len, settings.docs)
     if not docs:
         raise UsageError(f"no calibration document of {settings.dataset!r} has {settings.seq_len} tokens")
+    return docs
+
+
+def calibration_sequences(tokenizer: Any, settings: CalibrationSettings, *, device: torch.device | str,
+                          data_dir: str | None, data_source: str,
+                          log: Callable[[str], None]) -> tuple[list[torch.Tensor], dict[str, Any]]:
+    docs = calibration_documents(tokenizer, settings, data_dir=data_dir, data_source=data_source, log=log)
     seqs = [torch.tensor([ids], device=device) for _, ids in docs]
     # The cache key names the documents, not where they were read from, so the same corpus found at
     # another path (or through the hub) reuses the map.
@@ -116,16 +171,55 @@ def resolve_draft(spec: str | None, target: Any, *, dtype: torch.dtype, device: 
     log = log or (lambda msg: print(msg, file=sys.stderr))
     settings = settings or CalibrationSettings()
     spec = spec or default_draft_spec(target.name)
-    model, draft_id, description = load_draft_model(spec, target, dtype=dtype, device=str(device), progress=progress)
-    seqs, calib_info = calibration_sequences(target.tokenizer, settings, device=device, data_dir=data_dir,
-                                             data_source=data_source, log=log)
-    calib_info["rows"] = settings.rows
-    result, path, cached = load_or_compute_layer_map(
-        target.model, model, target_id=target.identity, draft_id=draft_id, sequences=seqs,
-        calibration=calib_info, block_size=block_size, rows=settings.rows, cache_dir=cache_root() / "layermaps",
-        progress=progress, recompute=recompute,
-    )
-    log(f"sparsebench: draft = {description}")
+    loaded = load_draft_model(spec, target, dtype=dtype, device=str(device), progress=progress)
+    cache_dir = cache_root() / "layermaps"
+    if loaded.tokenizer is not None:
+        result, path, cached = _cross_tokenizer_layer_map(target, loaded, settings, block_size=block_size,
+                                                          data_dir=data_dir, data_source=data_source,
+                                                          cache_dir=cache_dir, progress=progress,
+                                                          recompute=recompute, log=log)
+    else:
+        seqs, calib_info = calibration_sequences(target.tokenizer, settings, device=device, data_dir=data_dir,
+                                                 data_source=data_source, log=log)
+        calib_info["rows"] = settings.rows
+        result, path, cached = load_or_compute_layer_map(
+            target.model, loaded.model, target_id=target.identity, draft_id=loaded.identity, sequences=seqs,
+            calibration=calib_info, block_size=block_size, rows=settings.rows, cache_dir=cache_dir,
+            progress=progress, recompute=recompute,
+        )
+    log(f"sparsebench: draft = {loaded.description}")
     log(f"sparsebench: layer map {'loaded from' if cached else 'computed and saved to'} {path}: "
         f"{result.target_to_draft}")
-    return Draft(model, result.target_to_draft, spec, description), result
+    return loaded.as_draft(result.target_to_draft, spec, target.tokenizer), result
+
+
+def _cross_tokenizer_layer_map(target: Any, draft: LoadedDraft, settings: CalibrationSettings, *, block_size: int,
+                               data_dir: str | None, data_source: str, cache_dir: Path, progress: bool,
+                               recompute: bool, log: Callable[[str], None]) -> tuple[LayerMapResult, Path, bool]:
+    """The layer map of a cross-tokenizer draft: the KL matrix over the draft's attention mapped onto the
+    target's blocks (:func:`~sparsebench.specattn.crosstok.cross_tokenizer_kl`), cached like the
+    shared-tokenizer map under a key naming both models, the calibration documents and the mapping."""
+    from sparsebench.specattn.layermap import align_layers
+
+    docs = calibration_documents(target.tokenizer, settings, data_dir=data_dir, data_source=data_source, log=log)
+    calibration = {"dataset": settings.dataset, "documents": [d.id for d, _ in docs], "seq_len": settings.seq_len,
+                   "seed": settings.seed, "rows": settings.rows, "block_size": block_size,
+                   "mapping": "character-offsets"}
+    key = layer_map_key(target.identity, draft.identity, calibration)
+    path = cache_dir / f"layermap-{key}.json"
+    if path.exists() and not recompute:
+        return LayerMapResult.load(path), path, True
+    schedules = []
+    for doc, ids in docs:
+        schedule = document_schedule(draft.tokenizer, target.tokenizer, doc.text, settings.seq_len)
+        check_schedule(schedule, ids, f"calibration document {doc.id}")
+        schedules.append(schedule)
+    kl = cross_tokenizer_kl(target.model, draft.model, schedules, seq_len=settings.seq_len, block_size=block_size,
+                            rows=settings.rows, progress=progress)
+    aligned = align_layers(kl)
+    result = LayerMapResult(target_to_draft=list(aligned.target_to_draft), kl=kl.tolist(),
+                            path=[tuple(x) for x in aligned.path], total_cost=float(aligned.total_cost),
+                            meta={"target": target.identity, "draft": draft.identity, "calibration": calibration,
+                                  "key": key})
+    result.save(path)
+    return result, path, False

@@ -192,7 +192,7 @@ class SpeculativeDecoder:
             raise UsageError(f"backend {backend.name!r} cannot verify several query rows per sequence, which "
                              "speculative decoding needs; use --backend torch")
         draft_vocab = draft.model.config.get_text_config().vocab_size
-        if draft_vocab != text.vocab_size:
+        if draft_vocab != text.vocab_size and not self.reads_own_tokens:
             raise UsageError(f"draft {draft.name!r} has a vocabulary of {draft_vocab} tokens but the target has "
                              f"{text.vocab_size}; a draft must share the target's tokenizer")
         self.router = SparseAttentionRouter(policy, backend, self.config)
@@ -210,6 +210,10 @@ class SpeculativeDecoder:
         self._cache_args = {id(m): cache_kwarg(m) for m in (model, draft.model)}
         self._keep_last = ({"logits_to_keep": 1}
                            if "logits_to_keep" in inspect.signature(draft.model.forward).parameters else {})
+
+    #: Whether the draft reads its own tokenization of the text (:mod:`sparsebench.specdec.crosstok`)
+    #: rather than the target's ids, so vocabularies may differ.
+    reads_own_tokens: bool = False
 
     def max_positions(self) -> int | None:
         """Longest sequence both models' position encodings support (None when neither says)."""
@@ -319,7 +323,7 @@ class SpeculativeDecoder:
             router.decoding = False
             with use_router(router):
                 logits = self._forward(self.model, prompt, self.cache)[-1:]
-            self._draft_step(prompt)  # dense prefill of the draft; a multi-token step captures nothing
+            self._prefill_draft(prompt)
             for cache in (self.cache, self.draft_cache):
                 if hasattr(cache, "activate_past_recording"):  # sliding-window layers must be able to roll back
                     cache.activate_past_recording()
@@ -337,8 +341,8 @@ class SpeculativeDecoder:
                     break
                 # Propose no more than can be used: accepting all plus the bonus token fills the budget.
                 gamma = min(spec.gamma, max_new_tokens - generated - 1)
-                new = self._round(sequence, gamma, clock, n_prompt)
-                rounds.append((gamma, len(new) - 1))
+                new, proposed = self._round(sequence, gamma, clock, n_prompt)
+                rounds.append((proposed, len(new) - 1))
                 for tok in new:
                     sequence.append(tok)
                     if tok in stop:
@@ -357,8 +361,13 @@ class SpeculativeDecoder:
             timing_method="cuda_events" if clock.cuda else "wall",
         )
 
-    def _round(self, sequence: list[int], gamma: int, clock: PhaseClock, n_prompt: int) -> list[int]:
-        """One draft-verify-accept round; returns the tokens it commits (accepted drafts, then the target's)."""
+    def _prefill_draft(self, prompt: torch.Tensor) -> None:
+        """Dense prefill of the draft on the prompt ``[1, P]``; a multi-token step captures nothing."""
+        self._draft_step(prompt)
+
+    def _round(self, sequence: list[int], gamma: int, clock: PhaseClock, n_prompt: int) -> tuple[list[int], int]:
+        """One draft-verify-accept round: the tokens it commits (accepted drafts, then the target's) and how
+        many target tokens were proposed."""
         assert self.cache is not None and self.draft_cache is not None
         router, spec = self.router, self.speculation
         n_cached = len(sequence) - 1  # the target has seen every committed token but the last
@@ -386,7 +395,7 @@ class SpeculativeDecoder:
             _crop(self.draft_cache, keep)
             router.summaries.crop(keep)
             new = torch.cat([drafted[:accepted], nxt.view(1)]).tolist()
-        return [int(t) for t in new]
+        return [int(t) for t in new], gamma
 
 
 def _breakdown(phases: dict[str, float]) -> dict[str, float]:

@@ -27,7 +27,8 @@ from sparsebench.config import RunConfig
 from sparsebench.data import load_corpus, select_documents, tokenize_documents
 from sparsebench.errors import UsageError
 from sparsebench.evals.results import append_row, environment_info, now_iso
-from sparsebench.specattn.capture import Draft
+from sparsebench.specattn.crosstok import CrossTokenizerDraftModel
+from sparsebench.specdec.crosstok import CrossTokenizerSpeculativeDecoder
 from sparsebench.specdec.decoder import SpeculationConfig, SpeculativeDecoder, check_length
 
 
@@ -80,16 +81,18 @@ def build_decoder(cfg: RunConfig, speculation: SpeculationConfig, *, log: Callab
         draft, draft_info = prep.draft, dict(prep.draft_info or {})
     else:
         spec = cfg.draft or default_draft_spec(cfg.model)
-        model, identity, description = load_draft_model(spec, prep.loaded, dtype=prep.dtype, device=str(prep.device),
-                                                        progress=progress)
-        draft = Draft(model, [], spec, description)
-        draft_info = {"name": spec, "description": description, "identity": identity}
-        log(f"sparsebench: draft = {description}")
+        loaded_draft = load_draft_model(spec, prep.loaded, dtype=prep.dtype, device=str(prep.device),
+                                        progress=progress)
+        draft = loaded_draft.as_draft([], spec, prep.loaded.tokenizer)
+        draft_info = {"name": spec, "description": loaded_draft.description, "identity": loaded_draft.identity}
+        log(f"sparsebench: draft = {loaded_draft.description}")
     backend = prep.backend
     if not backend.capabilities.multi_row_queries and cfg.backend == "auto":
         log(f"sparsebench: backend {backend.name} cannot verify several query rows per sequence; using torch")
         backend = TorchBackend()
-    decoder = SpeculativeDecoder(prep.loaded.model, draft, prep.policy, backend, prep.engine_cfg, speculation)
+    decoder_class = (CrossTokenizerSpeculativeDecoder if isinstance(draft, CrossTokenizerDraftModel)
+                     else SpeculativeDecoder)
+    decoder = decoder_class(prep.loaded.model, draft, prep.policy, backend, prep.engine_cfg, speculation)
     return decoder, prep.loaded, draft_info
 
 
@@ -165,7 +168,8 @@ def run_generate(cfg: RunConfig, request: GenerateRequest, *, log: Callable[[str
             "prompt": prompt_info | {"tokens": len(ids)},
             "text": result.text,
             "ids": result.ids,
-            "metrics": result.metrics(),
+            "metrics": result.metrics() | ({"draft_proposed_tokens": decoder.draft_proposed}
+                                           if isinstance(decoder, CrossTokenizerSpeculativeDecoder) else {}),
             "environment": env,
             "started": started,
             "finished": now_iso(),

@@ -1,0 +1,206 @@
+"""Cross-tokenizer drafts in the teacher-forced engine (SpecAttn) and in speculative decoding."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+import torch
+from conftest import get_tiny
+from transformers import AutoModelForCausalLM
+
+from sparsebench.engine import EngineConfig, TeacherForcedEngine
+from sparsebench.errors import UsageError
+from sparsebench.kernels.torch_backend import TorchBackend
+from sparsebench.models import ByteTokenizer
+from sparsebench.models.tiny import tiny_config
+from sparsebench.policies import Dense, SpecAttn
+from sparsebench.specattn.capture import Draft
+from sparsebench.specattn.crosstok import CrossTokenizerDraftModel, check_offsets, document_schedule
+from sparsebench.specdec import SpeculationConfig
+from sparsebench.specdec.crosstok import CrossTokenizerSpeculativeDecoder
+
+CFG = EngineConfig(block_size=4, dense_layers=1)
+TEXT = ("The ship left the harbour at dawn; its mate, a quiet man from the north, counted the crates twice. "
+        "Nobody spoke until the coast was gone.")
+SEQ_LEN = 64
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class HashWordTokenizer:
+    """A fast-tokenizer stand-in of another granularity: whitespace-led words, ids hashed into 512."""
+
+    def __call__(self, text: str, return_offsets_mapping: bool = False, add_special_tokens: bool = True) -> dict:
+        spans = [m.span() for m in re.finditer(r"\s*\S+", text)]
+        out: dict[str, Any] = {"input_ids": [sum(map(ord, text[s:e])) % 512 for s, e in spans]}
+        if return_offsets_mapping:
+            out["offset_mapping"] = spans
+        return out
+
+
+def _layer_map(target: torch.nn.Module) -> list[int]:
+    return [min(i, 3) for i in range(target.config.num_hidden_layers)]
+
+
+def _evaluate(draft: Draft, p: float, schedule: Any = None) -> Any:
+    target = get_tiny("llama")
+    ids = torch.tensor([ByteTokenizer().encode(TEXT)[:SEQ_LEN]])
+    engine = TeacherForcedEngine(target, SpecAttn(p=p), TorchBackend(), CFG, draft=draft)
+    return engine.evaluate(ids, schedule=schedule), engine
+
+
+def test_a_cross_tokenizer_draft_with_the_targets_tokenizer_is_the_shared_tokenizer_draft() -> None:
+    """With the same tokenizer on both sides the mapping is the identity and the schedule feeds one draft
+    token per target token, so the cross-tokenizer path must select exactly what the ordinary one does."""
+    draft_model = get_tiny("qwen2")
+    shared = Draft(draft_model, _layer_map(get_tiny("llama")), "separate")
+    cross = CrossTokenizerDraftModel(draft_model, shared.layer_map, "separate", tokenizer=ByteTokenizer(),
+                                     target_tokenizer=ByteTokenizer())
+    want, _ = _evaluate(shared, 0.8)
+    got, _ = _evaluate(cross, 0.8, cross.schedule(TEXT, SEQ_LEN))
+    torch.testing.assert_close(got.nll, want.nll, atol=1e-5, rtol=1e-5)
+    assert got.kv.read_sparse == want.kv.read_sparse
+    assert 0.1 < got.kv.reduction_sparse < 1
+
+
+def test_a_draft_of_another_granularity_reads_its_own_tokens() -> None:
+    """Byte-level target, word-level draft: the draft reads every word that ends within the target's prefix,
+    the policy gets mapped attention (it prunes), and p = 1 is exactly dense."""
+    draft = CrossTokenizerDraftModel(get_tiny("qwen2"), _layer_map(get_tiny("llama")), "words",
+                                     tokenizer=HashWordTokenizer(), target_tokenizer=ByteTokenizer())
+    schedule = draft.schedule(TEXT, SEQ_LEN)
+    sparse, engine = _evaluate(draft, 0.8, schedule)
+    assert 0 < sparse.kv.reduction_sparse < 1
+    assert "draft" in sparse.timing
+    dense, _ = _evaluate(draft, 1.0, schedule)
+    exact = TeacherForcedEngine(get_tiny("llama"), Dense(), TorchBackend(), CFG).evaluate(
+        torch.tensor([schedule.target_ids[:SEQ_LEN]]))
+    torch.testing.assert_close(dense.nll, exact.nll)
+    # The draft's cache after the last step holds every word ending within the last fed target token.
+    with engine.session(schedule) as decode:
+        decode.prefill(torch.tensor([schedule.target_ids[:10]]))
+        for t in range(10, 40):
+            decode.step(torch.tensor([[schedule.target_ids[t]]]))
+        assert decode.draft_cache.get_seq_length() == schedule.draft_fed(39) > 0
+        assert decode.cross_capture.n_draft_tokens == schedule.draft_fed(39)
+
+
+def test_cross_tokenizer_misuse_gives_clear_errors() -> None:
+    draft = CrossTokenizerDraftModel(get_tiny("qwen2"), _layer_map(get_tiny("llama")), "words",
+                                     tokenizer=HashWordTokenizer(), target_tokenizer=ByteTokenizer())
+    engine = TeacherForcedEngine(get_tiny("llama"), SpecAttn(), TorchBackend(), CFG, draft=draft)
+    ids = torch.tensor([ByteTokenizer().encode(TEXT)[:SEQ_LEN]] * 2)
+    with pytest.raises(UsageError, match="--batch-size 1"):
+        engine.evaluate(ids)
+    with pytest.raises(UsageError, match="its own tokenizer"), engine.session():
+        pass
+
+    class NoOffsets:
+        def __call__(self, text: str, **kwargs: object) -> dict:
+            return {"input_ids": [1, 2]}
+
+    with pytest.raises(UsageError, match=r"draft 'some-draft'.*NoOffsets"):
+        check_offsets(NoOffsets(), "draft", "some-draft")
+
+
+def test_document_schedule_covers_the_evaluated_tokens() -> None:
+    book = TEXT * 40
+    schedule = document_schedule(HashWordTokenizer(), ByteTokenizer(), book, 900)
+    assert len(schedule.target_ids) > 900
+    assert schedule.target_ids[:900] == ByteTokenizer().encode(book)[:900]
+
+
+# --------------------------------------------------------------------------------------------------
+# speculative decoding across tokenizers
+
+
+def _random_lm(vocab: int, arch: str, seed: int) -> torch.nn.Module:
+    """A tiny random LM over ``vocab`` ids with peaked logits (a scaled, untied head), so greedy comparisons
+    are not decided by float noise."""
+    config = tiny_config(arch)
+    config.vocab_size, config.tie_word_embeddings = vocab, False
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30.0)
+    return model
+
+
+@torch.no_grad()
+def _plain_greedy(model: torch.nn.Module, prompt: list[int], n: int) -> list[int]:
+    ids = torch.tensor([prompt])
+    for _ in range(n):
+        ids = torch.cat([ids, model(ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return ids[0, len(prompt):].tolist()
+
+
+def _real_tokenizer(alias: str) -> Any:
+    from sparsebench.models.registry import is_cached, model_dir
+
+    if not is_cached(alias):
+        pytest.skip(f"{alias} is not cached (sparsebench fetch {alias})")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir(alias))
+
+
+@pytest.fixture(scope="module")
+def pair() -> tuple[torch.nn.Module, Any, CrossTokenizerDraftModel]:
+    """A target with smollm2's real BPE tokenizer and a byte-level draft: two vocabularies, offline."""
+    tokenizer = _real_tokenizer("smollm2-135m")
+    target = _random_lm(len(tokenizer), "llama", 1)
+    draft = CrossTokenizerDraftModel(_random_lm(512, "qwen2", 2), [], "bytes", tokenizer=ByteTokenizer(),
+                                     target_tokenizer=tokenizer)
+    return target, tokenizer, draft
+
+
+def _decoder(pair: tuple, gamma: int) -> CrossTokenizerSpeculativeDecoder:
+    target, _, draft = pair
+    return CrossTokenizerSpeculativeDecoder(target, draft, Dense(), TorchBackend(), CFG, SpeculationConfig(gamma=gamma))
+
+
+@pytest.mark.parametrize("gamma", [1, 4])
+def test_cross_tokenizer_speculation_equals_the_targets_greedy_output(pair: tuple, gamma: int) -> None:
+    target, tokenizer, _ = pair
+    prompt = tokenizer.encode(TEXT[:60])
+    out = _decoder(pair, gamma).generate(prompt, max_new_tokens=24, stop_ids=set())
+    assert out.ids == _plain_greedy(target, prompt, 24)
+    assert all(p <= gamma for p, _ in out.rounds)
+
+
+class OracleDraft(CrossTokenizerSpeculativeDecoder):
+    """Proposes the text the target will produce next (as bytes, the draft's vocabulary), so rounds accept."""
+
+    future: list[int]
+
+    def propose_text(self, committed: list[int], gamma: int) -> str:
+        super().propose_text(committed, gamma)  # the draft still runs and rolls back
+        done = len(committed) - self.n_prompt
+        return self.cross_draft.target_tokenizer.decode(self.future[done: done + gamma])
+
+
+def test_a_draft_proposing_the_right_text_is_accepted_in_target_tokens(pair: tuple) -> None:
+    target, tokenizer, draft = pair
+    prompt = tokenizer.encode(TEXT[:60])
+    expected = _plain_greedy(target, prompt, 24)
+    decoder = OracleDraft(target, draft, Dense(), TorchBackend(), CFG, SpeculationConfig(gamma=4))
+    decoder.future, decoder.n_prompt = [*expected], len(prompt)
+    out = decoder.generate(prompt, max_new_tokens=24, stop_ids=set())
+    assert out.ids == expected
+    assert out.acceptance_rate > 0.5  # re-tokenising the target's own text mostly gives its own tokens back
+    # The byte draft's cache holds a prefix of its tokenization of the committed text.
+    text_ids = ByteTokenizer().encode(tokenizer.decode(prompt + out.ids[:-1]))
+    assert decoder.draft_tokens == text_ids[: len(decoder.draft_tokens)]
+    assert decoder.draft_cache.get_seq_length() == len(decoder.draft_tokens)
+
+
+def test_cross_tokenizer_speculation_refuses_what_it_cannot_do(pair: tuple) -> None:
+    target, _, draft = pair
+    with pytest.raises(UsageError, match="greedy"):
+        CrossTokenizerSpeculativeDecoder(target, draft, Dense(), TorchBackend(), CFG,
+                                         SpeculationConfig(sampling=True))
+    with pytest.raises(UsageError, match="specattn"):
+        CrossTokenizerSpeculativeDecoder(target, draft, SpecAttn(), TorchBackend(), CFG)
