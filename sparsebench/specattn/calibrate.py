@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -105,23 +105,37 @@ def layer_map_key(target_id: dict[str, Any], draft_id: dict[str, Any], calibrati
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def cached_layer_map(*, target_id: dict[str, Any], draft_id: dict[str, Any], calibration: dict[str, Any],
+                     cache_dir: Path | None, recompute: bool,
+                     kl: Callable[[], torch.Tensor]) -> tuple[LayerMapResult, Path | None, bool]:
+    """The map cached under the key of (target, draft, calibration) when there is one; else ``kl()`` (the KL
+    matrix ``[L_target, L_draft]``), its DP alignment, saved. Returns (map, path, was_cached). Shared by the
+    same-tokenizer and the cross-tokenizer calibrations, which differ only in how the KL matrix is measured."""
+    key = layer_map_key(target_id, draft_id, calibration)
+    path = cache_dir / f"layermap-{key}.json" if cache_dir is not None else None
+    if path is not None and path.exists() and not recompute:
+        return LayerMapResult.load(path), path, True
+    matrix = kl()
+    aligned = align_layers(matrix)
+    result = LayerMapResult(
+        target_to_draft=list(aligned.target_to_draft), kl=matrix.tolist(),
+        path=[tuple(x) for x in aligned.path], total_cost=float(aligned.total_cost),
+        meta={"target": target_id, "draft": draft_id, "calibration": calibration, "key": key},
+    )
+    if path is not None:
+        result.save(path)
+    return result, path, False
+
+
 def load_or_compute_layer_map(
     target: torch.nn.Module, draft: torch.nn.Module, *, target_id: dict[str, Any], draft_id: dict[str, Any],
     sequences: Sequence[torch.Tensor], calibration: dict[str, Any], block_size: int, rows: int,
     cache_dir: Path | None, progress: bool = True, recompute: bool = False,
 ) -> tuple[LayerMapResult, Path | None, bool]:
     """The cached map when there is one, else compute and cache it. Returns (map, path, was_cached)."""
-    settings = dict(calibration, block_size=block_size, rows=rows)
-    key = layer_map_key(target_id, draft_id, settings)
-    path = cache_dir / f"layermap-{key}.json" if cache_dir is not None else None
-    if path is not None and path.exists() and not recompute:
-        return LayerMapResult.load(path), path, True
-    kl, aligned = compute_layer_map(target, draft, sequences, block_size=block_size, rows=rows, progress=progress)
-    result = LayerMapResult(
-        target_to_draft=list(aligned.target_to_draft), kl=kl.tolist(),
-        path=[tuple(x) for x in aligned.path], total_cost=float(aligned.total_cost),
-        meta={"target": target_id, "draft": draft_id, "calibration": settings, "key": key},
+    return cached_layer_map(
+        target_id=target_id, draft_id=draft_id, calibration=dict(calibration, block_size=block_size, rows=rows),
+        cache_dir=cache_dir, recompute=recompute,
+        kl=lambda: compute_layer_map(target, draft, sequences, block_size=block_size, rows=rows,
+                                     progress=progress)[0],
     )
-    if path is not None:
-        result.save(path)
-    return result, path, False

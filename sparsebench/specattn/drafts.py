@@ -21,7 +21,7 @@ import torch
 
 from sparsebench.data import load_corpus, select_documents, tokenize_documents
 from sparsebench.errors import UsageError
-from sparsebench.specattn.calibrate import LayerMapResult, layer_map_key, load_or_compute_layer_map
+from sparsebench.specattn.calibrate import LayerMapResult, cached_layer_map, load_or_compute_layer_map
 from sparsebench.specattn.capture import Draft
 from sparsebench.specattn.crosstok import (
     CrossTokenizerDraftModel,
@@ -199,27 +199,22 @@ def _cross_tokenizer_layer_map(target: Any, draft: LoadedDraft, settings: Calibr
     """The layer map of a cross-tokenizer draft: the KL matrix over the draft's attention mapped onto the
     target's blocks (:func:`~sparsebench.specattn.crosstok.cross_tokenizer_kl`), cached like the
     shared-tokenizer map under a key naming both models, the calibration documents and the mapping."""
-    from sparsebench.specattn.layermap import align_layers
-
     docs = calibration_documents(target.tokenizer, settings, data_dir=data_dir, data_source=data_source, log=log)
     calibration = {"dataset": settings.dataset, "documents": [d.id for d, _ in docs], "seq_len": settings.seq_len,
                    "seed": settings.seed, "rows": settings.rows, "block_size": block_size,
                    "mapping": "character-offsets"}
-    key = layer_map_key(target.identity, draft.identity, calibration)
-    path = cache_dir / f"layermap-{key}.json"
-    if path.exists() and not recompute:
-        return LayerMapResult.load(path), path, True
-    schedules = []
-    for doc, ids in docs:
-        schedule = document_schedule(draft.tokenizer, target.tokenizer, doc.text, settings.seq_len)
-        check_schedule(schedule, ids, f"calibration document {doc.id}")
-        schedules.append(schedule)
-    kl = cross_tokenizer_kl(target.model, draft.model, schedules, seq_len=settings.seq_len, block_size=block_size,
-                            rows=settings.rows, progress=progress)
-    aligned = align_layers(kl)
-    result = LayerMapResult(target_to_draft=list(aligned.target_to_draft), kl=kl.tolist(),
-                            path=[tuple(x) for x in aligned.path], total_cost=float(aligned.total_cost),
-                            meta={"target": target.identity, "draft": draft.identity, "calibration": calibration,
-                                  "key": key})
-    result.save(path)
-    return result, path, False
+
+    def kl() -> torch.Tensor:
+        schedules = []
+        for doc, ids in docs:
+            schedule = document_schedule(draft.tokenizer, target.tokenizer, doc.text, settings.seq_len)
+            check_schedule(schedule, ids, f"calibration document {doc.id}")
+            schedules.append(schedule)
+        return cross_tokenizer_kl(target.model, draft.model, schedules, seq_len=settings.seq_len,
+                                  block_size=block_size, rows=settings.rows, progress=progress)
+
+    result, path, cached = cached_layer_map(target_id=target.identity, draft_id=draft.identity,
+                                            calibration=calibration, cache_dir=cache_dir, recompute=recompute,
+                                            kl=kl)
+    assert path is not None
+    return result, path, cached
