@@ -30,24 +30,13 @@ Runs compiled on CUDA tensors and under Triton's interpreter (``TRITON_INTERPRET
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-from typing import Any
-
 import torch
 
 from sparsebench.errors import UsageError
 from sparsebench.kernels.triton_decode import DTYPES, KernelConfig, check_block_size, resolve_config
-
-try:  # Triton is optional (the triton_decode import above does not need it either).
-    import triton
-    import triton.language as tl
-
-    _HAVE_TRITON = True
-except ImportError:  # pragma: no cover - exercised only where triton is absent
-    triton = None
-    tl = None
-    _HAVE_TRITON = False
+from sparsebench.kernels.triton_support import HAVE_TRITON as _HAVE_TRITON
+from sparsebench.kernels.triton_support import interpreter_enabled, tl, triton
+from sparsebench.kernels.triton_support import jit as _jit
 
 __all__ = ["attention_with_block_mass", "mass_kernel_unavailable"]
 
@@ -60,7 +49,7 @@ def mass_kernel_unavailable(device: torch.device, dtype: torch.dtype, head_dim: 
     """Why :func:`attention_with_block_mass` cannot serve this configuration, or None."""
     if not _HAVE_TRITON:
         return "triton is not installed"
-    if device.type != "cuda" and not (device.type == "cpu" and _interpreting()):
+    if device.type != "cuda" and not (device.type == "cpu" and interpreter_enabled()):
         return f"the kernel runs on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), not {device.type}"
     if dtype not in DTYPES:
         return f"dtype {dtype} is not one of {DTYPES}"
@@ -190,24 +179,6 @@ if _HAVE_TRITON:
 
 else:  # pragma: no cover
     _split_kernel = _finish_kernel = None
-
-
-def _interpreting() -> bool:
-    from sparsebench.kernels.topp import interpreter_enabled
-
-    return interpreter_enabled()
-
-
-@functools.cache
-def _jit(fn: Callable[..., Any]) -> Any:
-    """``fn`` wrapped for the mode triton was imported in (compiled, or interpreted on CPU tensors)."""
-    if _interpreting():
-        from triton.runtime.interpreter import InterpretedFunction
-
-        return InterpretedFunction(fn)
-    from triton.runtime.jit import JITFunction
-
-    return JITFunction(fn)
 
 
 def attention_with_block_mass(

@@ -25,24 +25,13 @@ synchronises with the host, so both can be captured in a CUDA graph.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-from typing import Any
-
 import torch
 
 from sparsebench.errors import DependencyError, UsageError
-from sparsebench.kernels.topp import interpreter_enabled, triton_usable
-
-try:  # Triton is optional; callers check kernels_usable() first.
-    import triton
-    import triton.language as tl
-
-    _HAVE_TRITON = True
-except ImportError:  # pragma: no cover - exercised only where triton is absent
-    triton = None
-    tl = None
-    _HAVE_TRITON = False
+from sparsebench.kernels.topp import triton_usable
+from sparsebench.kernels.triton_support import HAVE_TRITON as _HAVE_TRITON
+from sparsebench.kernels.triton_support import jit as _jit
+from sparsebench.kernels.triton_support import tl, triton
 
 __all__ = ["GROUP_REDUCE_CODES", "kernels_usable", "quest_scores", "refresh_block"]
 
@@ -176,18 +165,6 @@ if _HAVE_TRITON:
 
 else:  # pragma: no cover
     _score_kernel = _refresh_kernel = None
-
-
-@functools.cache
-def _jit(fn: Callable[..., Any]) -> Any:
-    """``fn`` wrapped for the mode triton was imported in (see :mod:`sparsebench.kernels.triton_decode`)."""
-    if interpreter_enabled():
-        from triton.runtime.interpreter import InterpretedFunction
-
-        return InterpretedFunction(fn)
-    from triton.runtime.jit import JITFunction
-
-    return JITFunction(fn)
 
 
 def _require(*tensors: torch.Tensor) -> None:

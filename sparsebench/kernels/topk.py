@@ -83,17 +83,9 @@ import torch
 
 from sparsebench.errors import DependencyError, UsageError
 from sparsebench.kernels.topp import interpreter_enabled, triton_usable
+from sparsebench.kernels.triton_support import HAVE_TRITON as _HAVE_TRITON
+from sparsebench.kernels.triton_support import tl, triton
 from sparsebench.selection import Selection
-
-try:  # Triton is optional: the torch paths serve every device without it.
-    import triton
-    import triton.language as tl
-
-    _HAVE_TRITON = True
-except ImportError:  # pragma: no cover - exercised only where triton is absent
-    triton = None
-    tl = None
-    _HAVE_TRITON = False
 
 __all__ = [
     "MAX_N",

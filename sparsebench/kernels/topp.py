@@ -85,16 +85,8 @@ import numpy as np
 import torch
 
 from sparsebench.errors import UsageError
-
-try:  # Triton is optional: the torch reference serves every device without it.
-    import triton
-    import triton.language as tl
-
-    _HAVE_TRITON = True
-except ImportError:  # pragma: no cover - exercised only where triton is absent
-    triton = None
-    tl = None
-    _HAVE_TRITON = False
+from sparsebench.kernels.triton_support import HAVE_TRITON as _HAVE_TRITON
+from sparsebench.kernels.triton_support import interpreter_enabled, jit_helpers, tl
 
 __all__ = [
     "Backend",
@@ -477,34 +469,6 @@ _KERNEL_CACHE: dict[str, Any] = {}
 #: The search's device functions, shared with :mod:`sparsebench.kernels.verify_select` (which runs the same
 #: search on rows it builds in registers): pass statistics, first bracket, candidates, narrowing.
 SEARCH_HELPERS = ("_pass_stats", "_search_start", "_candidates", "_narrow")
-
-
-def jit_helpers(namespace: dict[str, Any], names: tuple[str, ...]) -> None:
-    """Replace the device functions ``names`` in a module's ``namespace`` by their JIT wrappers (compiled mode).
-
-    Why: the compiler resolves a kernel's helper calls by name in the kernel's module globals, and needs
-    them as ``JITFunction`` objects there; the interpreter calls them as plain Python. Already wrapped
-    helpers are left alone, so a module may call this on every first launch.
-    """
-    from triton.runtime.jit import JITFunction
-
-    for name in names:
-        if not isinstance(namespace[name], JITFunction):
-            namespace[name] = JITFunction(namespace[name])
-
-
-def interpreter_enabled() -> bool:
-    """Whether Triton runs in interpreter mode (CPU emulation) in this process.
-
-    Triton fixes the mode when it is first imported, from ``TRITON_INTERPRET``: its own library
-    functions (``tl.zeros``, ``tl.sum``...) are then either compiled or interpreted. So the mode is read
-    off the imported library, not from the environment, which may have changed since.
-    """
-    if not _HAVE_TRITON:
-        return False
-    from triton.runtime.interpreter import InterpretedFunction
-
-    return isinstance(tl.zeros, InterpretedFunction)
 
 
 def _kernel() -> Callable[..., Any]:

@@ -67,16 +67,8 @@ from typing import Any
 import torch
 
 from sparsebench.errors import DependencyError, UsageError
-
-try:  # Triton is optional; the backend reports its absence through unavailable_reason().
-    import triton
-    import triton.language as tl
-
-    _HAVE_TRITON = True
-except ImportError:  # pragma: no cover - exercised only where triton is absent
-    triton = None
-    tl = None
-    _HAVE_TRITON = False
+from sparsebench.kernels.triton_support import HAVE_TRITON as _HAVE_TRITON
+from sparsebench.kernels.triton_support import interpreter_enabled, jit, jit_helpers, tl, triton
 
 __all__ = [
     "KernelConfig",
@@ -469,30 +461,13 @@ else:  # pragma: no cover
     _compact_kernel = _split_kernel = _merge_kernel = _merge_row = _store_rows = None
 
 
-def _interpreting() -> bool:
-    """Whether triton was imported in interpreter mode (see :func:`sparsebench.kernels.topp.interpreter_enabled`)."""
-    from sparsebench.kernels.topp import interpreter_enabled
-
-    return interpreter_enabled()
-
-
 @functools.cache
 def _jit(fn: Callable[..., Any]) -> Any:
-    """``fn`` wrapped for the mode triton was imported in (compiled, or interpreted on CPU tensors).
-
-    Why not ``@triton.jit`` at import: the decorator reads ``TRITON_INTERPRET`` when this module is
-    imported, which can disagree with the mode triton itself was imported in.
-    """
-    if _interpreting():
-        from triton.runtime.interpreter import InterpretedFunction
-
-        return InterpretedFunction(fn)
-    from triton.runtime.jit import JITFunction
-
-    for name in _HELPERS:
-        if not isinstance(globals()[name], JITFunction):
-            globals()[name] = JITFunction(globals()[name])
-    return JITFunction(fn)
+    """``fn`` wrapped for the mode triton was imported in (:func:`~sparsebench.kernels.triton_support.jit`),
+    with this module's device helpers wrapped too when compiling."""
+    if not interpreter_enabled():
+        jit_helpers(globals(), _HELPERS)
+    return jit(fn)
 
 
 _TICKETS: dict[torch.device, torch.Tensor] = {}
@@ -531,7 +506,7 @@ def _require_runnable(device: torch.device) -> None:
         raise DependencyError("the Triton attention kernels need triton: pip install 'sparsebench[triton]'")
     if device.type == "cuda":
         return
-    if device.type == "cpu" and _interpreting():
+    if device.type == "cpu" and interpreter_enabled():
         return
     raise UsageError(f"the Triton attention kernels run on CUDA tensors (or on CPU tensors under "
                      f"TRITON_INTERPRET=1, for tests); got {device} tensors: use --backend torch")

@@ -74,19 +74,12 @@ from sparsebench.kernels.topp import (
     jit_helpers,
     triton_usable,
 )
+from sparsebench.kernels.triton_support import HAVE_TRITON as _HAVE_TRITON
+from sparsebench.kernels.triton_support import tl
 from sparsebench.selection import Selection
 
-try:  # Triton is optional: the torch reference serves every device without it.
-    import triton
-    import triton.language as tl
-
+if _HAVE_TRITON:  # the top-p search steps, shared with this kernel
     from sparsebench.kernels.topp import _candidates, _narrow, _pass_stats, _search_start
-
-    _HAVE_TRITON = True
-except ImportError:  # pragma: no cover - exercised only where triton is absent
-    triton = None
-    tl = None
-    _HAVE_TRITON = False
 
 __all__ = ["MAX_N", "VerifySelectConfig", "default_config", "fused_select_usable",
            "verify_select", "verify_select_reference"]
