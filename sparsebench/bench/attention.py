@@ -47,7 +47,6 @@ import dataclasses
 import datetime as dt
 import importlib
 import itertools
-import json
 import os
 import platform
 import statistics
@@ -60,7 +59,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from sparsebench.bench.common import driver_version, fmt
+from sparsebench.bench.common import driver_version, fmt, run_and_publish
 from sparsebench.kernels.base import AttentionBackend
 from sparsebench.selection import Selection
 
@@ -737,16 +736,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         # Must precede the first import of triton: the interpreter mode is fixed at import time.
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    args.out.mkdir(parents=True, exist_ok=True)
-
-    def save(report: dict[str, Any]) -> None:
-        (args.out / "bench_attention.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-        (args.out / "bench_attention.md").write_text(to_markdown(report))
-
-    report = run(args, save)
-    print(to_markdown(report))
-    print(f"wrote {args.out / 'bench_attention.json'} and {args.out / 'bench_attention.md'}")
-    return 0
+    return run_and_publish("attention", args, run, to_markdown, render_while_running=True)
 
 
 if __name__ == "__main__":

@@ -25,29 +25,29 @@ def driver_version() -> str | None:
     return out.strip().splitlines()[0] if out.strip() else None
 
 
-def json_saver(out: Path, name: str) -> Callable[[dict[str, Any]], None]:
-    """Writes ``bench_NAME.json`` under ``out``; a benchmark calls it after every row, so a run cut short by a
-    time limit still leaves the rows it finished."""
-    path = out / f"bench_{name}.json"
+def report_saver(out: Path, name: str,
+                 render: Callable[[dict[str, Any]], str] | None = None) -> Callable[[dict[str, Any]], None]:
+    """Writes ``bench_NAME.json`` (and ``bench_NAME.md`` from ``render``) under ``out``; a benchmark calls it
+    after every row, so a run cut short by a time limit still leaves the rows it finished."""
 
     def save(report: dict[str, Any]) -> None:
-        path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        (out / f"bench_{name}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+        if render is not None:
+            (out / f"bench_{name}.md").write_text(render(report))
 
     return save
 
 
-def publish(out: Path, name: str, report: dict[str, Any], markdown: str) -> int:
-    """The final ``bench_NAME.json`` and ``bench_NAME.md``, the table on stdout; returns the exit status 0."""
-    json_saver(out, name)(report)
-    (out / f"bench_{name}.md").write_text(markdown)
-    print(markdown)
-    print(f"wrote {out / f'bench_{name}.json'} and {out / f'bench_{name}.md'}")
-    return 0
-
-
 def run_and_publish(name: str, args: Any, run: Callable[[Any, Callable[[dict[str, Any]], None]], dict[str, Any]],
-                    render: Callable[[dict[str, Any]], str]) -> int:
-    """A benchmark's ``main`` after parsing: ``run(args, save)`` saving as it goes, then :func:`publish`."""
+                    render: Callable[[dict[str, Any]], str], *, render_while_running: bool = False,
+                    echo: bool = True) -> int:
+    """A benchmark's ``main`` after parsing: ``run(args, save)`` saving as it goes (the markdown too with
+    ``render_while_running``), then the final ``bench_NAME.json`` and ``.md``, the table on stdout with
+    ``echo``, and where they went. Returns the exit status 0."""
     args.out.mkdir(parents=True, exist_ok=True)
-    report = run(args, json_saver(args.out, name))
-    return publish(args.out, name, report, render(report))
+    report = run(args, report_saver(args.out, name, render if render_while_running else None))
+    report_saver(args.out, name, render)(report)
+    if echo:
+        print(render(report))
+    print(f"wrote {args.out / f'bench_{name}.json'} and {args.out / f'bench_{name}.md'}")
+    return 0

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import platform
 import statistics
@@ -41,7 +40,7 @@ from typing import Any
 
 import torch
 
-from sparsebench.bench.common import fmt
+from sparsebench.bench.common import fmt, run_and_publish
 from sparsebench.kernels.capture import capture
 
 SPEEDUP_TARGET = 10.0  # vs sort, for N <= SPEEDUP_TARGET_MAX_N
@@ -484,16 +483,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         # Must precede the first import of triton: the interpreter mode is fixed at import time.
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    args.out.mkdir(parents=True, exist_ok=True)
-
-    def save(report: dict[str, Any]) -> None:
-        (args.out / "bench_topp.json").write_text(json.dumps(report, indent=2) + "\n")
-        (args.out / "bench_topp.md").write_text(to_markdown(report))
-
-    report = run(args, on_shape=save)
-    save(report)
-    print(f"wrote {args.out / 'bench_topp.json'} and {args.out / 'bench_topp.md'}")
-    return 0
+    return run_and_publish("topp", args, lambda a, save: run(a, on_shape=save), to_markdown,
+                           render_while_running=True, echo=False)
 
 
 if __name__ == "__main__":

@@ -95,11 +95,18 @@ class TritonBackend(AttentionBackend):
         if selection.n_blocks != -(-n_tokens // block_size):
             raise UsageError(f"selection has {selection.n_blocks} blocks but {n_tokens} tokens in blocks of "
                              f"{block_size} need {-(-n_tokens // block_size)}")
-        indices = counts = None
-        if self.selection_mode == "indices":
-            indices, counts = compacted(selection) or triton_decode.compact_selection(selection.mask)
+        indices, counts = self._lists(selection)
         return TritonPlan(selection=selection, block_size=block_size, n_tokens=n_tokens, kv_len=kv_len,
                           indices=indices, counts=counts)
+
+    def _lists(self, selection: Selection) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The block lists and counts the kernel reads in ``indices`` mode: carried by the selection, else
+        compacted on the device; ``(None, None)`` in ``bitmap`` mode, where the kernel scans the bitmap."""
+        if self.selection_mode != "indices":
+            return None, None
+        from sparsebench.kernels import triton_decode
+
+        return compacted(selection) or triton_decode.compact_selection(selection.mask)
 
     def run(
         self,
@@ -113,12 +120,9 @@ class TritonBackend(AttentionBackend):
     ) -> AttendResult:
         from sparsebench.kernels import triton_decode
 
-        indices = getattr(plan, "indices", None)
-        counts = getattr(plan, "counts", None)
-        if self.selection_mode == "indices" and indices is None:  # a plan made by another backend's plan()
-            indices, counts = compacted(plan.selection) or triton_decode.compact_selection(plan.selection.mask)
-        if self.selection_mode == "bitmap":
-            indices = counts = None
+        indices, counts = getattr(plan, "indices", None), getattr(plan, "counts", None)
+        if indices is None or self.selection_mode != "indices":  # bitmap mode, or another backend's plan
+            indices, counts = self._lists(plan.selection)
         out, tokens_read = triton_decode.sparse_decode(
             query, key, value, plan.selection.mask, block_size=plan.block_size, scaling=scaling, softcap=softcap,
             kv_len=plan.kv_len, indices=indices, counts=counts, config=self.config,
