@@ -66,6 +66,8 @@ from sparsebench.fastdecode.model import FastModel, finish_layer, qkv_projection
 from sparsebench.fastdecode.timing import EventTimer, PhaseTracker, Timer, WallTimer, add_into, time_repeated
 from sparsebench.kernels.base import AttentionBackend, AttentionPlan
 from sparsebench.kernels.mass import block_attention_mass
+from sparsebench.kernels.verify_select import MAX_N as VERIFY_MAX_N
+from sparsebench.kernels.verify_select import verify_select
 from sparsebench.policy import Policy, SelectionContext
 from sparsebench.selection import Selection, n_blocks_for
 from sparsebench.specdec.acceptance import accept_greedy
@@ -412,6 +414,7 @@ class FastSpeculator:
         self._mass_valid: torch.Tensor | None = None
         self._row_blocks: torch.Tensor | None = None
         self._mass_blocks: torch.Tensor | None = None
+        self._fused_now = False
         self._fused_args = self._fused_select_args()
         self.fused_select = self._fused_args is not None
         """The batched rows' selection runs as one fused kernel per layer (see the class docstring)."""
@@ -641,15 +644,18 @@ class FastSpeculator:
         if self.batched_rows and not self.dense_policy:
             t.switch("select")
             # Row r sees blocks below ceil((P + r + 1) / bs); its newest block is always read.
-            limit = torch.div(positions + bs, bs, rounding_mode="floor").view(rows, 1, 1)  # = n_blocks of row r
-            blocks = torch.arange(n_blocks, device=self.device).view(1, 1, n_blocks)
-            self._row_valid, self._row_newest = blocks < limit, blocks == limit - 1
-            self._mass_valid = self._row_valid
-            self._row_blocks = self._mass_blocks = limit.view(rows)  # the fused selection's row limits
-            if self.reuse_last:  # a reused row's mass covers the blocks of the row it comes from
-                source = torch.div(self.position + self._mass_offsets + bs, bs, rounding_mode="floor")
+            # A reused row's mass covers the blocks of the row it comes from.
+            limit = torch.div(positions + bs, bs, rounding_mode="floor")  # = n_blocks of row r
+            source = (torch.div(self.position + self._mass_offsets + bs, bs, rounding_mode="floor")
+                      if self.reuse_last else limit)
+            self._fused_now = self.fused_select and n_blocks <= VERIFY_MAX_N
+            if self._fused_now:  # the fused kernel takes the row limits as they are
+                self._row_blocks, self._mass_blocks = limit, source
+            else:  # the policy path masks with bitmaps, built once per round for every layer
+                blocks = torch.arange(n_blocks, device=self.device).view(1, 1, n_blocks)
+                limit = limit.view(rows, 1, 1)
+                self._row_valid, self._row_newest = blocks < limit, blocks == limit - 1
                 self._mass_valid = blocks < source.view(rows, 1, 1)
-                self._mass_blocks = source
         t.switch("other")
         x = self.target.embed(tokens)
         for layer, block in enumerate(self.target.layers):
@@ -722,13 +728,10 @@ class FastSpeculator:
     def _select_batched(self, layer: int, q: torch.Tensor) -> Selection:
         """The rows as a batch of ``R`` one-row contexts in one call (draft mass past a row's blocks zeroed)."""
         n_blocks, rows = self._verify_rows[-1], self.rows
-        if self.fused_select and self._fused_args is not None:
-            from sparsebench.kernels.verify_select import MAX_N, verify_select
-
-            if n_blocks <= MAX_N:  # one launch: group mean, top-p, row limits, newest block, the union's lists
-                assert self._row_blocks is not None and self._mass_blocks is not None
-                mass = self.rows_mass[:rows, self.mass_slot[self.draft.layer_map[layer]], 0, :, :n_blocks]
-                return verify_select(mass, self._row_blocks, mass_blocks=self._mass_blocks, **self._fused_args)
+        if self._fused_now:  # one launch: group mean, top-p, row limits, newest block, the union's lists
+            assert self._fused_args is not None and self._row_blocks is not None and self._mass_blocks is not None
+            mass = self.rows_mass[:rows, self.mass_slot[self.draft.layer_map[layer]], 0, :, :n_blocks]
+            return verify_select(mass, self._row_blocks, mass_blocks=self._mass_blocks, **self._fused_args)
         assert self._row_valid is not None and self._row_newest is not None and self._mass_valid is not None
         mass = self._draft_mass(layer, slice(0, rows), n_blocks)  # [R, 1, H, N]
         if mass is not None:
