@@ -84,6 +84,21 @@ def plot_pareto(points: dict[str, list[tuple[float, float, str]]], *, title: str
                    title, out)
 
 
+def _speedup_panel(ax: Any, curves: dict[str, list[tuple[int, float]]], xlabel: str, ylabel: str,
+                   title: str) -> None:
+    """One speed-up panel: a line per curve over a log2 x axis, with the break-even line at 1x."""
+    for label, pts in curves.items():
+        pts = sorted(pts)
+        ax.plot([x for x, _ in pts], [v for _, v in pts], marker="o", label=label)
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
 def plot_kernel_speedups(topp_rows: list[dict[str, Any]], attention_rows: list[dict[str, Any]], *,
                          title: str, out: str | Path) -> list[Path]:
     """The SpecAttn paper's Fig. 4 from benchmark JSON: top-p kernel vs sort-based top-p (left) and the sparse
@@ -101,16 +116,8 @@ def plot_kernel_speedups(topp_rows: list[dict[str, Any]], attention_rows: list[d
         by_rows: dict[int, list[tuple[int, float]]] = {}
         for r in topp_rows:
             by_rows.setdefault(int(r.get("rows", 0)), []).append((int(r["n"]), float(r["speedup_vs_sort"])))
-        for rows, pts in sorted(by_rows.items()):
-            pts.sort()
-            ax.plot([n for n, _ in pts], [v for _, v in pts], marker="o", label=f"{rows} rows")
-        ax.axhline(1.0, color="grey", linewidth=0.8)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("entries per row (N)")
-        ax.set_ylabel("speed-up over sort-based top-p (x)")
-        ax.set_title("sorting-free Triton top-p")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _speedup_panel(ax, {f"{rows} rows": pts for rows, pts in sorted(by_rows.items())},
+                       "entries per row (N)", "speed-up over sort-based top-p (x)", "sorting-free Triton top-p")
         col += 1
     if attention_rows:
         ax = axes[0][col]
@@ -120,16 +127,9 @@ def plot_kernel_speedups(topp_rows: list[dict[str, Any]], attention_rows: list[d
                 continue
             label = f"{r['method']} ({r.get('selection', '')})"
             curves.setdefault(label, []).append((int(r["context"]), float(r["speedup_vs_flashinfer"])))
-        for label, pts in sorted(curves.items()):
-            pts.sort()
-            ax.plot([c for c, _ in pts], [v for _, v in pts], marker="o", label=label)
-        ax.axhline(1.0, color="grey", linewidth=0.8)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("context (tokens)")
-        ax.set_ylabel("speed-up over dense FlashInfer decode (x)")
-        ax.set_title("block-sparse attention step (select + plan + kernel)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _speedup_panel(ax, dict(sorted(curves.items())), "context (tokens)",
+                       "speed-up over dense FlashInfer decode (x)",
+                       "block-sparse attention step (select + plan + kernel)")
     fig.suptitle(title)
     paths = save_figure(fig, out)
     plt.close(fig)
