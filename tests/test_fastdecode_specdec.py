@@ -16,7 +16,7 @@ from sparsebench.fastdecode import FastDecoder, FastModel, SelfDraft
 from sparsebench.fastdecode.model import PRESETS, ModelSpec
 from sparsebench.fastdecode.speculate import FastSpeculator, SpecDraft, parse_accept_pattern
 from sparsebench.kernels.torch_backend import TorchBackend
-from sparsebench.policies import Dense, SpecAttn
+from sparsebench.policies import Dense, Quest, SpecAttn
 
 CFG = EngineConfig(block_size=8, dense_layers=1)
 SPEC = PRESETS["tiny"]
@@ -90,6 +90,30 @@ def test_batched_row_selection_equals_per_row_selection(last_row: str) -> None:
         runs.append((spec.generate(8), spec.kv_summary().per_layer))
     assert runs[0] == runs[1]
     assert 0 < runs[0][1][CFG.dense_layers][0] < runs[0][1][CFG.dense_layers][1]  # sparse, not empty
+
+
+def test_quest_summaries_stay_exact_through_rounds() -> None:
+    """Quest in verification: after rounds whose rows cross block boundaries, the summaries of every block below
+    the committed length equal a recompute from the cache (one refresh per block the rows wrote into; the block
+    holding the length may still hold rejected proposals' keys until the next round overwrites them), and full
+    budget is plain greedy."""
+    spec = FastSpeculator(TARGET, DRAFTS["separate"], Quest(budget_frac=0.5), TorchBackend(), CFG, gamma=4,
+                          max_tokens=80)
+    spec.prefill(PROMPT)
+    spec.generate(20)
+    cache, n = spec.cache, spec.n_tokens
+    fresh = {layer: {name: t.clone() for name, t in parts.items()} for layer, parts in cache.summaries.items()}
+    for layer in cache.summaries:
+        cache.refresh_summaries(layer, 0, n)
+    blocks = n // CFG.block_size
+    assert blocks >= 4
+    for layer, parts in cache.summaries.items():
+        for name, t in parts.items():
+            assert torch.equal(fresh[layer][name][:, :, :blocks], t[:, :, :blocks]), (layer, name)
+    full = FastSpeculator(TARGET, DRAFTS["separate"], Quest(budget_frac=1.0), TorchBackend(), CFG, gamma=4,
+                          max_tokens=64)
+    assert full.prefill(PROMPT) == EXPECTED[0]
+    assert full.generate(len(EXPECTED)) == EXPECTED
 
 
 def test_reused_last_row_gets_the_previous_rows_mass_within_its_blocks() -> None:

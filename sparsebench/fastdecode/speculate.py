@@ -677,8 +677,12 @@ class FastSpeculator:
         else:
             if layer in self.cache.summaries:
                 t.switch("summaries")
-                for r in range(self.rows):
-                    self.cache.update_summaries(layer, positions[r : r + 1])
+                # One refresh per block the rows wrote into, at its last row (a refresh recomputes the block
+                # from the cache up to that row's position).
+                last = self.rows - 1
+                for r, nb in enumerate(self._verify_rows):
+                    if r == last or nb != self._verify_rows[r + 1]:
+                        self.cache.update_summaries(layer, positions[r : r + 1])
             t.switch("select")
             selection = self._select_batched(layer, q) if self.batched_rows else self._select_rows(layer, q, keys)
             t.switch("plan")
