@@ -68,6 +68,15 @@ def causal_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scaling)
 
 
+def prefill_attention(cache: StaticKVCache, start: int, end: int, positions: torch.Tensor, scaling: float,
+                      layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """One layer of a dense prefill chunk ``[start, end)``: store its keys/values and block summaries, then
+    causal attention over the cache up to ``end`` (shared by the decoder and the speculator)."""
+    cache.write(layer, k, v, positions)
+    cache.refresh_summaries(layer, start, end)
+    return causal_attention(q, cache.keys[layer][:, :, :end], cache.values[layer][:, :, :end], start, scaling)
+
+
 class FastDecoder:
     """Decodes ``batch`` sequences with ``policy`` choosing every sparse layer's blocks (see module docstring)."""
 
@@ -124,25 +133,19 @@ class FastDecoder:
             raise UsageError(f"prefill needs token ids [batch={self.batch}, length >= 1], got {tuple(tokens.shape)}")
         start, end = self.n_tokens, self.n_tokens + tokens.shape[1]
         self.cache.check_fits(end)
-        logits = None
+        scaling, logits = self.model.spec.scaling, None
         for s in range(start, end, chunk):
             e = min(end, s + chunk)
             part = tokens[:, s - start : e - start].to(self.device)
             cos, sin, positions = self.cos[s:e], self.sin[s:e], torch.arange(s, e, device=self.device)
             if self.draft_cache is not None:
-                attend = functools.partial(self._prefill_attention, self.draft_cache, s, e, positions)
+                attend = functools.partial(prefill_attention, self.draft_cache, s, e, positions, scaling)
                 self.model.run_layers(self.model.embed(part), self.draft_layers, cos, sin, attend)
-            logits = self.model(part, cos, sin, functools.partial(self._prefill_attention, self.cache, s, e, positions))
+            attend = functools.partial(prefill_attention, self.cache, s, e, positions, scaling)
+            logits = self.model(part, cos, sin, attend)
         assert logits is not None
         self._set_length(end, logits.argmax(-1))
         return logits
-
-    def _prefill_attention(self, cache: StaticKVCache, start: int, end: int, positions: torch.Tensor, layer: int,
-                           q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        cache.write(layer, k, v, positions)
-        cache.refresh_summaries(layer, start, end)
-        return causal_attention(q, cache.keys[layer][:, :, :end], cache.values[layer][:, :, :end], start,
-                                self.model.spec.scaling)
 
     @torch.inference_mode()
     def fill_random(self, n_tokens: int, seed: int = 0) -> None:

@@ -21,17 +21,22 @@ import torch
 
 from sparsebench.fastdecode.engine import FastDecoder
 from sparsebench.fastdecode.timing import EventTimer, PhaseTracker
+from sparsebench.kernels.base import AttentionBackend
 
 
 class GraphCaptureError(RuntimeError):
-    """The decode step cannot be captured; the message names the policy/backend phase responsible."""
+    """A decode step (or speculation round) cannot be captured; the message names the phase responsible."""
 
 
 def graph_blocker(decoder: FastDecoder) -> str | None:
     """Why this configuration cannot use CUDA graphs at all (before trying), or None."""
-    if decoder.device.type != "cuda":
+    return cuda_graph_blocker(decoder.device, decoder.backend)
+
+
+def cuda_graph_blocker(device: torch.device, backend: AttentionBackend) -> str | None:
+    """Why steps on ``device`` through ``backend`` cannot be captured at all (before trying), or None."""
+    if device.type != "cuda":
         return "CUDA graphs need a CUDA device"
-    backend = decoder.backend
     if not backend.capabilities.cuda_graph_safe:
         return (f"backend {backend.name!r} is not CUDA-graph safe (its Capabilities.cuda_graph_safe is False: "
                 "it reads selection sizes on the host)")
@@ -94,7 +99,7 @@ class StepGraphs:
                 d._step()
             except RuntimeError as exc:
                 raise GraphCaptureError(f"{_culprit(d, tracker.phase)} synchronizes with the host inside a decode "
-                                        f"step ({_first_line(exc)}), so the step cannot be captured in a CUDA graph"
+                                        f"step ({first_line(exc)}), so the step cannot be captured in a CUDA graph"
                                         ) from exc
             finally:
                 torch.cuda.set_sync_debug_mode(previous)
@@ -108,7 +113,7 @@ class StepGraphs:
             except (RuntimeError, TypeError) as exc:
                 self.instrumented = False
                 self.timed.clear()
-                self.notes.append(f"could not capture CUDA events inside the graph ({_first_line(exc)}); the "
+                self.notes.append(f"could not capture CUDA events inside the graph ({first_line(exc)}); the "
                                   "breakdown comes from an eager pass instead")
         d.restore(snap)
 
@@ -123,12 +128,13 @@ class StepGraphs:
             if isinstance(timer, EventTimer):
                 raise
             raise GraphCaptureError(f"CUDA-graph capture of the decode step failed in {_culprit(d, timer.phase)} "
-                                    f"({_first_line(exc)})") from exc
+                                    f"({first_line(exc)})") from exc
         finally:
             d.timer = PhaseTracker()
         return graph
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """``Type: first line of the message``, for one-line notes and errors."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"

@@ -61,7 +61,8 @@ from sparsebench.errors import UsageError
 from sparsebench.evals.metrics import DENSE_LAYER, SPARSE, KVAccessSummary
 from sparsebench.fastdecode.cache import StaticKVCache
 from sparsebench.fastdecode.draft import SelfDraft
-from sparsebench.fastdecode.engine import PREFILL_CHUNK, causal_attention
+from sparsebench.fastdecode.engine import PREFILL_CHUNK, prefill_attention
+from sparsebench.fastdecode.graphs import GraphCaptureError, cuda_graph_blocker, first_line
 from sparsebench.fastdecode.model import FastModel, finish_layer, qkv_projection
 from sparsebench.fastdecode.timing import EventTimer, PhaseTracker, Timer, WallTimer, add_into, time_repeated
 from sparsebench.kernels.base import AttentionBackend, AttentionPlan
@@ -257,7 +258,7 @@ class _Graphs:
                 body()
             except RuntimeError as exc:
                 raise GraphCaptureError(f"phase {tracker.phase!r} of {key[0]} (policy {o.policy.name!r}, backend "
-                                        f"{o.backend.name!r}) synchronizes with the host ({_first_line(exc)})") from exc
+                                        f"{o.backend.name!r}) synchronizes with the host ({first_line(exc)})") from exc
             finally:
                 torch.cuda.set_sync_debug_mode(previous)
             o._set_state(saved)
@@ -268,7 +269,7 @@ class _Graphs:
             try:
                 self.timed[key] = (self._record(body, timer), timer)
             except (RuntimeError, TypeError) as exc:
-                o.notes.append(f"could not capture CUDA events inside the verification graph ({_first_line(exc)})")
+                o.notes.append(f"could not capture CUDA events inside the verification graph ({first_line(exc)})")
         o.timer = PhaseTracker()
         self.captures += 1
 
@@ -278,15 +279,6 @@ class _Graphs:
         with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
             body()
         return graph
-
-
-class GraphCaptureError(RuntimeError):
-    """A round's body cannot be captured in a CUDA graph (the message names the phase)."""
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
 # ---- the speculator -------------------------------------------------------------------------------------
@@ -399,7 +391,7 @@ class FastSpeculator:
             else finish_layer
         self.graphs: _Graphs | None = None
         if cuda_graphs:
-            blocker = _graph_blocker(self.device, backend)
+            blocker = cuda_graph_blocker(self.device, backend)
             if blocker is None:
                 self.graphs = _Graphs(self)
             else:
@@ -471,9 +463,9 @@ class FastSpeculator:
             part = tokens[:, s:e].to(self.device)
             positions = self._token_pos[s:e]
             d = self.draft
-            attend = functools.partial(_prefill_attention, self.draft_cache, s, e, positions, d.model.spec.scaling)
+            attend = functools.partial(prefill_attention, self.draft_cache, s, e, positions, d.model.spec.scaling)
             d.model.run_layers(d.model.embed(part), d.layers, self.draft_cos[s:e], self.draft_sin[s:e], attend)
-            attend = functools.partial(_prefill_attention, self.cache, s, e, positions, self.target.spec.scaling)
+            attend = functools.partial(prefill_attention, self.cache, s, e, positions, self.target.spec.scaling)
             logits = self.target(part, self.cos[s:e], self.sin[s:e], attend)
         assert logits is not None
         first = logits.argmax(-1)
@@ -791,22 +783,6 @@ class FastSpeculator:
         reads = self.reads.tolist()
         return KVAccessSummary({i: (int(r), self.dense_tokens, DENSE_LAYER if i < self.config.dense_layers
                                     else SPARSE) for i, r in enumerate(reads)})
-
-
-def _prefill_attention(cache: StaticKVCache, start: int, end: int, positions: torch.Tensor, scaling: float,
-                       layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    cache.write(layer, k, v, positions)
-    cache.refresh_summaries(layer, start, end)
-    return causal_attention(q, cache.keys[layer][:, :, :end], cache.values[layer][:, :, :end], start, scaling)
-
-
-def _graph_blocker(device: torch.device, backend: AttentionBackend) -> str | None:
-    """Why the rounds cannot run as CUDA graphs, or None."""
-    if device.type != "cuda":
-        return "CUDA graphs need a CUDA device"
-    if not backend.capabilities.cuda_graph_safe:
-        return f"backend {backend.name!r} is not CUDA-graph safe (it reads selection sizes on the host)"
-    return None
 
 
 # ---- measuring ------------------------------------------------------------------------------------------
