@@ -83,7 +83,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def _ints(text: str, flag: str) -> list[int]:
+def int_list(text: str, flag: str) -> list[int]:
     try:
         values = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
@@ -175,7 +175,7 @@ def _row(args: argparse.Namespace, spec: ModelSpec, dtype: torch.dtype, policy: 
     }
 
 
-def _draft_for(args: argparse.Namespace, n_layers: int, loaded: Any, device: torch.device,
+def self_draft_for(args: argparse.Namespace, n_layers: int, loaded: Any, device: torch.device,
                dtype: torch.dtype, log: Any) -> tuple[SelfDraft, str]:
     from sparsebench.specattn.drafts import default_draft_spec, resolve_draft
 
@@ -234,7 +234,7 @@ def run(args: argparse.Namespace, save: Callable[[dict[str, Any]], None] | None 
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda but this torch sees no CUDA device; use --device cpu")
     dtype = DTYPES[args.dtype or ("bfloat16" if device.type == "cuda" else "float32")]
-    contexts, batches = _ints(args.contexts, "--contexts"), _ints(args.batch, "--batch")
+    contexts, batches = int_list(args.contexts, "--contexts"), int_list(args.batch, "--batch")
     if args.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
     policies = [make_policy(*_typed_spec(text)) for text in split_policy_specs(args.policies)]
@@ -256,7 +256,7 @@ def run(args: argparse.Namespace, save: Callable[[dict[str, Any]], None] | None 
         model.compile_layers()
     draft, map_source = None, None
     if any(p.requires.draft_attention for p in policies):
-        draft, map_source = _draft_for(args, spec.num_layers, loaded, device, dtype, log)
+        draft, map_source = self_draft_for(args, spec.num_layers, loaded, device, dtype, log)
     if loaded is not None:
         del loaded
         gc.collect()

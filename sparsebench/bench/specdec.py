@@ -43,7 +43,7 @@ import torch
 from tabulate import tabulate
 
 from sparsebench.bench.common import driver_version, fmt, run_and_publish
-from sparsebench.bench.decode import GIB, _draft_for, _ints, copy_bandwidth, step_bytes
+from sparsebench.bench.decode import GIB, copy_bandwidth, int_list, self_draft_for, step_bytes
 from sparsebench.config import DTYPES
 from sparsebench.engine import EngineConfig
 from sparsebench.errors import UsageError
@@ -148,7 +148,7 @@ def _build_models(args: argparse.Namespace, device: torch.device, dtype: torch.d
         target = FastModel.from_hf(loaded.model)
         if args.draft and not args.draft.startswith("self:"):
             raise UsageError(f"--draft {args.draft!r}: with --model the fast engine runs self-drafts (self:SPEC)")
-        self_draft, source = _draft_for(args, target.spec.num_layers, loaded, device, dtype, log)
+        self_draft, source = self_draft_for(args, target.spec.num_layers, loaded, device, dtype, log)
         draft = SpecDraft.self_draft(target, self_draft)
         info.update(weights=f"real weights of {args.model}", draft=draft.name, layer_map_source=source,
                     max_positions=loaded.max_positions or target.spec.max_positions)
@@ -162,7 +162,7 @@ def _build_models(args: argparse.Namespace, device: torch.device, dtype: torch.d
     if args.draft:
         if not args.draft.startswith("self:"):
             raise UsageError(f"--draft {args.draft!r}: give self:SPEC, or a preset with --draft-random")
-        self_draft, source = _draft_for(args, target.spec.num_layers, None, device, dtype, log)
+        self_draft, source = self_draft_for(args, target.spec.num_layers, None, device, dtype, log)
         draft = SpecDraft.self_draft(target, self_draft)
     else:
         dname = args.draft_random or "llama-3.2-1b"
@@ -331,7 +331,7 @@ def run(args: argparse.Namespace, save: Any = None) -> dict[str, Any]:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda but this torch sees no CUDA device; use --device cpu")
     dtype = DTYPES[args.dtype or ("bfloat16" if device.type == "cuda" else "float32")]
-    contexts = _ints(args.contexts, "--contexts")
+    contexts = int_list(args.contexts, "--contexts")
     if args.rounds < 1 or args.steps < 1:
         raise UsageError(f"--rounds and --steps must be >= 1, got {args.rounds} and {args.steps}")
     pattern = parse_accept_pattern(args.accept_pattern or (None if args.model else "3,4,2,4"), args.gamma)
