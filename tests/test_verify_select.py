@@ -124,6 +124,11 @@ def make_cases(gen: torch.Generator) -> list[dict]:
     rb, mb = row_limits(5, 64, gen, consecutive=True)
     cases.append(dict(kind="select", args=dict(mass=buf[:5, 1, 0, :, :64], row_blocks=rb, mass_blocks=mb, p=0.97,
                                                num_kv_heads=2)))
+    # Every slot of the speculator's buffer in one launch (verify_select_slots), 3 slots, the last reused row.
+    buf = draft_mass(6, 3 * 8, 70, "peaked", gen).view(6, 3, 1, 8, 70)
+    rb, mb = row_limits(5, 66, gen, consecutive=True)
+    cases.append(dict(kind="slots", args=dict(mass=buf[:5, :, 0, :, :66], row_blocks=rb, mass_blocks=mb, p=0.9,
+                                              num_kv_heads=2)))
     # Decode with the fused lists: 3 rows, 2 kv heads of 2 query heads, 150 tokens in blocks of 16.
     rows, n_tokens, bs = 3, 150, 16
     n = -(-n_tokens // bs)
@@ -144,7 +149,7 @@ CHILD = textwrap.dedent(
     from sparsebench.kernels.compact import CompactSelection
     from sparsebench.kernels.topp import interpreter_enabled
     from sparsebench.kernels.triton_backend import TritonBackend
-    from sparsebench.kernels.verify_select import verify_select
+    from sparsebench.kernels.verify_select import verify_select, verify_select_slots
     from sparsebench.policies import SpecAttn
     from sparsebench.policy import SelectionContext
     assert interpreter_enabled(), "child did not get Triton's interpreter"
@@ -156,6 +161,10 @@ CHILD = textwrap.dedent(
                                    n_blocks=n, num_kv_heads=2, scaling=0.25, step=0, draft_attention=c["mass"])
             sel = SpecAttn(select_by="topk", budget_frac=c["budget_frac"]).select(ctx)
             out.append(dict(mask=sel.mask, compact=isinstance(sel, CompactSelection)))
+            continue
+        if c["kind"] == "slots":
+            out.append([dict(mask=s.mask, indices=s.indices, counts=s.counts, compact=isinstance(s, CompactSelection))
+                        for s in verify_select_slots(**c["args"])])
             continue
         sel = verify_select(**c["args"])
         res = dict(mask=sel.mask, indices=sel.indices, counts=sel.counts, compact=isinstance(sel, CompactSelection))
@@ -189,6 +198,18 @@ def test_kernel_matches_reference_interpreted(interpreted: tuple[list[dict], lis
         assert got["compact"], f"case {i}: the kernel did not run"
         check_selection(args, got, f"case {i} (R={args['mass'].shape[0]}, H={args['mass'].shape[1]}, "
                                    f"Hkv={args['num_kv_heads']}, N={args['mass'].shape[2]}, p={args['p']})")
+
+
+def test_slots_in_one_launch_match_each_slot_alone_interpreted(interpreted: tuple[list[dict], list[dict]]) -> None:
+    """verify_select_slots on the speculator's [R, S, H, N] view gives, per slot, the selection verify_select
+    gives for that slot alone (bitmap up to near-ties, its own union lists): slots do not share tickets or lists."""
+    cases, outs = interpreted
+    case, got = next((c, o) for c, o in zip(cases, outs, strict=True) if c["kind"] == "slots")
+    args = case["args"]
+    assert len(got) == args["mass"].shape[1] == 3
+    for s, sel in enumerate(got):
+        assert sel["compact"], f"slot {s}: the kernel did not run"
+        check_selection({**args, "mass": args["mass"][:, s]}, sel, f"slot {s}")
 
 
 def test_decode_with_fused_lists_equals_torch_backend_interpreted(interpreted: tuple[list[dict], list[dict]]) -> None:

@@ -10,7 +10,8 @@
 # 2. Micro-benchmark (micro.txt): µs per layer of the selection + plan at 32K and 128K context (2049 and 8193
 #    blocks), the previous pipeline (mask, SpecAttn.select with the top-p kernel, row limits, transpose,
 #    compaction in plan) against the fused kernel (default launch and twice the candidates), 30 layers per CUDA
-#    graph, median of 20 replays; and whether the two pipelines select the same blocks.
+#    graph, median of 20 replays, and one launch for all 15 draft-layer slots (verify_select_slots, what the
+#    speculator now runs) followed by 30 plans; and whether the pipelines select the same blocks.
 # 3. bench specdec with exactly benchmarks/device/specdec_bench.sh's arguments (SpecAttn rows now use the fused
 #    selection: compare the "select" column with benchmarks/results/h200_2026-11-28_s3/bench_specdec_random.md).
 # Needs python3 with CUDA torch + triton. Budget: under 4 minutes (timeouts 45 + 25 + 165 s).
@@ -31,17 +32,17 @@ import torch
 
 from sparsebench.kernels.capture import capture
 from sparsebench.kernels.triton_backend import TritonBackend
-from sparsebench.kernels.verify_select import VerifySelectConfig, default_config, verify_select
+from sparsebench.kernels.verify_select import VerifySelectConfig, default_config, verify_select, verify_select_slots
 from sparsebench.policies import SpecAttn
 from sparsebench.policy import SelectionContext
 from sparsebench.selection import Selection
 
-R, H, HKV, LAYERS, BS, P = 5, 32, 8, 30, 16, 0.97
+R, H, HKV, LAYERS, SLOTS, BS, P = 5, 32, 8, 30, 15, 16, 0.97  # 30 sparse target layers over 15 draft layers
 backend, policy = TritonBackend(), SpecAttn(p=P)
 for context in (32768, 131072):
     n = -(-(context + R) // BS)
     gen = torch.Generator(device="cuda").manual_seed(0)
-    rows_mass = torch.softmax(torch.randn(R, 2, 1, H, n, device="cuda", generator=gen) * 4, -1)  # speculator layout
+    rows_mass = torch.softmax(torch.randn(R, SLOTS, 1, H, n, device="cuda", generator=gen) * 4, -1)  # speculator's
     rb = torch.div(torch.arange(R, device="cuda") + context + BS, BS, rounding_mode="floor")
     mb = rb.clone()
     mb[-1] = rb[-2]  # --last-row reuse
@@ -66,9 +67,16 @@ for context in (32768, 131072):
             return plan
         return run
 
+    def slots():  # one launch for every slot, then each layer plans its slot's selection (what the speculator does)
+        sels = verify_select_slots(rows_mass[:, :, 0], rb, P, num_kv_heads=HKV, mass_blocks=mb)
+        for layer in range(LAYERS):
+            plan = backend.plan(sels[layer % SLOTS], block_size=BS, n_tokens=n * BS)
+        return plan
+
     base = default_config(n)
     variants = {"previous pipeline": previous, f"fused {base}": fused(None),
-                "fused, 2x candidates": fused(VerifySelectConfig(base.num_warps, 2 * base.num_candidates))}
+                "fused, 2x candidates": fused(VerifySelectConfig(base.num_warps, 2 * base.num_candidates)),
+                f"one launch for {SLOTS} slots, {LAYERS} plans": slots}
     for name, fn in variants.items():
         graph, _ = capture(fn)
         for _ in range(3):
@@ -86,6 +94,8 @@ for context in (32768, 131072):
     same = torch.equal(old.selection.mask, new.selection.mask)
     lists = bool((old.counts == new.counts).all()) and all(
         torch.equal(old.indices[0, h, : old.counts[0, h]], new.indices[0, h, : new.counts[0, h]]) for h in range(HKV))
+    one = verify_select_slots(rows_mass[:, :, 0], rb, P, num_kv_heads=HKV, mass_blocks=mb)[1]
+    lists = lists and torch.equal(one.mask, new.selection.mask) and torch.equal(one.counts, new.counts)
     kept = new.counts.float().mean().item() / n
     print(f"context {context}: same bitmaps {same}, same union lists {lists}, union keeps {kept:.1%} of blocks",
           flush=True)

@@ -68,7 +68,7 @@ from sparsebench.fastdecode.timing import EventTimer, PhaseTracker, Timer, WallT
 from sparsebench.kernels.base import AttentionBackend, AttentionPlan
 from sparsebench.kernels.mass import block_attention_mass
 from sparsebench.kernels.verify_select import MAX_N as VERIFY_MAX_N
-from sparsebench.kernels.verify_select import verify_select
+from sparsebench.kernels.verify_select import verify_select_slots
 from sparsebench.policy import Policy, SelectionContext
 from sparsebench.selection import Selection, n_blocks_for
 from sparsebench.specdec.acceptance import accept_greedy
@@ -291,8 +291,9 @@ class FastSpeculator:
     ``draft_window`` tokens (StreamingLLM on the draft's own cache), so its attention mass, and what SpecAttn
     can select from it, covers only those blocks. ``batched_rows``: stack the verified rows along the batch in
     one ``policy.select`` call (default: only for SpecAttn's top-p, whose selection reads nothing else); for
-    SpecAttn's top-p below p = 1 where the Triton kernels run, that call is one fused launch per layer instead
-    (:func:`~sparsebench.kernels.verify_select.verify_select`, same blocks; ``fused_select`` says whether).
+    SpecAttn's top-p below p = 1 where the Triton kernels run, one fused launch per verification selects for
+    every draft layer the layer map uses instead (:func:`~sparsebench.kernels.verify_select.verify_select_slots`,
+    same blocks; target layers mapped to one draft layer share its selection; ``fused_select`` says whether).
     ``last_row``: one of :data:`LAST_ROW_MODES` (module docstring). ``mass_kernel``: the Triton kernel for the
     draft layers that keep their attention mass (and for a windowed draft's layers); None: where it can run
     (CUDA, triton, a supported dtype and head dim), True: required, False: torch.
@@ -404,12 +405,11 @@ class FastSpeculator:
         self._row_valid: torch.Tensor | None = None
         self._row_newest: torch.Tensor | None = None
         self._mass_valid: torch.Tensor | None = None
-        self._row_blocks: torch.Tensor | None = None
-        self._mass_blocks: torch.Tensor | None = None
+        self._slot_selections: list[Selection] = []
         self._fused_now = False
         self._fused_args = self._fused_select_args()
         self.fused_select = self._fused_args is not None
-        """The batched rows' selection runs as one fused kernel per layer (see the class docstring)."""
+        """The batched rows' selection runs as one fused kernel per verification (see the class docstring)."""
 
     def _fused_select_args(self) -> dict[str, Any] | None:
         """SpecAttn's top-p arguments of :func:`~sparsebench.kernels.verify_select.verify_select` when the batched
@@ -641,8 +641,10 @@ class FastSpeculator:
             source = (torch.div(self.position + self._mass_offsets + bs, bs, rounding_mode="floor")
                       if self.reuse_last else limit)
             self._fused_now = self.fused_select and n_blocks <= VERIFY_MAX_N
-            if self._fused_now:  # the fused kernel takes the row limits as they are
-                self._row_blocks, self._mass_blocks = limit, source
+            if self._fused_now:  # one launch for every mass slot; the kernel takes the row limits as they are
+                assert self._fused_args is not None
+                self._slot_selections = verify_select_slots(
+                    self.rows_mass[:rows, :, 0, :, :n_blocks], limit, mass_blocks=source, **self._fused_args)
             else:  # the policy path masks with bitmaps, built once per round for every layer
                 blocks = torch.arange(n_blocks, device=self.device).view(1, 1, n_blocks)
                 limit = limit.view(rows, 1, 1)
@@ -724,10 +726,8 @@ class FastSpeculator:
     def _select_batched(self, layer: int, q: torch.Tensor) -> Selection:
         """The rows as a batch of ``R`` one-row contexts in one call (draft mass past a row's blocks zeroed)."""
         n_blocks, rows = self._verify_rows[-1], self.rows
-        if self._fused_now:  # one launch: group mean, top-p, row limits, newest block, the union's lists
-            assert self._fused_args is not None and self._row_blocks is not None and self._mass_blocks is not None
-            mass = self.rows_mass[:rows, self.mass_slot[self.draft.layer_map[layer]], 0, :, :n_blocks]
-            return verify_select(mass, self._row_blocks, mass_blocks=self._mass_blocks, **self._fused_args)
+        if self._fused_now:  # computed for every slot at the start of the verification (_verify)
+            return self._slot_selections[self.mass_slot[self.draft.layer_map[layer]]]
         assert self._row_valid is not None and self._row_newest is not None and self._mass_valid is not None
         mass = self._draft_mass(layer, slice(0, rows), n_blocks)  # [R, 1, H, N]
         if mass is not None:

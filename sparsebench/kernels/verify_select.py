@@ -41,7 +41,8 @@ SpecAttn selects every block.
 
 Kernel layout
 -------------
-Grid ``(Hkv, R)``, one program per (kv head, row), no host synchronisation (CUDA-graph capturable; the row
+Grid ``(Hkv, R, S)``, one program per (kv head, row, mass slot; :func:`verify_select_slots` selects for every
+draft layer the layer map uses in one launch), no host synchronisation (CUDA-graph capturable; the row
 limits are device tensors). The row lives in registers: one tile of ``pow2(N)`` blocks up to 8192, else a
 main tile of 8192 and a tail tile of ``pow2(N - 8192)`` (128K tokens at 16-token blocks is 8193 blocks: a tail
 of 16, not a second tile of 8192), hence :data:`MAX_N` = 16384 blocks. The search passes run on both tiles and
@@ -82,7 +83,7 @@ if _HAVE_TRITON:  # the top-p search steps, shared with this kernel
     from sparsebench.kernels.topp import _candidates, _narrow, _pass_stats, _search_start
 
 __all__ = ["MAX_N", "VerifySelectConfig", "default_config", "fused_select_usable",
-           "verify_select", "verify_select_reference"]
+           "verify_select", "verify_select_reference", "verify_select_slots"]
 
 #: Most blocks a row may have: a main register tile of 8192 plus a tail of at most 8192 (256K tokens at 16).
 MAX_N = 16384
@@ -232,9 +233,11 @@ if _HAVE_TRITON:
         n_cols,
         n_rows,
         stride_mr,
+        stride_ms,
         stride_mh,
         stride_mn,
         head_step,
+        stride_os,
         stride_oh,
         stride_or,
         inv_g,
@@ -253,8 +256,8 @@ if _HAVE_TRITON:
         KEEP_F64: tl.constexpr,
         MAX_PASSES: tl.constexpr,
     ):
-        """Row ``program_id(1)``'s selection for kv head ``program_id(0)`` (module docstring); the head's last
-        program to finish also writes the union's lists.
+        """Row ``program_id(1)``'s selection for kv head ``program_id(0)`` from mass slot ``program_id(2)``
+        (module docstring); the (slot, head)'s last program to finish also writes the union's lists.
 
         ``head_step`` is the stride from one kv head's first draft head to the next's (0: every kv head reduces
         all heads); ``p_hi + p_lo``, ``lb_scale`` and ``keep_positive`` are the top-p kernel's acceptance level,
@@ -262,10 +265,12 @@ if _HAVE_TRITON:
         """
         h = tl.program_id(0)
         r = tl.program_id(1)
+        s = tl.program_id(2)
+        sh = s * tl.num_programs(0) + h  # this (slot, kv head)'s union list, count and ticket
         ks = tl.arange(0, NUM_CAND)
         mass_lim = tl.minimum(tl.load(mass_blocks_ptr + r).to(tl.int32), n_cols)
         row_lim = tl.minimum(tl.load(row_blocks_ptr + r).to(tl.int32), n_cols)
-        base = mass_ptr + r.to(tl.int64) * stride_mr + h.to(tl.int64) * head_step
+        base = mass_ptr + r.to(tl.int64) * stride_mr + s.to(tl.int64) * stride_ms + h.to(tl.int64) * head_step
 
         # Pass 0: the row in registers, its float64 total and its max's bit pattern.
         offs = tl.arange(0, BLOCK_N)
@@ -298,7 +303,7 @@ if _HAVE_TRITON:
             lo, hi = _narrow(m, mn, mx, cand, lo, hi, target, ks, NUM_CAND, TIGHTEN)
             n_pass += 1
 
-        head_rows = out_ptr + h.to(tl.int64) * stride_oh
+        head_rows = out_ptr + s.to(tl.int64) * stride_os + h.to(tl.int64) * stride_oh
         out_row = head_rows + r.to(tl.int64) * stride_or
         _store_row(out_row, offs, bits, lo, row_lim, sink_blocks, n_cols)
         if TAIL > 0:
@@ -306,11 +311,11 @@ if _HAVE_TRITON:
 
         # The union: the last of the head's programs to store its row compacts all of them, then re-arms.
         tl.debug_barrier()
-        ticket = tl.atomic_add(ticket_ptr + h, 1, sem="acq_rel", scope="gpu")
+        ticket = tl.atomic_add(ticket_ptr + sh, 1, sem="acq_rel", scope="gpu")
         if ticket == n_rows - 1:
-            _union_lists(head_rows, stride_or, n_rows, n_cols, idx_ptr + h.to(tl.int64) * n_cols, cnt_ptr + h,
+            _union_lists(head_rows, stride_or, n_rows, n_cols, idx_ptr + sh.to(tl.int64) * n_cols, cnt_ptr + sh,
                          BLOCK_N)
-            tl.store(ticket_ptr + h, 0)
+            tl.store(ticket_ptr + sh, 0)
 
 else:  # pragma: no cover
     _verify_select_kernel = _group_reduce = _store_row = _union_lists = None
@@ -357,36 +362,63 @@ def verify_select(mass: torch.Tensor, row_blocks: torch.Tensor, p: float, *, num
     :func:`verify_select_reference`'s plain selection. No host synchronisation: capturable in a CUDA graph.
     Concurrent launches on two streams of one device must not share the per-device ticket counters.
     """
+    if not isinstance(mass, torch.Tensor) or mass.dim() != 3:
+        raise UsageError("verify_select takes the draft mass as a floating-point tensor [rows, heads, n_blocks]")
+    return verify_select_slots(mass.unsqueeze(1), row_blocks, p, num_kv_heads=num_kv_heads, mass_blocks=mass_blocks,
+                               head_reduce=head_reduce, sink_blocks=sink_blocks, config=config)[0]
+
+
+def verify_select_slots(mass: torch.Tensor, row_blocks: torch.Tensor, p: float, *, num_kv_heads: int,
+                        mass_blocks: torch.Tensor | None = None, head_reduce: str = "mean", sink_blocks: int = 0,
+                        config: VerifySelectConfig | None = None) -> list[Selection]:
+    """:func:`verify_select` for ``S`` mass slots at once: ``mass`` ``[R, S, H, N]`` (the speculator's layout,
+    one slot per draft layer the layer map uses) gives ``S`` selections, in ONE launch of ``Hkv x R x S``
+    programs.
+
+    Why: a slot's selection depends only on its mass, the row limits and ``p``, all known before the
+    verification's first layer, and every target layer mapped to the same draft layer selects the same blocks.
+    One launch per target layer (30 for an 8B-shaped target) paid ~16 µs (32K) to ~30 µs (128K) each on an H200,
+    mostly the latency of a grid of 40 programs; one launch for all slots pays that latency once.
+    """
     pf = _check_p(p)
-    _check_args(mass, row_blocks, mass_blocks, num_kv_heads, head_reduce, sink_blocks)
+    if not isinstance(mass, torch.Tensor) or mass.dim() != 4:
+        raise UsageError("verify_select_slots takes the draft mass as a floating-point tensor "
+                         "[rows, slots, heads, n_blocks]")
+    slots = mass.shape[1]
+    if slots < 1:
+        raise UsageError("verify_select_slots needs the mass of at least one slot")
+    _check_args(mass[:, 0], row_blocks, mass_blocks, num_kv_heads, head_reduce, sink_blocks)
     if not fused_select_usable(mass):
-        return verify_select_reference(mass, row_blocks, pf, num_kv_heads=num_kv_heads, mass_blocks=mass_blocks,
-                                       head_reduce=head_reduce, sink_blocks=sink_blocks)
+        return [verify_select_reference(mass[:, s], row_blocks, pf, num_kv_heads=num_kv_heads,
+                                        mass_blocks=mass_blocks, head_reduce=head_reduce, sink_blocks=sink_blocks)
+                for s in range(slots)]
     from sparsebench.kernels.triton_decode import _tickets
 
-    rows, heads, n = mass.shape
+    rows, _, heads, n = mass.shape
     warps, cand = _resolve(config, n)
     grouped = heads % num_kv_heads == 0
     group = heads // num_kv_heads if grouped else heads
     main, tail = _tiles(n)
     dev = mass.device
-    out = torch.empty((1, num_kv_heads, rows, n), dtype=torch.uint8, device=dev)
-    indices = torch.empty((1, num_kv_heads, n), dtype=torch.int32, device=dev)
-    counts = torch.empty((1, num_kv_heads), dtype=torch.int32, device=dev)
+    out = torch.empty((slots, num_kv_heads, rows, n), dtype=torch.uint8, device=dev)
+    indices = torch.empty((slots, num_kv_heads, n), dtype=torch.int32, device=dev)
+    counts = torch.empty((slots, num_kv_heads), dtype=torch.int32, device=dev)
     if rows:
         # Every float64 addition an entry goes through: lanes of a tile, the tile and tail, totals (cf. topp).
         p_hi, p_lo = _acceptance_level(pf, main + tail + 10)
         mean = head_reduce == "mean"
-        _kernel()[(num_kv_heads, rows)](
+        stride_mr, stride_ms, stride_mh, stride_mn = mass.stride()
+        _kernel()[(num_kv_heads, rows, slots)](
             mass, row_blocks, row_blocks if mass_blocks is None else mass_blocks, out, indices, counts,
-            _tickets(dev, num_kv_heads), n, rows, *mass.stride(), group * mass.stride(1) if grouped else 0,
-            out.stride(1), out.stride(2), 1.0 / group, p_hi, p_lo, _f32_down((1.0 - pf) / 2.0), int(pf >= 1.0),
-            min(sink_blocks, n),
+            _tickets(dev, slots * num_kv_heads), n, rows, stride_mr, stride_ms, stride_mh, stride_mn,
+            group * stride_mh if grouped else 0, out.stride(0), out.stride(1), out.stride(2), 1.0 / group,
+            p_hi, p_lo, _f32_down((1.0 - pf) / 2.0), int(pf >= 1.0), min(sink_blocks, n),
             G=group, SCALE=mean and group > 1, REDUCE_MAX=not mean, BLOCK_N=main, TAIL=tail, NUM_CAND=cand,
             TIGHTEN=_TIGHTEN_CODES["bracket"], KEEP_F64=main // (32 * warps) <= 16 and tail <= 32 * warps,
             MAX_PASSES=_MAX_PASSES, num_warps=warps,
         )
     else:
         counts.zero_()
-    return CompactSelection(out.view(torch.bool), indices=indices, counts=counts)
+    return [CompactSelection(out[s].unsqueeze(0).view(torch.bool), indices=indices[s].unsqueeze(0),
+                             counts=counts[s].unsqueeze(0)) for s in range(slots)]
 
