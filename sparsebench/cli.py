@@ -530,6 +530,10 @@ def cmd_distill(argv: Sequence[str]) -> int:
     p.add_argument("--share-embeddings", action=argparse.BooleanOptionalAction, default=True,
                    help="keep the target's embeddings, final norm and head frozen (default); --no-share-embeddings "
                         "trains copies of them")
+    p.add_argument("--head-vocab", type=int, default=None, metavar="K",
+                   help="reduced output head: the draft computes logits (and proposes) only for K ids, the "
+                        "tokenizer's special ids plus the most frequent ids of the training text (default: the "
+                        "full vocabulary)")
     g = p.add_argument_group("training")
     g.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000)")
     g.add_argument("--seq-len", type=int, default=1024, help="tokens per training window (default 1024)")
@@ -587,6 +591,7 @@ def cmd_distill(argv: Sequence[str]) -> int:
         name=args.name, out=args.out, device=args.device, dtype=args.dtype, eval_tokens=args.eval_tokens,
         eval_acceptance=args.eval_acceptance, gamma=args.gamma, acceptance_prompts=args.acceptance_prompts,
         acceptance_context=args.acceptance_context, acceptance_tokens=args.acceptance_tokens,
+        head_vocab=args.head_vocab,
     )
     report = Distiller(cfg, progress=not args.no_progress, resume=args.resume, overwrite=args.overwrite).run()
     _print_distill_report(report)
@@ -598,14 +603,26 @@ def _print_distill_report(report: dict[str, Any]) -> None:
     rows = [["steps", f"{report['steps']} ({report['tokens_seen'] / 1e6:.2f}M tokens)"],
             ["training time", f"{report['train_seconds']:.1f} s on {report['device']}"],
             ["final training KL (nats/token, mean of the last 20 steps)", f"{report['final_train_kl']:.4f}"]]
+    head = report.get("head_vocab")
+    if head:
+        rows.append(["reduced head (ids the draft can propose)",
+                     f"{head['rows']} of {head['vocab_size']} ({100 * head['train_token_coverage']:.2f}% of "
+                     "training tokens)"])
     if held.get("windows"):
-        rows += [["held-out KL(target || draft)", f"{held['kl_target_draft']:.4f}"],
-                 ["held-out perplexity draft / target",
+        within = " over the head's ids" if "head" in held else ""
+        rows += [[f"held-out KL(target || draft){within}", f"{held['kl_target_draft']:.4f}"],
+                 [f"held-out perplexity draft / target{within}",
                   f"{held['draft_perplexity']:.2f} / {held['target_perplexity']:.2f} ({held['tokens']} tokens)"]]
+        if "head" in held:
+            h = held["head"]
+            rows.append(["held-out next token / target mass / target argmax in the head",
+                         f"{100 * h['next_token_in_head']:.2f}% / {100 * h['target_mass_in_head']:.2f}% / "
+                         f"{100 * h['target_argmax_in_head']:.2f}%"])
     else:
         rows.append(["held-out evaluation", held.get("note", "none")])
     for cost in report["cost"]:
-        rows.append([f"FLOPs per token target / draft (context {cost['context_tokens']})",
+        rows.append([f"FLOPs per token target / draft (context {cost['context_tokens']}, head rows "
+                     f"{cost['target_head_rows']} / {cost['draft_head_rows']})",
                      f"{cost['target_over_draft']:.2f}x ({cost['target_gflops_per_token']:.4g} / "
                      f"{cost['draft_gflops_per_token']:.4g} GFLOP)"])
     acc = report.get("acceptance")

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sparsebench.distill.headvocab import head_rows as installed_head_rows
 from sparsebench.errors import UsageError
 
 INITS = ("subset", "fresh")
@@ -106,19 +107,23 @@ def build_draft(target: nn.Module, n_layers: int, *, init: str = "subset", share
     return BuiltDraft(draft, sources, frozen)
 
 
-def flops_per_token(model: nn.Module, context: int) -> float:
+def flops_per_token(model: nn.Module, context: int, *, head_rows: int | None = None) -> float:
     """Forward FLOPs of one decoded token with ``context`` tokens already cached.
 
     Counted: every linear layer of the decoder layers and the output head (2 FLOPs per weight), plus
     attention's ``q.K`` and ``p.V`` over the context (``4 * heads * head_dim`` per cached token and layer;
     sliding-window layers see at most their window). Why the head: a 49152 x 576 head is a fifth of
-    smollm2-135m's per-token FLOPs, and a small draft shares it at full size. Embedding lookups, norms
-    and activations are a rounding error and not counted.
+    smollm2-135m's per-token FLOPs, and a small draft shares it at full size unless it has a reduced head
+    (``--head-vocab K``): then only its ``K`` rows count. ``head_rows`` gives that ``K`` for a model whose
+    reduced head is not installed (None: what the installed head computes, see
+    :func:`~sparsebench.distill.headvocab.head_rows`). Embedding lookups, norms and activations are a
+    rounding error and not counted.
     """
     text = model.config.get_text_config()
     layers = decoder_of(model).layers
     linear = sum(m.weight.numel() for layer in layers for m in layer.modules() if isinstance(m, nn.Linear))
-    head = model.get_output_embeddings().weight.numel()
+    rows = head_rows if head_rows is not None else installed_head_rows(model)
+    head = rows * int(model.get_output_embeddings().weight.shape[1])
     heads = int(text.num_attention_heads)
     head_dim = int(getattr(text, "head_dim", None) or text.hidden_size // heads)
     types: Sequence[str] = getattr(text, "layer_types", None) or ["full_attention"] * len(layers)
@@ -128,11 +133,16 @@ def flops_per_token(model: nn.Module, context: int) -> float:
     return float(2 * (linear + head) + attention)
 
 
-def cost_ratio(draft: nn.Module, target: nn.Module, contexts: Sequence[int]) -> list[dict[str, Any]]:
-    """Per context length: both models' GFLOPs per token and how many times cheaper the draft is."""
+def cost_ratio(draft: nn.Module, target: nn.Module, contexts: Sequence[int], *,
+               draft_head_rows: int | None = None) -> list[dict[str, Any]]:
+    """Per context length: both models' GFLOPs per token, the head rows each computes, and how many times
+    cheaper the draft is (``draft_head_rows``: see :func:`flops_per_token`'s ``head_rows``)."""
+    d_rows = draft_head_rows if draft_head_rows is not None else installed_head_rows(draft)
+    t_rows = installed_head_rows(target)
     rows = []
     for context in contexts:
-        d, t = flops_per_token(draft, context), flops_per_token(target, context)
+        d, t = flops_per_token(draft, context, head_rows=d_rows), flops_per_token(target, context)
         rows.append({"context_tokens": int(context), "draft_gflops_per_token": d / 1e9,
-                     "target_gflops_per_token": t / 1e9, "target_over_draft": t / d})
+                     "target_gflops_per_token": t / 1e9, "target_over_draft": t / d,
+                     "draft_head_rows": d_rows, "target_head_rows": t_rows})
     return rows

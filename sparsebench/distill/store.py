@@ -5,7 +5,9 @@ target's tokenizer files) that ``AutoModelForCausalLM.from_pretrained`` loads al
 ``sparsebench_distill.json`` (what it was distilled from and how; written last, so its presence marks a
 complete directory) and ``distill_report.json``. The frozen embeddings, final norm and head shared
 with the target are stored as copies, not by reference, so the directory does not depend on the
-target's files. Training state lives in its ``training/`` subfolder.
+target's files. A draft trained with a reduced head (``--head-vocab``) also holds ``head_vocab.json``
+(:mod:`.headvocab`): its weights keep the full head, and :func:`load_distilled` installs the reduced one.
+Training state lives in its ``training/`` subfolder.
 
 ``--draft distilled:NAME`` names ``cache_root()/drafts/NAME``; a path to such a directory works too.
 The tiny test targets have a byte tokenizer with no files; the manifest records it and the loader
@@ -23,6 +25,7 @@ from typing import Any
 
 import torch
 
+from sparsebench.distill.headvocab import HEAD_VOCAB_FILE, install_head, read_head_vocab, write_head_vocab
 from sparsebench.errors import UsageError
 
 PREFIX = "distilled:"
@@ -52,10 +55,12 @@ def check_name(name: str) -> str:
     return name
 
 
-def default_name(target: str, layers: int) -> str:
-    """``smollm2-135m-L4`` from ``smollm2-135m`` and 4 layers (paths and ids reduced to a safe name)."""
+def default_name(target: str, layers: int, head_vocab: int | None = None) -> str:
+    """``smollm2-135m-L4`` from ``smollm2-135m`` and 4 layers, ``smollm2-135m-L10-V8192`` with an 8192-id
+    reduced head (paths and ids reduced to a safe name)."""
     stem = Path(target.rstrip("/")).name or target
-    return f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', stem).strip('-.') or 'draft'}-L{layers}"
+    suffix = f"-V{head_vocab}" if head_vocab is not None else ""
+    return f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', stem).strip('-.') or 'draft'}-L{layers}{suffix}"
 
 
 def is_distilled_dir(path: Path) -> bool:
@@ -91,15 +96,18 @@ def read_manifest(path: Path) -> dict[str, Any]:
 
 
 def save_draft(model: torch.nn.Module, tokenizer: Any, out: Path, manifest: dict[str, Any],
-               report: dict[str, Any], *, progress: bool = True) -> None:
+               report: dict[str, Any], *, progress: bool = True,
+               head_vocab: tuple[list[int], dict[str, Any]] | None = None) -> None:
     """Write the draft directory: files first into a partial folder, then moved in, the manifest last.
 
     The directory may already hold ``training/`` (kept) and an older draft (its files replaced), so it
     is updated file by file rather than replaced wholesale; a crash part-way leaves no manifest, and the
-    directory then reads as incomplete.
+    directory then reads as incomplete. ``head_vocab``: the reduced head's ids and how they were chosen
+    (``head_vocab.json``; an older draft's file is removed when there is none).
     """
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)
+    (out / HEAD_VOCAB_FILE).unlink(missing_ok=True)
     partial = out / f".partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     from sparsebench.models.registry import _quiet_transformers
@@ -112,6 +120,9 @@ def save_draft(model: torch.nn.Module, tokenizer: Any, out: Path, manifest: dict
     else:  # the tiny models' byte tokenizer has no files: record how to rebuild it
         manifest["tokenizer"] = {"kind": "bytes", "vocab_size": int(tokenizer.vocab_size)}
     (partial / REPORT).write_text(json.dumps(report, indent=1, default=str))
+    if head_vocab is not None:
+        write_head_vocab(partial, *head_vocab)
+        manifest["head_vocab"] = {"rows": len(head_vocab[0]), "file": HEAD_VOCAB_FILE}
     for item in partial.iterdir():
         os.replace(item, out / item.name)
     partial.rmdir()
@@ -121,7 +132,13 @@ def save_draft(model: torch.nn.Module, tokenizer: Any, out: Path, manifest: dict
 
 
 def load_distilled(spec: str, *, dtype: torch.dtype, device: str, progress: bool = True) -> Any:
-    """Load ``distilled:NAME`` or a distilled draft directory as a :class:`~sparsebench.models.LoadedModel`."""
+    """Load ``distilled:NAME`` or a distilled draft directory as a :class:`~sparsebench.models.LoadedModel`.
+
+    A draft with a reduced head gets it installed (:class:`~sparsebench.distill.headvocab.SubsetHead`,
+    full-vocabulary logits with ``-inf`` outside its ids), so whatever proposes tokens from it, the
+    speculative decoders or :meth:`~sparsebench.fastdecode.model.FastModel.from_hf`, uses only those ids;
+    its identity records the head size.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sparsebench.models import ByteTokenizer, LoadedModel
@@ -141,5 +158,9 @@ def load_distilled(spec: str, *, dtype: torch.dtype, device: str, progress: bool
                 "sha256": sha256_file(weights) if weights.is_file() else None,
                 "target": manifest.get("target", {}).get("name")}
     text = model.config.get_text_config()
+    if manifest.get("head_vocab"):
+        ids = read_head_vocab(path, int(model.get_output_embeddings().weight.shape[0]))
+        install_head(model, ids, expand=True)
+        identity["head_vocab"] = len(ids)
     return LoadedModel(model=model.to(device).eval(), tokenizer=tokenizer, name=spec, identity=identity,
                        max_positions=int(getattr(text, "max_position_embeddings", 0) or 0))

@@ -4,6 +4,16 @@ One step: a batch of training windows goes through the target (no gradients) and
 KL(target || draft) on the next-token logits plus ``attention_weight`` times the block-attention KL of
 draft layer ``j`` against the target layer it was initialised from (see :mod:`.losses`).
 
+With a reduced head (``head_vocab`` ``K``, see :mod:`.headvocab`) both models compute logits for the ``K``
+head ids only, and the logit term is KL(p_S || q_S): the target's distribution renormalised over the ids
+against the draft's softmax over them. Why this one: the draft can put no mass outside the ids, so the
+full-vocabulary KL is infinite and useless; p_S is exactly what the draft should propose from, since
+greedy acceptance needs the draft's argmax to be the target's (the argmax of p_S whenever the target's
+lies inside the ids; when it lies outside nothing the draft does is accepted), and for speculative
+sampling q = p_S maximises the acceptance probability sum_i min(p_i, q_i) = p(S) among drafts confined
+to the ids. Renormalising also weights every position alike, as the full-vocabulary loss does. The
+target's head is cut to the same ids, which saves its (V - K) rows too; the attention term is unchanged.
+
 Checkpoints (``<draft dir>/training/checkpoint.pt``, written to a temporary file and renamed) hold the
 trainable weights, the optimizer, the step, the RNG states, the data position (batches consumed; see
 :class:`~sparsebench.distill.data.WindowSampler`) and the loss history. Ctrl-C or SIGTERM finishes the
@@ -32,6 +42,7 @@ from tqdm.auto import tqdm
 from sparsebench.distill import store
 from sparsebench.distill.data import WindowSampler, load_token_data
 from sparsebench.distill.evaluate import greedy_acceptance, heldout_metrics
+from sparsebench.distill.headvocab import check_head_vocab, choose_head_vocab, coverage, installed_head, special_ids
 from sparsebench.distill.losses import AttentionTap, attention_kl, logits_kl
 from sparsebench.distill.model import INITS, BuiltDraft, build_draft, cost_ratio
 from sparsebench.errors import UsageError
@@ -46,7 +57,7 @@ CPU_PROBE_STEPS = 3
 #: ``steps`` may grow (the schedule then stretches), and where outputs go or how they are evaluated may change.
 RESUME_FIELDS = ("target", "layers", "init", "share_embeddings", "seq_len", "batch_size", "lr", "min_lr_frac",
                  "warmup", "schedule", "weight_decay", "grad_clip", "attention_weight", "attention_rows",
-                 "attention_block_size", "datasets", "holdout_docs", "seed")
+                 "attention_block_size", "datasets", "holdout_docs", "seed", "head_vocab")
 
 
 @dataclass(frozen=True)
@@ -88,6 +99,8 @@ class DistillConfig:
     acceptance_prompts: int = 4
     acceptance_context: int = 512
     acceptance_tokens: int = 128
+    head_vocab: int | None = None
+    """Rows of the draft's reduced output head (:mod:`.headvocab`); None: the full vocabulary."""
 
     def __post_init__(self) -> None:
         positive = {"--layers": self.layers, "--steps": self.steps, "--batch-size": self.batch_size,
@@ -98,6 +111,8 @@ class DistillConfig:
         for flag, value in positive.items():
             if value < 1:
                 raise UsageError(f"{flag} must be >= 1, got {value}")
+        if self.head_vocab is not None and self.head_vocab < 1:
+            raise UsageError(f"--head-vocab must be >= 1 (rows of the draft's output head), got {self.head_vocab}")
         if self.seq_len < 2:
             raise UsageError(f"--seq-len must be >= 2, got {self.seq_len}")
         if not self.lr > 0 or not 0 <= self.min_lr_frac <= 1:
@@ -124,7 +139,7 @@ class DistillConfig:
         return self.warmup if self.warmup is not None else max(0, round(0.05 * self.steps))
 
     def draft_name(self) -> str:
-        return self.name or store.default_name(self.target, self.layers)
+        return self.name or store.default_name(self.target, self.layers, self.head_vocab)
 
     def out_dir(self) -> Path:
         return Path(self.out).expanduser() if self.out else store.drafts_root() / self.draft_name()
@@ -245,6 +260,8 @@ class Distiller:
         self.autocast_dtype = AUTOCAST_DTYPES[dtype_name]
         self.out = cfg.out_dir()
         self.checkpoints = Checkpointer(self.out)
+        self.head_ids: torch.Tensor | None = None
+        """The reduced head's ids (``[K]``, sorted), chosen once the training text is known; None: full head."""
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.autocast_dtype is None:
@@ -278,6 +295,34 @@ class Distiller:
         fused = {"fused": True} if self.device.type == "cuda" else {}
         return torch.optim.AdamW([g for g in groups if g["params"]], lr=self.cfg.lr, betas=(0.9, 0.95), **fused)
 
+    def _check_head_vocab(self, target: Any) -> list[int]:
+        """A clear error now, before the text is tokenized, when ``--head-vocab`` cannot fit the target;
+        returns the tokenizer's special ids (always in the head)."""
+        vocab = int(target.model.get_output_embeddings().weight.shape[0])
+        specials = special_ids(target.tokenizer, vocab)
+        if self.cfg.head_vocab is not None:
+            check_head_vocab(self.cfg.head_vocab, vocab, specials)
+        return specials
+
+    def _head_vocab(self, target: Any, sampler: WindowSampler,
+                    specials: list[int]) -> tuple[torch.Tensor | None, dict[str, Any] | None]:
+        """The reduced head's ids (None: the full head) and how they were chosen, from the training windows."""
+        k = self.cfg.head_vocab
+        vocab = int(target.model.get_output_embeddings().weight.shape[0])
+        if k is None:
+            return None, None
+        if k == vocab:
+            self.log(f"sparsebench: --head-vocab {k} is the whole vocabulary; the draft keeps its full head")
+            return None, None
+        ids = choose_head_vocab(sampler.windows, vocab, k, specials)
+        info = {"vocab_size": vocab, "specials": specials, "datasets": list(self.cfg.datasets),
+                "method": f"the tokenizer's special ids {specials}, then the most frequent ids of the training "
+                          f"windows (seq_len {self.cfg.seq_len}; held-out documents not counted; ties: lower id), "
+                          f"{k} in all, sorted",
+                "counted_tokens": int(sampler.windows.numel()),
+                "train_token_coverage": coverage(sampler.windows, ids, vocab)}
+        return torch.tensor(ids, dtype=torch.long), info
+
     def _checkpoint_state(self, built: BuiltDraft, optimizer: torch.optim.Optimizer, step: int,
                           history: list[dict[str, float]], fingerprint: str, seconds: float) -> dict[str, Any]:
         config = dataclasses.asdict(self.cfg)
@@ -286,7 +331,8 @@ class Distiller:
         return {"format": CHECKPOINT_FORMAT, "step": step, "config": config, "model": trainable,
                 "optimizer": optimizer.state_dict(), "rng": _rng_state(),
                 "data": {"batches_consumed": step, "fingerprint": fingerprint},
-                "history": history, "train_seconds": seconds, "source_layers": built.source_layers}
+                "history": history, "train_seconds": seconds, "source_layers": built.source_layers,
+                "head_ids": None if self.head_ids is None else self.head_ids.tolist()}
 
     def _step(self, built: BuiltDraft, target: torch.nn.Module, ids: torch.Tensor,
               taps: tuple[AttentionTap, AttentionTap] | None) -> tuple[torch.Tensor, dict[str, float]]:
@@ -318,6 +364,9 @@ class Distiller:
             return 0, [], 0.0
         saved = self.checkpoints.load()
         _check_resumable(saved, self.cfg, fingerprint, self.checkpoints.path)
+        if saved.get("head_ids") != (None if self.head_ids is None else self.head_ids.tolist()):
+            raise UsageError(f"the checkpoint {self.checkpoints.path} was trained with other reduced-head ids (the "
+                             "training text changed); use the same --dataset, or --overwrite to start over")
         lacking = set(built.model.load_state_dict(saved["model"], strict=False).missing_keys) - set(built.frozen)
         if lacking:
             raise UsageError(f"the checkpoint {self.checkpoints.path} lacks {sorted(lacking)}; pass --overwrite")
@@ -335,12 +384,14 @@ class Distiller:
             raise UsageError(f"{self.out} already holds a training run ({self.checkpoints.path}); pass --resume to "
                              "continue it or --overwrite to start over")
         target = self._load_target()
+        specials = self._check_head_vocab(target)
         built = build_draft(target.model, cfg.layers, init=cfg.init, share_embeddings=cfg.share_embeddings,
                             seed=cfg.seed)
         data = load_token_data(cfg.datasets, target.tokenizer, holdout=cfg.holdout_docs, data_dir=cfg.data_dir,
                                data_source=cfg.data_source, log=self.log, cache_dir=store.tokens_cache_dir())
         sampler = WindowSampler(data, cfg.seq_len, cfg.batch_size, cfg.seed)
         fingerprint = data.fingerprint()
+        self.head_ids, head_info = self._head_vocab(target, sampler, specials)
         optimizer = self._optimizer(built.model)
         step, history, seconds = self._restore(built, optimizer, fingerprint)
         trainable = sum(p.numel() for p in built.model.parameters() if p.requires_grad)
@@ -349,6 +400,9 @@ class Distiller:
                  f"norm/head {'frozen copies' if cfg.share_embeddings else 'trained'}) on {self.device} | "
                  f"{data.info['train_tokens']} training tokens, {sampler.per_epoch} windows of {cfg.seq_len} | "
                  f"{cfg.steps} steps of {cfg.batch_size} windows")
+        if head_info is not None:
+            self.log(f"sparsebench: reduced head: {cfg.head_vocab} of {head_info['vocab_size']} ids, covering "
+                     f"{100 * head_info['train_token_coverage']:.2f}% of the training tokens")
         taps = None
         if cfg.attention_weight > 0:
             taps = (AttentionTap(set(built.source_layers), cfg.attention_rows, cfg.attention_block_size),
@@ -358,7 +412,9 @@ class Distiller:
         bar = tqdm(total=cfg.steps, initial=step, unit="step", desc="distill", disable=not self.progress,
                    file=sys.stderr)
         probe_start, probe_from = None, step
-        with stop.installed(), (attached(target.model, built.model) if taps else contextlib.nullcontext()):
+        with (stop.installed(), attached(target.model, built.model) if taps else contextlib.nullcontext(),
+              installed_head(target.model, self.head_ids, expand=False),
+              installed_head(built.model, self.head_ids, expand=False)):
             while step < cfg.steps:
                 t0 = time.perf_counter()
                 if probe_start is None:
@@ -396,7 +452,7 @@ class Distiller:
                     self.checkpoints.save(self._checkpoint_state(built, optimizer, step, history, fingerprint,
                                                                  seconds))
         bar.close()
-        return self._finish(target, built, data, history, seconds)
+        return self._finish(target, built, data, history, seconds, head_info)
 
     def _warn_cpu(self, elapsed: float, timed: int, remaining: int) -> None:
         per_step = elapsed / max(1, timed)
@@ -406,13 +462,13 @@ class Distiller:
                  "a GPU (--device cuda) is much faster")
 
     def _finish(self, target: Any, built: BuiltDraft, data: Any, history: list[dict[str, float]],
-                seconds: float) -> dict[str, Any]:
+                seconds: float, head_info: dict[str, Any] | None) -> dict[str, Any]:
         cfg = self.cfg
         built.model.eval()
         self.log("sparsebench: evaluating the draft on held-out text")
         heldout = heldout_metrics(target.model, built.model, data.heldout, data.start, seq_len=cfg.seq_len,
                                   max_tokens=cfg.eval_tokens, batch_size=cfg.batch_size, device=self.device,
-                                  autocast=self.autocast)
+                                  autocast=self.autocast, head_ids=self.head_ids)
         report: dict[str, Any] = {
             "name": cfg.draft_name(), "path": str(self.out), "target": cfg.target,
             "draft_spec": store.PREFIX + cfg.draft_name() if cfg.out is None else str(self.out),
@@ -423,7 +479,9 @@ class Distiller:
             "final_train_loss": history[-1]["loss"] if history else None,
             "final_train_kl": _tail_mean([h["kl"] for h in history]),
             "heldout": heldout,
-            "cost": cost_ratio(built.model, target.model, sorted({0, cfg.seq_len})),
+            "head_vocab": None if head_info is None else {"rows": cfg.head_vocab, **head_info},
+            "cost": cost_ratio(built.model, target.model, sorted({0, cfg.seq_len}),
+                               draft_head_rows=None if self.head_ids is None else int(self.head_ids.numel())),
             "parameters": {"draft": sum(p.numel() for p in built.model.parameters()),
                            "draft_trainable": sum(p.numel() for p in built.model.parameters() if p.requires_grad),
                            "target": sum(p.numel() for p in target.model.parameters())},
@@ -435,12 +493,15 @@ class Distiller:
             self.log(f"sparsebench: measuring greedy acceptance at gamma {cfg.gamma}")
             report["acceptance"] = greedy_acceptance(
                 target.model, built.model, data.heldout, data.start, prompts=cfg.acceptance_prompts,
-                context=cfg.acceptance_context, new_tokens=cfg.acceptance_tokens, gamma=cfg.gamma)
+                context=cfg.acceptance_context, new_tokens=cfg.acceptance_tokens, gamma=cfg.gamma,
+                head_ids=self.head_ids)
         manifest = {"name": cfg.draft_name(), "target": {"name": cfg.target, "identity": target.identity},
                     "layers": cfg.layers, "source_layers": built.source_layers, "init": cfg.init,
                     "frozen": built.frozen, "frozen_storage": "copied (the directory loads on its own)",
                     "steps": len(history)}
-        store.save_draft(built.model, target.tokenizer, self.out, manifest, report, progress=self.progress)
+        head = None if self.head_ids is None or head_info is None else (self.head_ids.tolist(), head_info)
+        store.save_draft(built.model, target.tokenizer, self.out, manifest, report, progress=self.progress,
+                         head_vocab=head)
         return report
 
 

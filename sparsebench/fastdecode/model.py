@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -57,6 +57,9 @@ class ModelSpec:
     rope_scaling: dict[str, Any] = field(default_factory=dict)
     """Empty for plain RoPE, else the config's scaling parameters with ``rope_type``."""
     max_positions: int = 0
+    head_rows: int = 0
+    """Rows of the output head a step computes: 0 for the whole vocabulary, ``K`` for a draft with a reduced
+    head (``sparsebench distill --head-vocab K``, see :meth:`FastModel.restrict_head`)."""
 
     @property
     def scaling(self) -> float:
@@ -111,8 +114,9 @@ class ModelSpec:
 
     def weight_bytes(self, dtype: torch.dtype) -> int:
         """Bytes of every weight a decode step reads (the embedding table counts only as the output head:
-        a step gathers just ``B`` of its rows). Biases are left out (under 0.01%)."""
-        head = (self.vocab_size + 1) * self.hidden_size * _itemsize(dtype)
+        a step gathers just ``B`` of its rows; a reduced head reads its ``head_rows``). Biases are left out
+        (under 0.01%)."""
+        head = ((self.head_rows or self.vocab_size) + 1) * self.hidden_size * _itemsize(dtype)
         return self.num_layers * self.layer_weight_bytes(dtype) + head
 
     def layer_weight_bytes(self, dtype: torch.dtype) -> int:
@@ -299,6 +303,12 @@ class FastModel(nn.Module):
         self.layers = nn.ModuleList(Block(spec, self.functions) for _ in range(spec.num_layers))
         self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
         self.lm_head = None if spec.tie_embeddings else nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
+        # A reduced head (see restrict_head): its token ids [K] and its rows [K, H], copied contiguous so a step
+        # reads only them; None: the whole vocabulary. Buffers, so they move with the model.
+        self.head_ids: torch.Tensor | None
+        self.head_weight: torch.Tensor | None
+        self.register_buffer("head_ids", None, persistent=False)
+        self.register_buffer("head_weight", None, persistent=False)
 
     @classmethod
     def empty(cls, spec: ModelSpec, *, device: torch.device | str, dtype: torch.dtype) -> FastModel:
@@ -331,7 +341,32 @@ class FastModel(nn.Module):
         ref = next(hf_model.parameters())
         model = cls.empty(spec, device=device or ref.device, dtype=dtype or ref.dtype)
         model.load_hf_state_dict(hf_model.state_dict())
+        from sparsebench.distill.headvocab import head_ids_of
+
+        ids = head_ids_of(hf_model)  # a distilled draft loaded with its reduced head
+        if ids is not None:
+            model.restrict_head(ids)
         return model
+
+    def restrict_head(self, ids: torch.Tensor | Sequence[int]) -> None:
+        """Compute logits only for the token ids ``ids`` (a draft's reduced head, ``--head-vocab``).
+
+        :meth:`logits` then returns ``[..., K]`` over ``ids`` in order and :meth:`token_ids` maps its
+        indices back to token ids; ``spec.head_rows`` becomes ``K`` so the weight-byte count follows. Only
+        for a model that proposes (a separate draft): a target's verification needs the whole vocabulary.
+        """
+        weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
+        ids_t = torch.as_tensor(ids, dtype=torch.long, device=weight.device)
+        if ids_t.ndim != 1 or ids_t.numel() == 0 or int(ids_t.min()) < 0 or int(ids_t.max()) >= weight.shape[0]:
+            raise UsageError(f"a reduced head needs a non-empty list of token ids in 0 .. {weight.shape[0] - 1}")
+        self.head_ids = ids_t
+        self.head_weight = weight.detach().index_select(0, ids_t).contiguous()
+        self.spec = replace(self.spec, head_rows=int(ids_t.numel()))
+
+    def token_ids(self, index: torch.Tensor) -> torch.Tensor:
+        """Token ids of indices into :meth:`logits`' last dimension (the identity without a reduced head).
+        A gather on the device, so it runs inside a CUDA graph."""
+        return index if self.head_ids is None else self.head_ids[index]
 
     def load_hf_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Copy Hugging Face parameter names into the fused layout; a missing tensor is a clear error."""
@@ -383,12 +418,15 @@ class FastModel(nn.Module):
         return x
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Output logits (fp32) of hidden states ``[B, T, H]``."""
-        weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
+        """Output logits (fp32) of hidden states ``[B, T, H]``: ``[B, T, V]``, or ``[B, T, K]`` over a reduced
+        head's ids (map an argmax back with :meth:`token_ids`)."""
+        weight = self.head_weight if self.head_weight is not None else \
+            self.embed.weight if self.lm_head is None else self.lm_head.weight
         return F.linear(self.norm(x), weight).float()
 
     def forward(self, tokens: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: Attend,
                 *, last_only: bool = True) -> torch.Tensor:
-        """Logits ``[B, V]`` of the last position (or ``[B, T, V]`` of all) of ``tokens`` ``[B, T]``."""
+        """Logits ``[B, V]`` of the last position (or ``[B, T, V]`` of all) of ``tokens`` ``[B, T]`` (``K``
+        instead of ``V`` with a reduced head)."""
         x = self.run_layers(self.embed(tokens), range(self.spec.num_layers), cos, sin, attend)
         return self.logits(x[:, -1:])[:, 0] if last_only else self.logits(x)

@@ -579,7 +579,7 @@ class FastSpeculator:
                                                  kv_len=self.draft_kv_len)
         x = d.model.run_layers(d.model.embed(self.draft_token), d.layers, cos, sin, self._attend_draft)
         if self._with_head:
-            nxt = d.model.logits(x)[:, -1].argmax(-1)  # [1]
+            nxt = d.model.token_ids(d.model.logits(x)[:, -1].argmax(-1))  # [1]; a reduced head's index -> token id
             self.proposals.index_copy_(0, self.draft_row, nxt.view(1, 1))
             self.draft_token.copy_(nxt.view(1, 1))
         self.draft_pos.add_(1)
