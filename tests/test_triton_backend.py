@@ -241,17 +241,19 @@ BENCH_CHILD = textwrap.dedent(
 def test_lazy_import_and_attention_bench_dry_run(tmp_path: Path) -> None:
     """The backend module imports without triton, and ``sparsebench bench attention --dry-run`` runs end to
     end on CPU with its correctness check passing for both selection modes, the one-launch merge and the
-    fused selections."""
+    fused selections, including the one launch for every layer's top-k."""
     args = ["bench", "attention", "--out", str(tmp_path), "--dry-run", "--check", "--contexts", "40",
-            "--selections", "topk,topk-fused,quest-fused", "--repeats", "1", "--warmup", "0"]
+            "--selections", "topk,topk-fused,quest-fused,topk-layers", "--repeats", "1", "--warmup", "0"]
     proc = subprocess.run([sys.executable, "-c", BENCH_CHILD, *args], cwd=REPO, capture_output=True, text=True,
                           timeout=300, env={**os.environ, "PYTHONPATH": str(REPO), "TRITON_INTERPRET": "1"})
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads((tmp_path / "bench_attention.json").read_text())
     sparse = [r for r in report["rows"] if r["kind"] == "sparse"]
     assert {r["method"] for r in sparse} == {"triton-bitmap", "triton-indices", "triton-fused"}
-    assert {r["selection"] for r in sparse} == {"topk", "topk-fused", "quest-fused"}
+    assert {r["selection"] for r in sparse} == {"topk", "topk-fused", "quest-fused", "topk-layers"}
     assert not report["errors"], report["errors"]
+    for r in (r for r in sparse if r["selection"] == "topk-layers"):  # charged a thirtieth of its one launch
+        assert r["select_layers"] == 30 and r["select_us"] == pytest.approx(r["select_launch_us"] / 30), r
     for r in sparse:
         assert r["rel_err_vs_torch"] < 1e-2 and r["tokens_read_match"] and r["step_us"] > 0, r
     assert (tmp_path / "bench_attention.md").read_text().startswith("# Block-sparse decode")

@@ -19,7 +19,10 @@ default); ``triton-fused`` merges them in the decode kernel's own launch (``Kern
 Measured on the H200 at 8K (B=1, 32q/8kv heads, D=128, bf16, 22% kept): ``topk-fused`` cut select + plan
 from 9.8 + 5.7 µs (``topk``) to 8.4 + 1.2 µs, so it is the top-k policies' path on CUDA; ``triton-fused``
 *lost*, 20.5 µs of kernel against 13.5 µs for ``triton-indices``, so it stays only as an option and as this
-recorded row. The fastest step is therefore ``topk-fused`` (or ``quest-fused``) x ``triton-indices``:
+recorded row. ``topk-layers`` is ``topk-fused`` run once for the 30 sparse layers of a step (scores
+``[30, Hkv, N]`` in one launch), each layer's row charged a thirtieth of it: a policy whose selection inputs all
+exist before the target's forward (SpecAttn: the draft's attention) can select that way. The fastest step is
+therefore ``topk-fused`` (or ``quest-fused``) x ``triton-indices``:
 score -> top-k + lists (one launch) -> decode -> merge. All selections keep the newest block. With
 ``--check``, the ``topk`` and ``topk-fused`` selections are also compared with the exact reference
 (:func:`sparsebench.kernels.topk.topk_mask_reference`); a difference is reported under "Errors".
@@ -162,7 +165,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--keep", type=float, default=0.22, help="fraction of blocks each selection keeps")
     ap.add_argument("--p", type=float, default=0.9, help="top-p mass for the topp selection")
     ap.add_argument("--selections", default="topk,topk-fused,topp",
-                    help="comma-separated: topk, topk-fused, topk-torch, quest-torch, quest-fused, topp")
+                    help="comma-separated: topk, topk-fused, topk-layers, topk-torch, quest-torch, quest-fused, topp")
     ap.add_argument("--methods", default=",".join(METHODS),
                     help=f"comma-separated sparse methods ({', '.join(METHODS)})")
     ap.add_argument("--triton-config", default=None,
@@ -238,6 +241,22 @@ def make_problem(n_tokens: int, args: argparse.Namespace, device: str, gen: torc
     return Problem(n_tokens, n_blocks, q, k, v, scores, probs, d**-0.5, key_min, key_max)
 
 
+#: Layers whose selections one ``topk-layers`` launch makes (an 8B-shaped target's 30 sparse layers).
+LAYERS = 30
+#: Selections made for several layers in one launch: name -> layers sharing the launch's time.
+AMORTIZED = {"topk-layers": LAYERS}
+
+
+def first_layer(sel: Selection) -> Selection:
+    """Layer 0's part of a selection made for ``LAYERS`` layers along the batch axis (lists kept)."""
+    from sparsebench.kernels.compact import CompactSelection, compacted
+
+    lists = compacted(sel)
+    if lists is None:
+        return Selection(sel.mask[:1])
+    return CompactSelection(sel.mask[:1], indices=lists[0][:1], counts=lists[1][:1])
+
+
 def topk_budget(pb: Problem, args: argparse.Namespace) -> int:
     """Blocks the top-k selections keep per (sequence, kv head): ``--keep`` of them, at least one."""
     return max(1, min(pb.n_blocks, round(args.keep * pb.n_blocks)))
@@ -284,7 +303,17 @@ def selection_fns(pb: Problem, args: argparse.Namespace) -> dict[str, Callable[[
         bound = quest_upper_bound(pb.q.reshape(b, hkv, hq // hkv, d).float(), pb.key_min, pb.key_max)
         return topk(scores=reduce_groups(bound, "max"))
 
-    fns = {"topk": topk, "topk-torch": lambda: topk("torch"), "topp": topp,
+    # SpecAttn's case: every sparse layer's selection input (the draft's attention) exists before the target's
+    # forward, so one launch can select for all layers of a step; rows charge 1 / LAYERS of it per layer.
+    layer_scores = torch.cat([pb.scores, torch.randn(LAYERS - 1, *pb.scores.shape[1:], device=pb.scores.device,
+                                                     dtype=pb.scores.dtype)]) if args.batch == 1 else None
+
+    def topk_layers() -> Selection:
+        if layer_scores is None:
+            raise SystemExit("--selections topk-layers needs --batch 1 (the layers take the batch axis)")
+        return topk_select(layer_scores, k)
+
+    fns = {"topk": topk, "topk-torch": lambda: topk("torch"), "topp": topp, "topk-layers": topk_layers,
            # One launch for the top-k set, the newest block and the block lists the backend reads.
            "topk-fused": lambda: topk_select(pb.scores, k),
            "quest-torch": quest_torch,
@@ -464,7 +493,9 @@ def bench_context(n_tokens: int, args: argparse.Namespace, device: str, gen: tor
     )
     for sel_name, select in selection_fns(pb, args).items():
         sel = select()
-        if args.check and sel_name in ("topk", "topk-fused"):
+        if sel_name in AMORTIZED:
+            sel = first_layer(sel)
+        if args.check and sel_name in ("topk", "topk-fused", "topk-layers"):
             check_topk_selection(pb, args, sel, errors)
         for m_name, backend in methods.items():
             rows.append(bench_sparse(pb, args, timer, bandwidth, dense, sel_name, select, sel, m_name, backend,
@@ -502,12 +533,18 @@ def bench_sparse(pb: Problem, args: argparse.Namespace, timer: Timer, bandwidth:
             ref = TorchBackend().attend(pb.q, pb.k, pb.v, sel, block_size=args.block_size, scaling=pb.scaling)
             row["rel_err_vs_torch"] = rel_err(res.out, ref.out)
             row["tokens_read_match"] = bool(torch.equal(res.tokens_read.cpu(), ref.tokens_read.cpu()))
+    layers = AMORTIZED.get(sel_name, 1)
     stages = dict(select=select, plan=lambda: plan_of(sel), kernel=lambda: run_of(plan),
-                  step=lambda: run_of(plan_of(select())))
+                  step=lambda: run_of(plan_of(select())) if layers == 1 else run_of(plan_of(sel)))
     for stage, fn in stages.items():
         row[f"{stage}_us"], label = timed(timer, fn, graph_ok, f"{where} {stage}", errors)
         if label != row["timing"]:
             row[f"{stage}_timing"] = label
+    if layers > 1 and row["select_us"] is not None and row["step_us"] is not None:
+        # The step is this layer's plan + kernel plus its share of the one selection launch for all layers.
+        row["select_layers"], row["select_launch_us"] = layers, row["select_us"]
+        row["select_us"] = row["select_us"] / layers
+        row["step_us"] = row["step_us"] + row["select_us"]
     row["bytes"] = sparse_bytes(pb, sel, backend, plan, args, sel_name)
     row["bound_us"] = row["bytes"] / bandwidth * 1e6
     step = row["step_us"]
@@ -707,6 +744,10 @@ def to_markdown(report: dict[str, Any]) -> str:
             f"| {fmt(r.get('step_us'))} | {fmt(r.get('speedup_vs_flashinfer'), '.2f')} "
             f"| {fmt(r.get('speedup_vs_reference_flashinfer'), '.2f')} | {fmt(r.get('speedup_vs_sdpa'), '.2f')} "
             f"| {fmt(r.get('bound_us'))} | {target} | {err_txt} |")
+    if any(r.get("select_layers") for r in report["rows"]):
+        lines += ["", f"topk-layers rows: one top-k + lists launch selects for {LAYERS} layers (SpecAttn has every "
+                  f"layer's draft attention before the target's forward); select µs is 1/{LAYERS} of that launch "
+                  "(select_launch_us in the JSON), step µs = plan + kernel (one graph) + that share."]
     if report["skipped_methods"]:
         lines += ["", "Skipped: " + "; ".join(f"{k}: {v}" for k, v in report["skipped_methods"].items())]
     if report["errors"]:
