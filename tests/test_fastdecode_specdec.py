@@ -211,6 +211,19 @@ def test_bench_specdec_dry_run(tmp_path) -> None:
     assert "SpecAttn rows (--last-row reuse): the last verified row" in md
 
 
+def test_bench_specdec_real_model_with_a_separate_draft(tmp_path) -> None:
+    """``--model`` with a separate draft sharing its tokenizer (here the same tiny model, so every proposal is
+    the target's own greedy token): greedy acceptance is measured, not patterned, and is 100%."""
+    from sparsebench.bench.specdec import main
+
+    assert main(["--out", str(tmp_path), "--model", "tiny:llama", "--draft", "tiny:llama", "--contexts", "48",
+                 "--rounds", "2", "--steps", "2", "--repeats", "1", "--device", "cpu", "--data-source", "offline"]) == 0
+    report = json.loads((tmp_path / "bench_specdec.json").read_text())
+    assert report["meta"]["draft"] == "tiny:llama" and report["meta"]["layer_map_source"].startswith("calibrated")
+    spec = [r for r in report["rows"] if r["row"].startswith("speculation")]
+    assert spec and all(r["acceptance_rate"] == 1.0 for r in spec)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("graphs", [True, False])
 def test_triton_speculation_at_full_budget_reproduces_greedy_on_gpu(graphs: bool) -> None:

@@ -80,8 +80,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--draft-random", default=None, choices=sorted(PRESETS),
                     help="random-weights draft preset (default llama-3.2-1b; tiny with --dry-run)")
     ap.add_argument("--draft", default=None,
-                    help="with --model: its self-draft (self:SPEC; default the alias's own); with random weights a "
-                         "self:SPEC self-draft instead of --draft-random")
+                    help="with --model: its self-draft (self:SPEC; default the alias's own) or a separate draft with "
+                         "its tokenizer (distilled:NAME, a path); with random weights a self:SPEC self-draft instead "
+                         "of --draft-random")
     ap.add_argument("--layer-map", default=None, help="draft layer per target layer, comma-separated")
     ap.add_argument("--contexts", default="2048,32768,131072", help="comma-separated context lengths (tokens)")
     ap.add_argument("--gamma", type=int, default=4, help="tokens the draft proposes per round")
@@ -147,9 +148,10 @@ def _build_models(args: argparse.Namespace, device: torch.device, dtype: torch.d
         loaded = load_model(args.model, dtype=dtype, device=str(device), progress=False)
         target = FastModel.from_hf(loaded.model)
         if args.draft and not args.draft.startswith("self:"):
-            raise UsageError(f"--draft {args.draft!r}: with --model the fast engine runs self-drafts (self:SPEC)")
-        self_draft, source = self_draft_for(args, target.spec.num_layers, loaded, device, dtype, log)
-        draft = SpecDraft.self_draft(target, self_draft)
+            draft, source = _separate_draft(args, target, loaded, device, dtype, log)
+        else:
+            self_draft, source = self_draft_for(args, target.spec.num_layers, loaded, device, dtype, log)
+            draft = SpecDraft.self_draft(target, self_draft)
         info.update(weights=f"real weights of {args.model}", draft=draft.name, layer_map_source=source,
                     max_positions=loaded.max_positions or target.spec.max_positions)
         tokenizer = loaded.tokenizer
@@ -176,6 +178,23 @@ def _build_models(args: argparse.Namespace, device: torch.device, dtype: torch.d
         source = "given" if args.layer_map else "proportional depth (random weights: no calibration)"
     info.update(draft=draft.name, layer_map_source=source, max_positions=0)
     return target, draft, None, info
+
+
+def _separate_draft(args: argparse.Namespace, target: FastModel, loaded: Any, device: torch.device,
+                    dtype: torch.dtype, log: Any) -> tuple[SpecDraft, str]:
+    """A separate real draft of ``--model`` (``distilled:NAME``, a path, an alias with the target's tokenizer) with
+    its calibrated (cached) KL layer map, as the fast engine's draft. A draft with another tokenizer is refused by
+    :meth:`SpecDraft.separate` (the fast engine verifies token ids, so the vocabularies must be the same)."""
+    from sparsebench.specattn.drafts import resolve_draft
+
+    resolved, _ = resolve_draft(args.draft, loaded, dtype=dtype, device=device, block_size=args.block_size,
+                                progress=False, log=log)
+    if getattr(resolved, "tokenizer", None) is not None:
+        raise UsageError(f"--draft {args.draft!r} has another tokenizer than {args.model!r}; the fast engine verifies "
+                         "token ids, so use a draft with the target's tokenizer (cross-tokenizer speculation: "
+                         "benchmarks/device/crosstok_specdec.py)")
+    dmodel = FastModel.from_hf(resolved.model)
+    return SpecDraft.separate(dmodel, target, args.draft, list(resolved.layer_map)), "calibrated (cached layer map)"
 
 
 def long_prompt(args: argparse.Namespace, tokenizer: Any, context: int, log: Any) -> tuple[list[int], str]:
