@@ -24,6 +24,7 @@ Writes one JSON file and prints a table. Needs CUDA and triton.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -82,12 +83,51 @@ def _gather_sum(k_ptr, v_ptr, idx_ptr, cnt_ptr, out_ptr, n_blocks, stride_kh, st
     tl.store(out_ptr + (h * n_s + s) * D + d, tl.sum(acc, axis=0))
 
 
+@triton.jit
+def _gather_sum_tma(k_desc, v_desc, idx_ptr, cnt_ptr, out_ptr, n_blocks, n_tokens, BS: tl.constexpr,
+                    D: tl.constexpr):
+    """:func:`_gather_sum` with each block's K and V fetched by a TMA copy (a host tensor descriptor over the
+    cache as ``[Hkv * T, D]``, one ``[BS, D]`` box per block): does Hopper's bulk copy engine read scattered
+    4 KB blocks faster than pointer loads?"""
+    h = tl.program_id(0)
+    s = tl.program_id(1)
+    n_s = tl.num_programs(1)
+    count = tl.load(cnt_ptr + h)
+    lo = count * s // n_s
+    hi = count * (s + 1) // n_s
+    acc = tl.zeros([BS, D], dtype=tl.float32)
+    for j in range(lo, hi):
+        row = h * n_tokens + tl.load(idx_ptr + h * n_blocks + j) * BS
+        acc += k_desc.load([row, 0]).to(tl.float32)
+        acc += v_desc.load([row, 0]).to(tl.float32)
+    tl.store(out_ptr + (h * n_s + s) * D + tl.arange(0, D), tl.sum(acc, axis=0))
+
+
+def time_gather_tma(timer: Timer, plan: object, pb: Problem, splits: int, block_size: int, *, warps: int = 4,
+                    stages: int = 3) -> float:
+    """The TMA gather-read kernel's median µs on ``plan``'s lists."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    idx, cnt = plan.indices[0].contiguous(), plan.counts[0].contiguous()
+    heads, n_tokens, d = pb.k.shape[1], pb.k.shape[2], pb.k.shape[-1]
+    kd = TensorDescriptor.from_tensor(pb.k.reshape(-1, d), [block_size, d])
+    vd = TensorDescriptor.from_tensor(pb.v.reshape(-1, d), [block_size, d])
+    out = torch.empty(heads * splits * d, dtype=torch.float32, device=pb.k.device)
+
+    def gather() -> None:
+        _gather_sum_tma[(heads, splits)](kd, vd, idx, cnt, out, idx.shape[-1], n_tokens, BS=block_size, D=d,
+                                         num_warps=warps, num_stages=stages)
+
+    return timer(gather, graph=True)
+
+
 def time_attention(timer: Timer, backend: TritonBackend, plan: object, pb: Problem) -> float:
     """The kernel's median µs on ``plan``'s lists."""
     return timer(lambda: backend.run(plan, pb.q, pb.k, pb.v, scaling=pb.scaling), graph=True)
 
 
-def time_gather(timer: Timer, plan: object, pb: Problem, splits: int, block_size: int) -> float:
+def time_gather(timer: Timer, plan: object, pb: Problem, splits: int, block_size: int, *, bpt: int = 4,
+                warps: int = 4, stages: int = 3) -> float:
     """The gather-read kernel's median µs on ``plan``'s lists."""
     idx, cnt = plan.indices[0].contiguous(), plan.counts[0].contiguous()
     heads, d = pb.k.shape[1], pb.k.shape[-1]
@@ -95,9 +135,36 @@ def time_gather(timer: Timer, plan: object, pb: Problem, splits: int, block_size
 
     def gather() -> None:
         _gather_sum[(heads, splits)](pb.k, pb.v, idx, cnt, out, idx.shape[-1], pb.k.stride(1), pb.k.stride(2),
-                                     BS=block_size, D=d, BPT=4, num_warps=4, num_stages=3)
+                                     BS=block_size, D=d, BPT=bpt, num_warps=warps, num_stages=stages)
 
     return timer(gather, graph=True)
+
+
+def gather_sweep(timer: Timer, plan: object, pb: Problem, block_size: int, nbytes: int) -> list[dict]:
+    """The gather-read kernel over tiles, warps, stages and splits: how fast can a Triton kernel read these
+    lists at all (the attention kernel cannot beat its own loads)."""
+    out = []
+    for bpt, warps, stages, splits in itertools.product((4, 8), (4, 8), (1, 2, 3, 4), (33, 66, 132)):
+        if (stages - 1) * 2 * bpt * block_size * pb.k.shape[-1] * pb.k.element_size() > 160 * 1024:
+            continue
+        try:
+            us = time_gather(timer, plan, pb, splits, block_size, bpt=bpt, warps=warps, stages=stages)
+        except Exception as exc:
+            out.append(dict(kind="pointer", bpt=bpt, warps=warps, stages=stages, splits=splits, error=str(exc)[:200]))
+            continue
+        out.append(dict(kind="pointer", bpt=bpt, warps=warps, stages=stages, splits=splits, us=us,
+                        TBps=nbytes / us / 1e6))
+    for warps, stages, splits in itertools.product((4,), (2, 3, 4, 6), (33, 66, 132)):
+        try:
+            us = time_gather_tma(timer, plan, pb, splits, block_size, warps=warps, stages=stages)
+        except Exception as exc:
+            out.append(dict(kind="tma", warps=warps, stages=stages, splits=splits, error=str(exc)[:300]))
+            continue
+        out.append(dict(kind="tma", bpt=1, warps=warps, stages=stages, splits=splits, us=us, TBps=nbytes / us / 1e6))
+    best = sorted((r for r in out if "us" in r), key=lambda r: r["us"])[:8]
+    for r in best:
+        print(f"  gather sweep best: {r}", flush=True)
+    return out
 
 
 def main() -> int:
@@ -105,6 +172,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--contexts", default="32768,131072")
     ap.add_argument("--splits", type=int, default=66, help="programs per kv head of the gather-read kernel")
+    ap.add_argument("--gather-sweep", action="store_true", help="also sweep the gather-read kernel's launch at the "
+                    "largest context, random layout")
     own = ap.parse_args()
     args = parse_args(["--out", str(own.out.parent), "--repeats", "30"])
     device = "cuda"
@@ -113,7 +182,9 @@ def main() -> int:
     bandwidth = copy_bandwidth(timer, device)
     backend = TritonBackend("indices")
     rows = []
-    for n_tokens in (int(c) for c in own.contexts.split(",")):
+    contexts = [int(c) for c in own.contexts.split(",")]
+    sweep: list[dict] = []
+    for n_tokens in contexts:
         pb = make_problem(n_tokens, args, device, gen)
         heads = pb.k.shape[1]
         keep = round(args.keep * pb.n_blocks)
@@ -134,6 +205,8 @@ def main() -> int:
                        kept_blocks_per_head=keep, us=us, bytes=nbytes, TBps=nbytes / us / 1e6,
                        bound_us=nbytes / bandwidth * 1e6)
             note = ""
+            if run == 1 and own.gather_sweep and n_tokens == max(contexts):
+                sweep = gather_sweep(timer, plan, pb, args.block_size, nbytes)
             if run in (1, keep):
                 g_us = time_gather(timer, plan, pb, own.splits, args.block_size)
                 rows.append(dict(row, kernel="gather-read", us=g_us, TBps=nbytes / g_us / 1e6))
@@ -146,7 +219,7 @@ def main() -> int:
                 copy_bandwidth_GBps=bandwidth / 1e9, batch=args.batch, q_heads=args.q_heads, kv_heads=args.kv_heads,
                 head_dim=args.head_dim, dtype=args.dtype, block_size=args.block_size, keep=args.keep,
                 timing="CUDA events around CUDA-graph replays, L2 flushed, median of 30", command=" ".join(sys.argv))
-    own.out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+    own.out.write_text(json.dumps(dict(meta=meta, rows=rows, gather_sweep=sweep), indent=1))
     return 0
 
 
