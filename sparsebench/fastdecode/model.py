@@ -293,7 +293,8 @@ class Block(nn.Module):
 
 
 class FastModel(nn.Module):
-    """Embedding, decoder layers, final norm and output head of a supported model (see module docstring)."""
+    """Embedding, decoder layers, final norm and output head of a supported model (see module docstring). A
+    separate draft may compute its head over a subset of the vocabulary (:meth:`restrict_head`)."""
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
