@@ -19,7 +19,7 @@ export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 NAME=${NAME:-smollm2-135m-L10-V8192}
 export NAME
 specdec=(--model smollm2-135m --dataset pg19 --data-source offline --contexts 2048,7680 --gamma 4 --p 0.97
-         --draft-window 1024 --rounds 8 --steps 16 --repeats 2 --backend triton)
+         --rounds 8 --steps 16 --repeats 2 --backend triton)
 
 if [ "$phase" = train ]; then
   [ -d /tmp/site/gguf ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
