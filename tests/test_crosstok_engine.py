@@ -8,13 +8,12 @@ from typing import Any
 import pytest
 import torch
 from conftest import get_tiny
-from transformers import AutoModelForCausalLM
+from lm_helpers import plain_greedy, scaled_lm
 
 from sparsebench.engine import EngineConfig, TeacherForcedEngine
 from sparsebench.errors import UsageError
 from sparsebench.kernels.torch_backend import TorchBackend
 from sparsebench.models import ByteTokenizer
-from sparsebench.models.tiny import tiny_config
 from sparsebench.policies import Dense, SpecAttn
 from sparsebench.specattn.capture import Draft
 from sparsebench.specattn.crosstok import CrossTokenizerDraftModel, check_offsets, document_schedule
@@ -117,26 +116,6 @@ def test_document_schedule_covers_the_evaluated_tokens() -> None:
 # speculative decoding across tokenizers
 
 
-def _random_lm(vocab: int, arch: str, seed: int) -> torch.nn.Module:
-    """A tiny random LM over ``vocab`` ids with peaked logits (a scaled, untied head), so greedy comparisons
-    are not decided by float noise."""
-    config = tiny_config(arch)
-    config.vocab_size, config.tie_word_embeddings = vocab, False
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config).eval()
-    with torch.no_grad():
-        model.lm_head.weight.mul_(30.0)
-    return model
-
-
-@torch.no_grad()
-def _plain_greedy(model: torch.nn.Module, prompt: list[int], n: int) -> list[int]:
-    ids = torch.tensor([prompt])
-    for _ in range(n):
-        ids = torch.cat([ids, model(ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    return ids[0, len(prompt):].tolist()
-
-
 def _real_tokenizer(alias: str) -> Any:
     from sparsebench.models.registry import is_cached, model_dir
 
@@ -151,8 +130,8 @@ def _real_tokenizer(alias: str) -> Any:
 def pair() -> tuple[torch.nn.Module, Any, CrossTokenizerDraftModel]:
     """A target with smollm2's real BPE tokenizer and a byte-level draft: two vocabularies, offline."""
     tokenizer = _real_tokenizer("smollm2-135m")
-    target = _random_lm(len(tokenizer), "llama", 1)
-    draft = CrossTokenizerDraftModel(_random_lm(512, "qwen2", 2), [], "bytes", tokenizer=ByteTokenizer(),
+    target = scaled_lm("llama", 1, len(tokenizer))
+    draft = CrossTokenizerDraftModel(scaled_lm("qwen2", 2, 512), [], "bytes", tokenizer=ByteTokenizer(),
                                      target_tokenizer=tokenizer)
     return target, tokenizer, draft
 
@@ -167,7 +146,7 @@ def test_cross_tokenizer_speculation_equals_the_targets_greedy_output(pair: tupl
     target, tokenizer, _ = pair
     prompt = tokenizer.encode(TEXT[:60])
     out = _decoder(pair, gamma).generate(prompt, max_new_tokens=24, stop_ids=set())
-    assert out.ids == _plain_greedy(target, prompt, 24)
+    assert out.ids == plain_greedy(target, prompt, 24)
     assert all(p <= gamma for p, _ in out.rounds)
 
 
@@ -185,7 +164,7 @@ class OracleDraft(CrossTokenizerSpeculativeDecoder):
 def test_a_draft_proposing_the_right_text_is_accepted_in_target_tokens(pair: tuple) -> None:
     target, tokenizer, draft = pair
     prompt = tokenizer.encode(TEXT[:60])
-    expected = _plain_greedy(target, prompt, 24)
+    expected = plain_greedy(target, prompt, 24)
     decoder = OracleDraft(target, draft, Dense(), TorchBackend(), CFG, SpeculationConfig(gamma=4))
     decoder.future, decoder.n_prompt = [*expected], len(prompt)
     out = decoder.generate(prompt, max_new_tokens=24, stop_ids=set())

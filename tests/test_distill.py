@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 from conftest import get_tiny
+from lm_helpers import sea_corpus
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, LlamaConfig
 
@@ -33,13 +34,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture
 def corpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Four short documents (one is held out) and a private cache for drafts and layer maps."""
-    monkeypatch.setenv("SPARSEBENCH_CACHE", str(tmp_path / "cache"))
-    folder = tmp_path / "docs"
-    folder.mkdir()
-    words = ["the", "sea", "ship", "mate", "captain", "wind", "wave", "harbour", "night", "storm", "sail", "rope"]
-    for d in range(4):
-        folder.joinpath(f"d{d}.txt").write_text(" ".join(words[(i * (d + 3)) % len(words)] for i in range(900)))
-    return folder
+    return sea_corpus(tmp_path, monkeypatch)
 
 
 def _quiet(_: str) -> None:

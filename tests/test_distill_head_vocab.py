@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import torch
+from lm_helpers import plain_greedy, scaled_lm, sea_corpus
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from sparsebench.cli import main
@@ -46,12 +47,7 @@ HELD_OUT_TEXT = "zq" * 2000  # bytes no training document has: they must not rea
 @pytest.fixture
 def corpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Four documents over a few letters; the one held out (first in run's seed-0 order) is all 'z' and 'q'."""
-    monkeypatch.setenv("SPARSEBENCH_CACHE", str(tmp_path / "cache"))
-    folder = tmp_path / "docs"
-    folder.mkdir()
-    words = ["the", "sea", "ship", "mate", "captain", "wind", "wave", "harbour", "night", "storm", "sail", "rope"]
-    for d in range(4):
-        folder.joinpath(f"d{d}.txt").write_text(" ".join(words[(i * (d + 3)) % len(words)] for i in range(900)))
+    folder = sea_corpus(tmp_path, monkeypatch)
     held = select_documents(load_corpus(str(folder)).documents, 0)[0].id
     folder.joinpath(f"{held}.txt").write_text(HELD_OUT_TEXT)
     return folder
@@ -119,25 +115,6 @@ def test_full_vocabulary_keeps_the_full_head(corpus: Path) -> None:
     assert report["cost"][0]["draft_head_rows"] == 512
 
 
-def _scaled_llama(seed: int) -> torch.nn.Module:
-    """An untied tiny llama with a scaled head: peaked logits whose greedy output varies (see test_specdec)."""
-    config = tiny_config("llama")
-    config.tie_word_embeddings = False
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config).eval()
-    with torch.no_grad():
-        model.lm_head.weight.mul_(30.0)
-    return model
-
-
-@torch.no_grad()
-def _plain_greedy(model: torch.nn.Module, prompt: list[int], n: int) -> list[int]:
-    ids = torch.tensor([prompt])
-    for _ in range(n):
-        ids = torch.cat([ids, model(ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    return ids[0, len(prompt):].tolist()
-
-
 def _head_without_one(expected: list[int]) -> list[int]:
     """Ids the draft may propose: all but the lowest token the target's greedy output uses. The draft (a copy of
     the target) is then right exactly where the target's token is in its head, and every id above the missing
@@ -148,9 +125,9 @@ def _head_without_one(expected: list[int]) -> list[int]:
 def test_reduced_head_draft_keeps_greedy_speculation_exact() -> None:
     """Hugging Face speculative decoding: the output is the target's plain greedy output token for token, the
     draft never proposes outside its head, and it is rejected exactly where the target's token is outside."""
-    target = _scaled_llama(1)
+    target = scaled_lm("llama", 1)
     prompt = torch.randint(0, 512, (20,), generator=torch.Generator().manual_seed(0)).tolist()
-    expected = _plain_greedy(target, prompt, 28)
+    expected = plain_greedy(target, prompt, 28)
     ids = _head_without_one(expected)
     draft = copy.deepcopy(target)
     install_head(draft, ids, expand=True)
@@ -166,7 +143,7 @@ def test_reduced_head_draft_keeps_greedy_speculation_exact() -> None:
 def test_reduced_head_draft_on_the_fast_engine_is_exact() -> None:
     """The fast engine: FastModel.from_hf carries the reduced head, its weight bytes count K rows, and the
     draft step's argmax maps the head index back to the token id (else nearly every proposal would be wrong)."""
-    hf_target = _scaled_llama(1)
+    hf_target = scaled_lm("llama", 1)
     target = FastModel.from_hf(hf_target)
     prompt = torch.randint(0, 512, (1, 30), generator=torch.Generator().manual_seed(0))
     plain = FastDecoder(target, Dense(), TorchBackend(), CFG, max_tokens=64)

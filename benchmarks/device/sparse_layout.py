@@ -59,16 +59,22 @@ def runs_mask(n_blocks: int, heads: int, keep: int, run: int, gen: torch.Generat
 
 
 @triton.jit
-def _gather_sum(k_ptr, v_ptr, idx_ptr, cnt_ptr, out_ptr, n_blocks, stride_kh, stride_kt,
-                BS: tl.constexpr, D: tl.constexpr, BPT: tl.constexpr):
-    """Sum the K and V rows of the listed blocks of kv head ``program_id(0)``, split ``program_id(1)``: the
-    kernel's memory traffic (index lists, 16-token blocks) without its arithmetic."""
+def _split_range(cnt_ptr):
+    """(kv head, split, splits, first and end list position) of this program: kv head ``h``'s list split evenly
+    over ``num_programs(1)`` programs, as the decode kernel's ``indices`` mode does."""
     h = tl.program_id(0)
     s = tl.program_id(1)
     n_s = tl.num_programs(1)
     count = tl.load(cnt_ptr + h)
-    lo = count * s // n_s
-    hi = count * (s + 1) // n_s
+    return h, s, n_s, count * s // n_s, count * (s + 1) // n_s
+
+
+@triton.jit
+def _gather_sum(k_ptr, v_ptr, idx_ptr, cnt_ptr, out_ptr, n_blocks, stride_kh, stride_kt,
+                BS: tl.constexpr, D: tl.constexpr, BPT: tl.constexpr):
+    """Sum the K and V rows of the listed blocks of kv head ``program_id(0)``, split ``program_id(1)``: the
+    kernel's memory traffic (index lists, 16-token blocks) without its arithmetic."""
+    h, s, n_s, lo, hi = _split_range(cnt_ptr)
     t = tl.arange(0, BPT * BS)
     d = tl.arange(0, D)
     acc = tl.zeros([BPT * BS, D], dtype=tl.float32)
@@ -89,12 +95,7 @@ def _gather_sum_tma(k_desc, v_desc, idx_ptr, cnt_ptr, out_ptr, n_blocks, n_token
     """:func:`_gather_sum` with each block's K and V fetched by a TMA copy (a host tensor descriptor over the
     cache as ``[Hkv * T, D]``, one ``[BS, D]`` box per block): does Hopper's bulk copy engine read scattered
     4 KB blocks faster than pointer loads?"""
-    h = tl.program_id(0)
-    s = tl.program_id(1)
-    n_s = tl.num_programs(1)
-    count = tl.load(cnt_ptr + h)
-    lo = count * s // n_s
-    hi = count * (s + 1) // n_s
+    h, s, n_s, lo, hi = _split_range(cnt_ptr)
     acc = tl.zeros([BS, D], dtype=tl.float32)
     for j in range(lo, hi):
         row = h * n_tokens + tl.load(idx_ptr + h * n_blocks + j) * BS
