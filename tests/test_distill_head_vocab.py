@@ -162,6 +162,12 @@ def test_reduced_head_draft_on_the_fast_engine_is_exact() -> None:
     accepted = sum(r.accepted for r in spec.records)
     proposed = sum(sum(head for _, head in r.draft_steps) for r in spec.records)
     assert 0.5 < accepted / proposed < 1
+    # Only a draft may have a reduced head: as a decoded model or a target its logits would miss tokens.
+    with pytest.raises(UsageError, match="reduced output head"):
+        FastDecoder(draft, Dense(), TorchBackend(), CFG, max_tokens=64)
+    with pytest.raises(UsageError, match="the target has a reduced output head"):
+        FastSpeculator(draft, SpecDraft.separate(target, draft, "full"), Dense(), TorchBackend(), CFG, gamma=4,
+                       max_tokens=64)
 
 
 def test_cost_counts_the_head_rows_and_the_chosen_default_is_three_times_cheaper() -> None:

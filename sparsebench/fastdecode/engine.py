@@ -86,6 +86,7 @@ class FastDecoder:
         self.config = config = config or EngineConfig()
         spec = model.spec
         layers = spec.num_layers
+        model.require_full_head("decoded model")
         if config.dense_layers >= layers:
             raise UsageError(f"--dense-layers {config.dense_layers} leaves no sparse layer in a {layers}-layer "
                              f"model; use at most {layers - 1}")

@@ -364,6 +364,13 @@ class FastModel(nn.Module):
         self.head_weight = weight.detach().index_select(0, ids_t).contiguous()
         self.spec = replace(self.spec, head_rows=int(ids_t.numel()))
 
+    def require_full_head(self, role: str) -> None:
+        """Refuse a reduced head where the model's logits must cover every token (a decoder or a verifier)."""
+        if self.head_ids is not None:
+            raise UsageError(f"the {role} has a reduced output head ({self.spec.head_rows} of "
+                             f"{self.spec.vocab_size} ids, a distilled draft's --head-vocab); only a draft may "
+                             "have one: load the model without it")
+
     def token_ids(self, index: torch.Tensor) -> torch.Tensor:
         """Token ids of indices into :meth:`logits`' last dimension (the identity without a reduced head).
         A gather on the device, so it runs inside a CUDA graph."""

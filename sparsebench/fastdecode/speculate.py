@@ -307,6 +307,7 @@ class FastSpeculator:
         self.target, self.draft, self.policy, self.backend = target, draft, policy, backend
         self.config = config = config or EngineConfig()
         spec = target.spec
+        target.require_full_head("target")
         if gamma < 1:
             raise UsageError(f"--gamma must be >= 1 (tokens the draft proposes per round), got {gamma}")
         if draft.model.spec.vocab_size != spec.vocab_size:
