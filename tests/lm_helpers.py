@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, LlamaConfig
 
 from sparsebench.models.tiny import tiny_config
 
@@ -50,3 +50,15 @@ def sea_corpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for d in range(4):
         folder.joinpath(f"d{d}.txt").write_text(" ".join(SEA_WORDS[(i * (d + 3)) % len(SEA_WORDS)] for i in range(900)))
     return folder
+
+
+def smollm2_shapes(draft_layers: int) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """smollm2-135m's architecture (30 layers, 576 wide, tied 49152 x 576 head) and a ``draft_layers``-layer
+    draft of the same width, on the meta device: for FLOP counts, no weights."""
+    config = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, head_dim=64, tie_word_embeddings=True)
+    with torch.device("meta"):
+        target = AutoModelForCausalLM.from_config(config)
+        config.num_hidden_layers = draft_layers
+        draft = AutoModelForCausalLM.from_config(config)
+    return target, draft

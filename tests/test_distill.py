@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import torch
 from conftest import get_tiny
-from lm_helpers import sea_corpus
+from lm_helpers import sea_corpus, smollm2_shapes
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers import AutoModelForCausalLM
 
 from sparsebench.cli import main
 from sparsebench.data import load_corpus, select_documents
@@ -172,12 +172,7 @@ def test_unknown_distilled_draft_is_a_usage_error(corpus: Path, capsys: pytest.C
 def test_cost_counts_the_output_head() -> None:
     """smollm2-135m's shapes: the 49152 x 576 head is about a fifth of the per-token FLOPs, so a 4-layer draft
     sharing it is ~3.2x cheaper, not 30/4 = 7.5x; attention over a long context widens the gap."""
-    config = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                         num_attention_heads=9, num_key_value_heads=3, head_dim=64, tie_word_embeddings=True)
-    with torch.device("meta"):
-        target = AutoModelForCausalLM.from_config(config)
-        config.num_hidden_layers = 4
-        draft = AutoModelForCausalLM.from_config(config)
+    target, draft = smollm2_shapes(4)
     full = flops_per_token(target, 0)
     assert full == pytest.approx(2 * 134_515_008, rel=0.01)  # 2 FLOPs per weight, embeddings counted once (the head)
     assert 0.19 < 2 * 49152 * 576 / full < 0.22

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 import torch
-from lm_helpers import plain_greedy, scaled_lm, sea_corpus
-from transformers import AutoModelForCausalLM, LlamaConfig
+from lm_helpers import plain_greedy, scaled_lm, sea_corpus, smollm2_shapes
+from transformers import AutoModelForCausalLM
 
 from sparsebench.cli import main
 from sparsebench.data import load_corpus, select_documents
@@ -173,12 +173,7 @@ def test_reduced_head_draft_on_the_fast_engine_is_exact() -> None:
 def test_cost_counts_the_head_rows_and_the_chosen_default_is_three_times_cheaper() -> None:
     """smollm2-135m's shapes: with the full head a 10-layer draft is 2.1x cheaper; with the 8192-id head that
     benchmarks/device/distill_smollm2.sh uses by default, over 3x at contexts 0 and 2048."""
-    config = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                         num_attention_heads=9, num_key_value_heads=3, head_dim=64, tie_word_embeddings=True)
-    with torch.device("meta"):
-        target = AutoModelForCausalLM.from_config(config)
-        config.num_hidden_layers = 10
-        draft = AutoModelForCausalLM.from_config(config)
+    target, draft = smollm2_shapes(10)
     head = 2 * (49152 - 8192) * 576
     assert flops_per_token(draft, 0) - flops_per_token(draft, 0, head_rows=8192) == head
     rows = cost_ratio(draft, target, [0, 2048], draft_head_rows=8192)

@@ -41,6 +41,18 @@ def _model(seed: int, like: FastModel | None = None, noise: float = 0.0, spec: M
 
 
 TARGET = _model(0)
+
+
+def gpu_pair() -> tuple[FastModel, SpecDraft, torch.Tensor]:
+    """A small fp32 target on CUDA, a noisy copy of it as the draft (acceptance varies), and a 300-token prompt:
+    the GPU speculation tests' shared setup (TF32 off, so one-row and multi-row paths round alike)."""
+    spec = ModelSpec(family="llama", vocab_size=1024, hidden_size=256, intermediate_size=512, num_layers=4,
+                     num_heads=4, num_kv_heads=2, head_dim=64, rope_theta=10000.0, rms_norm_eps=1e-6,
+                     tie_embeddings=False)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    target = _model(0, spec=spec, device="cuda")
+    draft = SpecDraft.separate(_model(1, target, 0.02, spec=spec, device="cuda"), target, "noisy copy")
+    return target, draft, torch.randint(0, 1024, (1, 300), generator=torch.Generator().manual_seed(1))
 PROMPT = torch.randint(0, SPEC.vocab_size, (1, 30), generator=torch.Generator().manual_seed(0))
 
 
@@ -233,13 +245,7 @@ def test_triton_speculation_at_full_budget_reproduces_greedy_on_gpu(graphs: bool
 
     if TritonBackend.reasons_to_reject(device="cuda", dtype=torch.float32, head_dim=64):
         pytest.skip("the Triton backend cannot serve fp32, head dim 64 here")
-    gpu_spec = ModelSpec(family="llama", vocab_size=1024, hidden_size=256, intermediate_size=512, num_layers=4,
-                         num_heads=4, num_kv_heads=2, head_dim=64, rope_theta=10000.0, rms_norm_eps=1e-6,
-                         tie_embeddings=False)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    target = _model(0, spec=gpu_spec, device="cuda")
-    draft = SpecDraft.separate(_model(1, target, 0.02, spec=gpu_spec, device="cuda"), target, "noisy copy")
-    prompt = torch.randint(0, 1024, (1, 300), generator=torch.Generator().manual_seed(1))
+    target, draft, prompt = gpu_pair()
     config = EngineConfig()
     dec = FastDecoder(target, Dense(), TritonBackend(), config, max_tokens=400)
     expected = [int(dec.prefill(prompt).argmax(-1)), *dec.generate(39)[0].tolist()]

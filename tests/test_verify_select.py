@@ -374,20 +374,13 @@ def test_gpu_cuda_graph_replays(n: int) -> None:
 def test_gpu_speculator_fused_selection_equals_unfused(graphs: bool) -> None:
     """SpecAttn p=0.9 speculation on the Triton backend: the fused selection gives the same tokens and the same KV
     reads per layer as the policy path (fp32 tiny model, CUDA graphs and eager)."""
-    from test_fastdecode_specdec import _model
+    from test_fastdecode_specdec import gpu_pair
 
     from sparsebench.engine import EngineConfig
-    from sparsebench.fastdecode.model import ModelSpec
-    from sparsebench.fastdecode.speculate import FastSpeculator, SpecDraft
+    from sparsebench.fastdecode.speculate import FastSpeculator
     from sparsebench.kernels.triton_backend import TritonBackend
 
-    spec = ModelSpec(family="llama", vocab_size=1024, hidden_size=256, intermediate_size=512, num_layers=4,
-                     num_heads=4, num_kv_heads=2, head_dim=64, rope_theta=10000.0, rms_norm_eps=1e-6,
-                     tie_embeddings=False)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    target = _model(0, spec=spec, device="cuda")
-    draft = SpecDraft.separate(_model(1, target, 0.02, spec=spec, device="cuda"), target, "noisy copy")
-    prompt = torch.randint(0, 1024, (1, 300), generator=torch.Generator().manual_seed(1))
+    target, draft, prompt = gpu_pair()
     runs = []
     for fused in (True, False):
         sp = FastSpeculator(target, draft, SpecAttn(p=0.9), TritonBackend(), EngineConfig(dense_layers=1), gamma=4,

@@ -20,8 +20,5 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > 
 timeout 60 python3 -m pytest -q -rs -p no:cacheprovider tests/test_draft_mass.py tests/test_fastdecode_specdec.py \
   -k gpu 2>&1 | tail -25 > "$out/gpu_tests.txt"
 cat "$out/gpu_tests.txt"
-timeout 170 python3 -m sparsebench.cli bench specdec --out "$out/random" --random-weights llama-3-8b \
-  --draft-random llama-3.2-1b --contexts 2048,32768,131072 --gamma 4 --p 0.97 --accept-pattern 3,4,2,4 \
-  --draft-window 4096 --last-row reuse --rounds 8 --steps 16 --repeats 2 --backend triton > "$out/random.log" 2>&1
-echo "bench exit status $?" >> "$out/random.log"
-tail -24 "$out/random.log"
+source benchmarks/device/specdec_random.sh
+specdec_random "$out" 170

@@ -12,7 +12,7 @@
 #    compaction in plan) against the fused kernel (default launch and twice the candidates), 30 layers per CUDA
 #    graph, median of 20 replays, and one launch for all 15 draft-layer slots (verify_select_slots, what the
 #    speculator now runs) followed by 30 plans; and whether the pipelines select the same blocks.
-# 3. bench specdec with exactly benchmarks/device/specdec_bench.sh's arguments (SpecAttn rows now use the fused
+# 3. bench specdec with exactly specdec_bench.sh's arguments (both source specdec_random.sh) (SpecAttn rows now use the fused
 #    selection: compare the "select" column with benchmarks/results/h200_2026-11-28_s3/bench_specdec_random.md).
 # Needs python3 with CUDA torch + triton. Budget: under 4 minutes (timeouts 45 + 25 + 165 s).
 # Writes 6 files under OUT (one level of folders): gpu.txt, gpu_tests.txt, micro.txt, random.log,
@@ -101,8 +101,5 @@ for context in (32768, 131072):
           flush=True)
 EOF
 cat "$out/micro.txt"
-timeout 165 python3 -m sparsebench.cli bench specdec --out "$out/random" --random-weights llama-3-8b \
-  --draft-random llama-3.2-1b --contexts 2048,32768,131072 --gamma 4 --p 0.97 --accept-pattern 3,4,2,4 \
-  --draft-window 4096 --last-row reuse --rounds 8 --steps 16 --repeats 2 --backend triton > "$out/random.log" 2>&1
-echo "bench exit status $?" >> "$out/random.log"
-tail -24 "$out/random.log"
+source benchmarks/device/specdec_random.sh
+specdec_random "$out" 165

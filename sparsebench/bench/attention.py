@@ -305,12 +305,14 @@ def selection_fns(pb: Problem, args: argparse.Namespace) -> dict[str, Callable[[
 
     # SpecAttn's case: every sparse layer's selection input (the draft's attention) exists before the target's
     # forward, so one launch can select for all layers of a step; rows charge 1 / LAYERS of it per layer.
+    wanted = args.selections.split(",")
+    if "topk-layers" in wanted and args.batch != 1:
+        raise SystemExit("--selections topk-layers needs --batch 1 (the layers take the batch axis)")
     layer_scores = torch.cat([pb.scores, torch.randn(LAYERS - 1, *pb.scores.shape[1:], device=pb.scores.device,
-                                                     dtype=pb.scores.dtype)]) if args.batch == 1 else None
+                                                     dtype=pb.scores.dtype)]) if "topk-layers" in wanted else None
 
     def topk_layers() -> Selection:
-        if layer_scores is None:
-            raise SystemExit("--selections topk-layers needs --batch 1 (the layers take the batch axis)")
+        assert layer_scores is not None
         return topk_select(layer_scores, k)
 
     fns = {"topk": topk, "topk-torch": lambda: topk("torch"), "topp": topp, "topk-layers": topk_layers,
@@ -319,10 +321,10 @@ def selection_fns(pb: Problem, args: argparse.Namespace) -> dict[str, Callable[[
            "quest-torch": quest_torch,
            # Quest's fused path: the scoring kernel, then the fused top-k (two launches).
            "quest-fused": lambda: topk_select(quest_scores(pb.q, pb.key_min, pb.key_max, "max"), k)}
-    unknown = set(args.selections.split(",")) - set(fns)
+    unknown = set(wanted) - set(fns)
     if unknown:
         raise SystemExit(f"--selections: unknown {sorted(unknown)}; choose from {sorted(fns)}")
-    return {name: fns[name] for name in args.selections.split(",")}
+    return {name: fns[name] for name in wanted}
 
 
 # ----------------------------------------------------------------------------------------------

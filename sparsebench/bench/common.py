@@ -38,6 +38,12 @@ def report_saver(out: Path, name: str,
     return save
 
 
+def table_then_notes(table: Callable[[dict[str, Any]], str],
+                     notes: Callable[[dict[str, Any]], str]) -> Callable[[dict[str, Any]], str]:
+    """The markdown of a benchmark whose report is a table followed by its explanatory notes."""
+    return lambda report: table(report) + "\n\n" + notes(report) + "\n"
+
+
 def run_and_publish(name: str, args: Any, run: Callable[[Any, Callable[[dict[str, Any]], None]], dict[str, Any]],
                     render: Callable[[dict[str, Any]], str], *, render_while_running: bool = False,
                     echo: bool = True) -> int:

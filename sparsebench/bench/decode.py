@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from tabulate import tabulate
 
-from sparsebench.bench.common import driver_version, run_and_publish
+from sparsebench.bench.common import driver_version, run_and_publish, table_then_notes
 from sparsebench.cli import _typed_spec
 from sparsebench.compare import split_policy_specs
 from sparsebench.config import DTYPES
@@ -360,8 +360,7 @@ def explanation(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_and_publish("decode", parse_args(argv), run,
-                           lambda report: table(report) + "\n\n" + explanation(report) + "\n")
+    return run_and_publish("decode", parse_args(argv), run, table_then_notes(table, explanation))
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from tabulate import tabulate
 
-from sparsebench.bench.common import driver_version, fmt, run_and_publish
+from sparsebench.bench.common import driver_version, fmt, run_and_publish, table_then_notes
 from sparsebench.bench.decode import GIB, copy_bandwidth, int_list, self_draft_for, step_bytes
 from sparsebench.config import DTYPES
 from sparsebench.engine import EngineConfig
@@ -478,8 +478,7 @@ def explanation(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_and_publish("specdec", parse_args(argv), run,
-                           lambda report: table(report) + "\n\n" + explanation(report) + "\n")
+    return run_and_publish("specdec", parse_args(argv), run, table_then_notes(table, explanation))
 
 
 if __name__ == "__main__":
