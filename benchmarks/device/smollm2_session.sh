@@ -11,6 +11,7 @@
 # copied to /tmp/stash by three earlier back-to-back calls (README "GPU"). Wheels (gguf for transformers' GGUF
 # loader) in .whl/, carried with the last piece. Environment: SPARSEBENCH_CACHE=/tmp/sbcache,
 # SPARSEBENCH_DATA=/tmp/data, offline. NAME / LAYERS / HEAD_VOCAB / BUDGET_S pass through to distill_smollm2.sh.
+# SPECDEC=0 skips the bench specdec runs of either phase; DISTILL_TIMEOUT_S (400) bounds the distillation.
 set -uo pipefail
 phase=${1:?usage: smollm2_session.sh train|table OUTDIR}; out=${2:?usage: smollm2_session.sh train|table OUTDIR}
 mkdir -p "$out"
@@ -30,16 +31,21 @@ if [ "$phase" = train ]; then
     > "$SPARSEBENCH_CACHE/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf"
   sha256sum "$SPARSEBENCH_CACHE/models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf" | tee "$out/gguf_sha256.txt"
   python3 -m sparsebench.cli fetch smollm2-135m 2>&1 | tail -2
-  timeout 150 python3 -m sparsebench.cli bench specdec --out "$out/selfdraft" "${specdec[@]}" > "$out/specdec_selfdraft.log" 2>&1
-  echo "bench exit status $?" >> "$out/specdec_selfdraft.log"
-  tail -12 "$out/specdec_selfdraft.log"
-  OUT="$out/distill" timeout 400 bash benchmarks/device/distill_smollm2.sh train 2>&1 | tail -15
+  if [ "${SPECDEC:-1}" = 1 ]; then  # SPECDEC=0: distillation only (more of the call's 10 minutes for training)
+    timeout 150 python3 -m sparsebench.cli bench specdec --out "$out/selfdraft" "${specdec[@]}" \
+      > "$out/specdec_selfdraft.log" 2>&1
+    echo "bench exit status $?" >> "$out/specdec_selfdraft.log"
+    tail -12 "$out/specdec_selfdraft.log"
+  fi
+  OUT="$out/distill" timeout "${DISTILL_TIMEOUT_S:-400}" bash benchmarks/device/distill_smollm2.sh train 2>&1 | tail -15
 elif [ "$phase" = table ]; then
   OUT="$out/distill" SELFDRAFT=0 timeout 400 bash benchmarks/device/distill_smollm2.sh table 2>&1 | tail -30
-  timeout 150 python3 -m sparsebench.cli bench specdec --out "$out/distilled" "${specdec[@]}" \
-    --draft "distilled:$NAME" > "$out/specdec_distilled.log" 2>&1
-  echo "bench exit status $?" >> "$out/specdec_distilled.log"
-  tail -12 "$out/specdec_distilled.log"
+  if [ "${SPECDEC:-1}" = 1 ]; then
+    timeout 150 python3 -m sparsebench.cli bench specdec --out "$out/distilled" "${specdec[@]}" \
+      --draft "distilled:$NAME" > "$out/specdec_distilled.log" 2>&1
+    echo "bench exit status $?" >> "$out/specdec_distilled.log"
+    tail -12 "$out/specdec_distilled.log"
+  fi
 else
   echo "unknown phase $phase (train or table)"; exit 2
 fi

@@ -106,20 +106,24 @@ def _triton(mode: str, *, fused_merge: bool) -> Callable[[argparse.Namespace], A
     return make
 
 
-def _flashinfer(args: argparse.Namespace) -> AttentionBackend:
-    """The project's FlashInfer sparse backend, through the generic plan/run interface."""
-    try:
-        module = importlib.import_module("sparsebench.kernels.flashinfer_backend")
-    except ImportError as exc:
-        raise MethodUnavailable(f"sparsebench.kernels.flashinfer_backend does not import ({exc})") from None
-    classes = [c for c in vars(module).values()
-               if isinstance(c, type) and issubclass(c, AttentionBackend) and getattr(c, "name", None) == "flashinfer"]
-    if not classes:
-        raise MethodUnavailable("sparsebench.kernels.flashinfer_backend defines no backend named 'flashinfer'")
-    reason = classes[0].unavailable_reason()
-    if reason:
-        raise MethodUnavailable(reason)
-    return classes[0]()
+def _flashinfer(name: str, **options: Any) -> Callable[[argparse.Namespace], AttentionBackend]:
+    """A factory for the project's FlashInfer backend called ``name`` (``flashinfer``, or ``flashinfer-fixed`` for
+    fixed-capacity selections), through the generic plan/run interface; ``options`` go to its constructor."""
+    def make(args: argparse.Namespace) -> AttentionBackend:
+        try:
+            module = importlib.import_module("sparsebench.kernels.flashinfer_backend")
+        except ImportError as exc:
+            raise MethodUnavailable(f"sparsebench.kernels.flashinfer_backend does not import ({exc})") from None
+        classes = [c for c in vars(module).values()
+                   if isinstance(c, type) and issubclass(c, AttentionBackend) and getattr(c, "name", None) == name]
+        if not classes:
+            raise MethodUnavailable(f"sparsebench.kernels.flashinfer_backend defines no backend named {name!r}")
+        reason = classes[0].unavailable_reason()
+        if reason:
+            raise MethodUnavailable(reason)
+        return classes[0](**options)
+
+    return make
 
 
 #: Sparse methods timed by default, in table order. Add a method by adding a factory here.
@@ -127,7 +131,10 @@ METHODS: dict[str, Callable[[argparse.Namespace], AttentionBackend]] = {
     "triton-bitmap": _triton("bitmap", fused_merge=False),
     "triton-indices": _triton("indices", fused_merge=False),
     "triton-fused": _triton("indices", fused_merge=True),
-    "flashinfer": _flashinfer,
+    "flashinfer": _flashinfer("flashinfer"),
+    # Plans once (fixed-capacity selections: topk-fixed, topk-layers-fixed), so the step is a CUDA graph.
+    "flashinfer-fixed": _flashinfer("flashinfer-fixed"),
+    "flashinfer-fixed-cuda-cores": _flashinfer("flashinfer-fixed", use_tensor_cores=False),
 }
 
 
@@ -165,7 +172,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--keep", type=float, default=0.22, help="fraction of blocks each selection keeps")
     ap.add_argument("--p", type=float, default=0.9, help="top-p mass for the topp selection")
     ap.add_argument("--selections", default="topk,topk-fused,topp",
-                    help="comma-separated: topk, topk-fused, topk-layers, topk-torch, quest-torch, quest-fused, topp")
+                    help="comma-separated: topk, topk-fused, topk-fixed, topk-layers, topk-layers-fixed, topk-torch, "
+                         "quest-torch, quest-fused, topp")
     ap.add_argument("--methods", default=",".join(METHODS),
                     help=f"comma-separated sparse methods ({', '.join(METHODS)})")
     ap.add_argument("--triton-config", default=None,
@@ -244,7 +252,10 @@ def make_problem(n_tokens: int, args: argparse.Namespace, device: str, gen: torc
 #: Layers whose selections one ``topk-layers`` launch makes (an 8B-shaped target's 30 sparse layers).
 LAYERS = 30
 #: Selections made for several layers in one launch: name -> layers sharing the launch's time.
-AMORTIZED = {"topk-layers": LAYERS}
+AMORTIZED = {"topk-layers": LAYERS, "topk-layers-fixed": LAYERS}
+#: Selections with the newest block counted in the top-k budget: every row keeps exactly k blocks (a fixed
+#: capacity, which ``flashinfer-fixed`` needs to plan once).
+FIXED = ("topk-fixed", "topk-layers-fixed")
 
 
 def first_layer(sel: Selection) -> Selection:
@@ -254,7 +265,9 @@ def first_layer(sel: Selection) -> Selection:
     lists = compacted(sel)
     if lists is None:
         return Selection(sel.mask[:1])
-    return CompactSelection(sel.mask[:1], indices=lists[0][:1], counts=lists[1][:1])
+    return CompactSelection(sel.mask[:1], indices=lists[0][:1], counts=lists[1][:1],
+                            includes_newest=getattr(sel, "includes_newest", False),
+                            capacity=getattr(sel, "capacity", None))
 
 
 def topk_budget(pb: Problem, args: argparse.Namespace) -> int:
@@ -262,18 +275,24 @@ def topk_budget(pb: Problem, args: argparse.Namespace) -> int:
     return max(1, min(pb.n_blocks, round(args.keep * pb.n_blocks)))
 
 
-def check_topk_selection(pb: Problem, args: argparse.Namespace, sel: Selection, errors: list[str]) -> None:
-    """``--check``: the ``topk`` selection equals the exact reference (ties to the lowest index) plus the
-    newest block; a difference is recorded in ``errors``."""
+def check_topk_selection(pb: Problem, args: argparse.Namespace, sel: Selection, errors: list[str],
+                         name: str = "topk") -> None:
+    """``--check``: the top-k selection ``name`` equals the exact reference (ties to the lowest index) plus the
+    newest block (counted in the budget for :data:`FIXED` selections); a difference is recorded in ``errors``."""
     from sparsebench.kernels.topk import topk_mask_reference
 
-    ref = topk_mask_reference(pb.scores, topk_budget(pb, args))
+    k = topk_budget(pb, args)
+    if name in FIXED:  # the newest block is one of the k
+        ref = torch.zeros_like(pb.scores, dtype=torch.bool)
+        ref[..., :-1] = topk_mask_reference(pb.scores[..., :-1], k - 1)
+    else:
+        ref = topk_mask_reference(pb.scores, k)
     ref[..., -1] = True
     bad = int((sel.mask != ref).any(-1).sum())
     if bad:
-        errors.append(f"topk selection @ {pb.n_tokens}: {bad} of {ref.shape[0] * ref.shape[1]} rows differ from "
+        errors.append(f"{name} selection @ {pb.n_tokens}: {bad} of {ref.shape[0] * ref.shape[1]} rows differ from "
                       "topk_mask_reference")
-    print(f"  topk selection vs reference: {'ok' if not bad else f'{bad} rows DIFFER'}", flush=True)
+    print(f"  {name} selection vs reference: {'ok' if not bad else f'{bad} rows DIFFER'}", flush=True)
 
 
 def selection_fns(pb: Problem, args: argparse.Namespace) -> dict[str, Callable[[], Selection]]:
@@ -306,16 +325,19 @@ def selection_fns(pb: Problem, args: argparse.Namespace) -> dict[str, Callable[[
     # SpecAttn's case: every sparse layer's selection input (the draft's attention) exists before the target's
     # forward, so one launch can select for all layers of a step; rows charge 1 / LAYERS of it per layer.
     wanted = args.selections.split(",")
-    if "topk-layers" in wanted and args.batch != 1:
-        raise SystemExit("--selections topk-layers needs --batch 1 (the layers take the batch axis)")
+    layered = set(wanted) & set(AMORTIZED)
+    if layered and args.batch != 1:
+        raise SystemExit(f"--selections {','.join(sorted(layered))} needs --batch 1 (the layers take the batch axis)")
     layer_scores = torch.cat([pb.scores, torch.randn(LAYERS - 1, *pb.scores.shape[1:], device=pb.scores.device,
-                                                     dtype=pb.scores.dtype)]) if "topk-layers" in wanted else None
+                                                     dtype=pb.scores.dtype)]) if layered else None
 
-    def topk_layers() -> Selection:
+    def topk_layers(fixed: bool = False) -> Selection:
         assert layer_scores is not None
-        return topk_select(layer_scores, k)
+        return topk_select(layer_scores, k, newest_in_budget=fixed)
 
     fns = {"topk": topk, "topk-torch": lambda: topk("torch"), "topp": topp, "topk-layers": topk_layers,
+           "topk-layers-fixed": lambda: topk_layers(fixed=True),
+           "topk-fixed": lambda: topk_select(pb.scores, k, newest_in_budget=True),
            # One launch for the top-k set, the newest block and the block lists the backend reads.
            "topk-fused": lambda: topk_select(pb.scores, k),
            "quest-torch": quest_torch,
@@ -497,9 +519,11 @@ def bench_context(n_tokens: int, args: argparse.Namespace, device: str, gen: tor
         sel = select()
         if sel_name in AMORTIZED:
             sel = first_layer(sel)
-        if args.check and sel_name in ("topk", "topk-fused", "topk-layers"):
-            check_topk_selection(pb, args, sel, errors)
+        if args.check and sel_name in ("topk", "topk-fused", "topk-layers", *FIXED):
+            check_topk_selection(pb, args, sel, errors, sel_name)
         for m_name, backend in methods.items():
+            if backend.name == "flashinfer-fixed" and getattr(sel, "capacity", None) is None:
+                continue  # it serves fixed-capacity selections only (FIXED); its plan() would refuse this one
             rows.append(bench_sparse(pb, args, timer, bandwidth, dense, sel_name, select, sel, m_name, backend,
                                      errors))
     for r in rows:

@@ -38,6 +38,11 @@ class CompactSelection(Selection):
     includes_newest: bool = False
     """Every row already holds block ``N - 1`` (the newest), which engines always add: they may then pass
     the selection on unchanged instead of rebuilding the bitmap (and dropping the lists)."""
+    capacity: int | None = None
+    """When set, every list holds exactly this many blocks, known on the host without reading ``counts``
+    back. Why: a backend that schedules its work on the host from the list lengths (FlashInfer's
+    ``plan()``) can then plan once and replay, with no synchronisation per layer
+    (:class:`~sparsebench.kernels.flashinfer_backend.FlashInferFixedBackend`)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -51,6 +56,8 @@ class CompactSelection(Selection):
             raise TypeError(f"CompactSelection: indices must be int32 {lists} and counts int32 "
                             f"{tuple(self.mask.shape[:2])} on {self.mask.device}, got {self.indices.dtype} "
                             f"{tuple(self.indices.shape)} and {self.counts.dtype} {tuple(self.counts.shape)}")
+        if self.capacity is not None and not 0 <= self.capacity <= self.mask.shape[-1]:
+            raise TypeError(f"CompactSelection: capacity must be in [0, {self.mask.shape[-1]}], got {self.capacity}")
 
 
 def compacted(selection: Selection) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -21,12 +21,14 @@ kernel reads the page lists from buffers we own, so only their contents change.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
+from sparsebench.errors import UsageError
 from sparsebench.kernels.base import (
     AttendResult,
     AttentionBackend,
@@ -34,6 +36,8 @@ from sparsebench.kernels.base import (
     Capabilities,
     cuda_package_unavailable,
 )
+from sparsebench.kernels.bind_pages import bind_pages
+from sparsebench.kernels.compact import compacted
 from sparsebench.selection import Selection
 
 #: FlashInfer's recommended float workspace for split-KV partial results.
@@ -137,35 +141,117 @@ class FlashInferBackend(AttentionBackend):
         group = hq // hkv
         bs = plan.block_size
         k_pages, v_pages, pages_per_request = _as_pages(key, value, bs, plan.selection.n_blocks)
-        use_tc = self.use_tensor_cores if self.use_tensor_cores is not None else group >= 4
-        wkey = (query.device, b * hkv, group, d, query.dtype, softcap, use_tc)
-        wrapper = self._wrappers.get(wkey)
+        wrapper = self._planned_wrapper(query, plan.indptr_host, group, softcap, scaling, bs)
         nnz = int(plan.indptr_host[-1])
-        if wrapper is None or wrapper.capacity < nnz:
-            wrapper = _Wrapper(query.device, b * hkv, max(nnz, 1024), use_tc)
-            self._wrappers[wkey] = wrapper
         # Bind the page lists to this cache's memory, in buffers the kernel reads at run time.
         wrapper.indices[:nnz] = plan.request * pages_per_request + plan.block
-        t0 = time.perf_counter()
-        if wrapper.planned_for is None or not torch.equal(wrapper.planned_for, plan.indptr_host) \
-                or wrapper.planned_scale != (scaling, softcap):
-            # Host-side inputs only (a device tensor here would be copied back: another sync). The
-            # last-page lengths passed are approximate (full pages); they only weigh the work split,
-            # and the exact ones are written to the buffer the kernel reads just below.
-            approx_last = torch.full((b * hkv,), bs, dtype=torch.int32)
-            wrapper.inner.plan(
-                plan.indptr_host, wrapper.indices[:nnz], approx_last,
-                group, 1, d, bs, logits_soft_cap=softcap, q_data_type=query.dtype, sm_scale=scaling,
-            )
-            wrapper.planned_for = plan.indptr_host
-            wrapper.planned_scale = (scaling, softcap)
-        else:
-            self.plans_skipped += 1
-        self.last_host_plan_seconds = time.perf_counter() - t0
         wrapper.last_len.copy_(plan.last_len)
         q = query.reshape(b * hkv, group, d)
         out = wrapper.inner.run(q, (k_pages, v_pages))
         return AttendResult(out.reshape(b, hq, 1, d), plan.tokens_read)
+
+    def _planned_wrapper(self, query: torch.Tensor, indptr_host: torch.Tensor, group: int, softcap: float | None,
+                         scaling: float, block_size: int) -> _Wrapper:
+        """The wrapper for this shape, planned for the page counts ``indptr_host``; ``wrapper.plan()`` (host-side
+        scheduling) runs only when the counts or the scale differ from the previous call's."""
+        requests, d = indptr_host.numel() - 1, query.shape[-1]
+        nnz = int(indptr_host[-1])
+        use_tc = self.use_tensor_cores if self.use_tensor_cores is not None else group >= 4
+        wkey = (query.device, requests, group, d, query.dtype, softcap, use_tc)
+        wrapper = self._wrappers.get(wkey)
+        if wrapper is None or wrapper.capacity < nnz:
+            wrapper = _Wrapper(query.device, requests, max(nnz, 1024), use_tc)
+            self._wrappers[wkey] = wrapper
+        t0 = time.perf_counter()
+        if wrapper.planned_for is None or not torch.equal(wrapper.planned_for, indptr_host) \
+                or wrapper.planned_scale != (scaling, softcap):
+            # Host-side inputs only (a device tensor here would be copied back: another sync). The
+            # last-page lengths passed are approximate (full pages); they only weigh the work split,
+            # and the exact ones are written to the buffer the kernel reads before it runs.
+            approx_last = torch.full((requests,), block_size, dtype=torch.int32)
+            wrapper.inner.plan(
+                indptr_host, wrapper.indices[:nnz], approx_last,
+                group, 1, d, block_size, logits_soft_cap=softcap, q_data_type=query.dtype, sm_scale=scaling,
+            )
+            wrapper.planned_for = indptr_host
+            wrapper.planned_scale = (scaling, softcap)
+        else:
+            self.plans_skipped += 1
+        self.last_host_plan_seconds = time.perf_counter() - t0
+        return wrapper
+
+
+@dataclass(frozen=True)
+class FlashInferFixedPlan(AttentionPlan):
+    """A fixed-capacity selection's lists, and the page counts the host knows without asking the device."""
+
+    indptr_host: torch.Tensor | None = None
+    """``[R + 1]`` int32 on the CPU: ``capacity`` pages per request."""
+
+
+class FlashInferFixedBackend(FlashInferBackend):
+    """FlashInfer paged decode for selections that keep the same, host-known number of blocks in every row.
+
+    Why a second backend: :class:`FlashInferBackend` must read the page counts back to the host before
+    ``wrapper.plan()`` (one synchronisation per call, so no CUDA graph). A
+    :class:`~sparsebench.kernels.compact.CompactSelection` with ``capacity`` set (top-k with the newest block
+    counted in the budget: :func:`sparsebench.kernels.topk.topk_select` with ``newest_in_budget=True``) fixes
+    the counts on the host, so FlashInfer plans once per shape, and every later call is device work only:
+    one small Triton launch turns the selection's block lists into FlashInfer page ids and last-page lengths
+    in the buffers the planned kernel reads, then FlashInfer's kernel runs. The whole call can be captured
+    in a CUDA graph. Any other selection is refused with the reason (it would need the counts read back).
+    """
+
+    name = "flashinfer-fixed"
+    capabilities: ClassVar[Capabilities] = dataclasses.replace(FlashInferBackend.capabilities, cuda_graph_safe=True)
+
+    def plan(
+        self,
+        selection: Selection,
+        *,
+        block_size: int,
+        n_tokens: int,
+        kv_len: torch.Tensor | None = None,
+    ) -> FlashInferFixedPlan:
+        lists = compacted(selection)
+        capacity = getattr(selection, "capacity", None)
+        if lists is None or capacity is None or selection.mask.dim() != 3 or not selection.includes_newest:
+            raise UsageError(
+                "backend 'flashinfer-fixed' needs a selection that keeps the same number of blocks in every row, "
+                "newest block included, and says so (CompactSelection.capacity): e.g. topk_select(scores, k, "
+                "newest_in_budget=True). Use backend 'flashinfer' (or 'triton') for selections of varying size.")
+        rows = selection.mask.shape[0] * selection.mask.shape[1]
+        indptr_host = torch.arange(rows + 1, dtype=torch.int32) * capacity
+        return FlashInferFixedPlan(selection=selection, block_size=block_size, n_tokens=n_tokens, kv_len=kv_len,
+                                   indptr_host=indptr_host)
+
+    def run(
+        self,
+        plan: AttentionPlan,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        *,
+        scaling: float,
+        softcap: float | None = None,
+    ) -> AttendResult:
+        if not isinstance(plan, FlashInferFixedPlan) or plan.indptr_host is None:
+            raise TypeError("FlashInferFixedBackend.run needs the plan made by its own plan()")
+        b, hq, q_rows, d = query.shape
+        hkv = key.shape[1]
+        if q_rows != 1:
+            raise ValueError("flashinfer-fixed backend: one query row per sequence")
+        group = hq // hkv
+        bs, sel = plan.block_size, plan.selection
+        lists = compacted(sel)
+        assert lists is not None
+        k_pages, v_pages, pages_per_request = _as_pages(key, value, bs, sel.n_blocks)
+        wrapper = self._planned_wrapper(query, plan.indptr_host, group, softcap, scaling, bs)
+        nnz = int(plan.indptr_host[-1])
+        tokens = bind_pages(lists[0], nnz // (b * hkv), pages_per_request, wrapper.indices[:nnz], wrapper.last_len,
+                            block_size=bs, n_tokens=plan.n_tokens, kv_len=plan.kv_len)
+        out = wrapper.inner.run(query.reshape(b * hkv, group, d), (k_pages, v_pages))
+        return AttendResult(out.reshape(b, hq, 1, d), tokens.view(b, hkv))
 
 
 class _Wrapper:

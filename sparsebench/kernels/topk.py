@@ -232,11 +232,14 @@ if _HAVE_TRITON:
         MAX_PASSES: tl.constexpr,
         KEEP_LAST: tl.constexpr = False,
         WRITE_INDICES: tl.constexpr = False,
+        LAST_IN_BUDGET: tl.constexpr = False,
     ):
         """Write the top-k mask of row ``program_id(0)`` (module docstring, "Kernel algorithm").
 
         ``k`` is ``k_ptr[row]`` with ``PER_ROW_K``, else ``k_all``; either is clamped to ``[0, n_cols]``.
-        ``KEEP_LAST`` adds entry ``n_cols - 1`` (the newest block) to the kept set; ``WRITE_INDICES`` also
+        ``KEEP_LAST`` adds entry ``n_cols - 1`` (the newest block) to the kept set; ``LAST_IN_BUDGET`` ranks it
+        above every other entry instead, so it is one of the ``k`` (every row then keeps exactly ``k``);
+        ``WRITE_INDICES`` also
         writes the kept entries' ids in ascending order to ``idx_ptr`` (row-major, ``n_cols`` a row) and
         their number to ``cnt_ptr``: the compaction the decode kernel reads, from the registers already
         holding the mask.
@@ -250,6 +253,8 @@ if _HAVE_TRITON:
         valid = offs < n_cols
         x = tl.load(x_ptr + row * stride_x + offs, mask=valid, other=0.0).to(tl.float32)
         key = tl.where(valid, _order_key(x), int_min)
+        if LAST_IN_BUDGET:
+            key = tl.where(offs == n_cols - 1, int_max, key)
         k = tl.load(k_ptr + row).to(tl.int64) if PER_ROW_K else k_all.to(tl.int64)
         k = tl.minimum(tl.maximum(k, 0), n_cols).to(tl.int32)
 
@@ -387,7 +392,7 @@ def _resolve(config: TopKConfig | None, n_cols: int) -> tuple[int, int]:
 
 def _launch(scores: torch.Tensor, k: int | torch.Tensor, *, config: TopKConfig | None,
             passes_out: torch.Tensor | None, keep_last: bool,
-            lists: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+            lists: tuple[torch.Tensor, torch.Tensor] | None, last_in_budget: bool = False) -> torch.Tensor:
     """Validate and launch the kernel: the mask ``[rows, N]`` (uint8), plus the lists into ``lists``."""
     if not _HAVE_TRITON:
         raise DependencyError("the Triton top-k kernel needs triton: pip install 'sparsebench[triton]', or use "
@@ -424,7 +429,7 @@ def _launch(scores: torch.Tensor, k: int | torch.Tensor, *, config: TopKConfig |
         n, 0 if per_row else kk, x.stride(0), out.stride(0),
         BLOCK_N=max(_pow2_at_least(n), 16), NUM_CAND=cand, PER_ROW_K=per_row,
         WRITE_PASSES=passes_out is not None, MAX_PASSES=_MAX_PASSES, KEEP_LAST=keep_last,
-        WRITE_INDICES=lists is not None, num_warps=warps,
+        WRITE_INDICES=lists is not None, LAST_IN_BUDGET=last_in_budget, num_warps=warps,
     )
     return out
 
@@ -448,7 +453,7 @@ def topk_mask_triton(
 
 
 def topk_select(scores: torch.Tensor, k: int | torch.Tensor, *, keep_newest: bool = True,
-                config: TopKConfig | None = None) -> Selection:
+                newest_in_budget: bool = False, config: TopKConfig | None = None) -> Selection:
     """The top-k blocks of ``scores`` ``[B, Hkv, N]`` as a selection (plus block ``N - 1`` with
     ``keep_newest``), compacted for the Triton decode kernel in the same launch.
 
@@ -459,23 +464,38 @@ def topk_select(scores: torch.Tensor, k: int | torch.Tensor, *, keep_newest: boo
     :func:`topk_mask` (the backend then compacts it). The kept set is :func:`topk_mask_reference`'s
     (lowest index wins a tie) plus the newest block: exactly what a policy's top-k plus the engine's
     "always attend the newest block" select. No host synchronisation.
+
+    ``newest_in_budget``: the newest block is one of the ``k`` (ranked above every other block) instead of an
+    extra one, so every row keeps exactly ``min(k, N)`` blocks, which the result states on the host as its
+    ``capacity`` (an int ``k >= 1`` only). Why: a backend that plans on the host from list lengths (FlashInfer)
+    can then plan once and run inside a CUDA graph; with the newest block added on top, a row keeps ``k`` or
+    ``k + 1`` blocks depending on the data.
     """
     from sparsebench.kernels.compact import CompactSelection
 
     _check_scores(scores)
     if scores.dim() != 3:
         raise UsageError(f"topk_select takes block scores [batch, kv_heads, n_blocks], got {tuple(scores.shape)}")
+    if newest_in_budget and (isinstance(k, torch.Tensor) or k < 1):
+        raise UsageError(f"topk_select(newest_in_budget=True) needs an int k >= 1 (the newest block is one of the k), "
+                         f"got {k!r}")
     n = scores.shape[-1]
     if not (triton_usable(scores.device) and scores.dtype in _KERNEL_DTYPES and 0 < n <= MAX_N):
-        mask = topk_mask(scores, k)
-        if keep_newest and n:
+        if newest_in_budget and n:  # top-(k - 1) of the older blocks, then the newest
+            mask = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+            mask[..., : n - 1] = topk_mask(scores[..., : n - 1], int(k) - 1)
+        else:
+            mask = topk_mask(scores, k)
+        if (keep_newest or newest_in_budget) and n:
             mask[..., n - 1] = True
         return Selection(mask)
     indices = torch.empty(scores.shape, dtype=torch.int32, device=scores.device)
     counts = torch.empty(scores.shape[:2], dtype=torch.int32, device=scores.device)
-    out = _launch(scores, k, config=config, passes_out=None, keep_last=keep_newest, lists=(indices, counts))
+    out = _launch(scores, k, config=config, passes_out=None, keep_last=keep_newest and not newest_in_budget,
+                  lists=(indices, counts), last_in_budget=newest_in_budget)
     return CompactSelection(out.view(torch.bool).reshape(scores.shape), indices=indices, counts=counts,
-                            includes_newest=keep_newest)
+                            includes_newest=keep_newest or newest_in_budget,
+                            capacity=min(int(k), n) if newest_in_budget else None)
 
 
 # ----------------------------------------------------------------------------------------------
