@@ -457,12 +457,20 @@ def cmd_models(argv: Sequence[str]) -> int:
 
 
 def cmd_fetch(argv: Sequence[str]) -> int:
+    from pathlib import Path
+
     from sparsebench.models import fetch
 
     p = _Parser(prog="sparsebench fetch", description="Download and convert a model alias ahead of time.")
     p.add_argument("name", help="model alias (see `sparsebench models`)")
+    p.add_argument("--tokenizer", default=None, metavar="DIR",
+                   help="take the tokenizer from DIR (tokenizer.json, tokenizer_config.json) instead of converting the "
+                        "GGUF's; checked against the alias's recorded probe tokenization")
     args = p.parse_args(argv)
-    path = fetch(args.name, progress=True)
+    if args.tokenizer is not None and not (Path(args.tokenizer) / "tokenizer.json").is_file():
+        raise UsageError(f"--tokenizer {args.tokenizer}: no tokenizer.json there; give the directory holding the "
+                         "model's tokenizer.json and tokenizer_config.json")
+    path = fetch(args.name, progress=True, tokenizer_dir=Path(args.tokenizer) if args.tokenizer else None)
     print(f"{args.name}: ready at {path}")
     return 0
 

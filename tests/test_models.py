@@ -372,6 +372,32 @@ def test_fetch_resumes_from_a_complete_gguf(fake_alias: dict[str, object], tiny_
     assert fake_alias["calls"] == []
 
 
+def test_fetch_refuses_a_tokenizer_that_splits_the_probe_otherwise(fake_alias: dict[str, object], tiny_gguf: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     tmp_path: Path) -> None:
+    """A GGUF tokenizer conversion that disagrees with the recorded probe ids is refused with what to do; the
+    model's own tokenizer files given with ``tokenizer_dir`` are checked the same way and then used."""
+    from transformers import AutoTokenizer
+
+    own = AutoTokenizer.from_pretrained(tiny_gguf.parent, gguf_file=tiny_gguf.name)
+    ids = tuple(own(registry.PROBE_TEXT)["input_ids"])
+    wrong = dataclasses.replace(fake_alias["entry"], probe_ids=(*ids, 0))  # type: ignore[type-var]
+    monkeypatch.setitem(registry.ALIASES, "fake-tiny", wrong)
+    with pytest.raises(UsageError) as info:
+        fetch("fake-tiny", progress=False)
+    msg = str(info.value)
+    assert f"into {len(ids)} tokens" in msg and "sparsebench fetch fake-tiny --tokenizer DIR" in msg
+    assert not registry.is_cached("fake-tiny")
+
+    own.save_pretrained(tmp_path / "tok")
+    with pytest.raises(UsageError, match="the tokenizer in"):  # the same files, still not the recorded split
+        fetch("fake-tiny", progress=False, tokenizer_dir=tmp_path / "tok")
+    right = dataclasses.replace(fake_alias["entry"], probe_ids=ids)  # type: ignore[type-var]
+    monkeypatch.setitem(registry.ALIASES, "fake-tiny", right)
+    path = fetch("fake-tiny", progress=False, tokenizer_dir=tmp_path / "tok")
+    assert AutoTokenizer.from_pretrained(path)(registry.PROBE_TEXT)["input_ids"] == list(ids)
+
+
 # --------------------------------------------------------------------------------------------------
 # real model (network)
 

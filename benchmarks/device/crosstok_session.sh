@@ -2,7 +2,7 @@
 # Cross-tokenizer SpecAttn at full length on the H200 (issue 8, part 2): TARGET (gemma3-270m by default, or
 # qwen2.5-coder-0.5b) with smollm2-135m, another model family with its own tokenizer, as the draft.
 #
-#   TARGET=gemma3-270m DOCS=3 bash benchmarks/device/crosstok_session.sh "$OUT"
+#   TARGET=gemma3-270m DOCS=3 TOKENIZER=.device/gemma_tok bash benchmarks/device/crosstok_session.sh "$OUT"
 #
 # 1. Table 1 on DOCS held-out-style PG-19 books (2048 tokens, 10% prefill, block 16, first 2 layers dense, fp32,
 #    torch backend): dense and SpecAttn p=0.95 with the cross-tokenizer draft (its attention mapped onto the
@@ -31,7 +31,16 @@ if ls /tmp/stash/"$TARGET"/*.part.* > /dev/null 2>&1; then
   mkdir -p "$SPARSEBENCH_CACHE/models/$TARGET"
   cat /tmp/stash/"$TARGET"/*.part.* > "$SPARSEBENCH_CACHE/models/$TARGET/$gguf"
 fi
-python3 -m sparsebench.cli fetch "$TARGET" 2>&1 | tail -2
+# TOKENIZER=DIR (tokenizer.json or tokenizer.json.gz, tokenizer_config.json): the target's tokenizer files, for a
+# transformers whose GGUF tokenizer conversion is wrong for it (the device's 5.17 for gemma3; fetch says so).
+tok=()
+if [ -n "${TOKENIZER:-}" ]; then
+  mkdir -p /tmp/tokenizer-"$TARGET" && cp "$TOKENIZER"/tokenizer_config.json /tmp/tokenizer-"$TARGET"/
+  if [ -f "$TOKENIZER/tokenizer.json.gz" ]; then gunzip -c "$TOKENIZER/tokenizer.json.gz" > /tmp/tokenizer-"$TARGET"/tokenizer.json
+  else cp "$TOKENIZER/tokenizer.json" /tmp/tokenizer-"$TARGET"/; fi
+  tok=(--tokenizer /tmp/tokenizer-"$TARGET")
+fi
+python3 -m sparsebench.cli fetch "$TARGET" ${tok[@]+"${tok[@]}"} 2>&1 | tail -2
 
 base=(--model "$TARGET" --dataset pg19 --data-source offline --seq-len 2048 --prefill-frac 0.1 --docs "$DOCS"
       --batch-size "$DOCS" --block-size 16 --dense-layers 2 --device "$DEVICE" --dtype fp32 --no-progress

