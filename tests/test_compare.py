@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,28 @@ def test_govreport_command_scores_each_policy(tmp_path: Path, capsys: pytest.Cap
     assert len(rows) == 4 and {r["task"] for r in rows} == {"govreport"}
     assert all(0.0 <= r["rouge_l"] <= 1.0 and r["reference"] for r in rows)
     assert any(r["kv_reduction_sparse"] > 0.5 for r in rows if r["policy"] == "quest")
+
+
+def _row(policy: str, doc: str, nll_per_token: float, read: int = 100) -> dict:
+    """A stored result row with just what Table 1 reads (1000 tokens, 400 dense KV reads)."""
+    return {"policy": policy, "config": {"policy_params": {}}, "document": {"id": doc},
+            "metrics": {"tokens": 1000, "nll_sum": 1000 * nll_per_token, "kv_read_sparse": read,
+                        "kv_dense_sparse": 400, "kv_read_all": read, "kv_dense_all": 400, "decode_seconds": 1.0}}
+
+
+def test_table_one_compares_a_partial_run_with_dense_on_its_own_documents() -> None:
+    """A run that scored one of dense's two books is compared with dense on that book (not with the
+    two-book aggregate, which would read a per-book difference as the policy's), and says so."""
+    from sparsebench.compare import table_one_rows
+    from sparsebench.runner import RunResult
+
+    dense = RunResult([_row("dense", "easy", 2.0, 400), _row("dense", "hard", 3.0, 400)])
+    partial = RunResult([_row("quest", "hard", 3.0)])  # equal to dense on its book
+    full = RunResult([_row("streamingllm", "easy", 2.1), _row("streamingllm", "hard", 3.0)])
+    rows = {r[0]: r for r in table_one_rows([dense, partial, full])}
+    assert rows["quest [1 of dense's 2 docs]"][2:4] == ["+0.000", "+0.00%"]
+    assert rows["quest [1 of dense's 2 docs]"][1] == f"{math.exp(3.0):.3f}"
+    want = math.exp(2.55) / math.exp(2.5) - 1  # token-weighted over both books
+    assert rows["streamingllm"][3] == f"{100 * want:+.2f}%"
+    alone = RunResult([_row("quest", "other", 3.0)])
+    assert table_one_rows([dense, alone])[1][2:4] == ["-", "-"]
