@@ -21,7 +21,11 @@ from 9.8 + 5.7 µs (``topk``) to 8.4 + 1.2 µs, so it is the top-k policies' pat
 *lost*, 20.5 µs of kernel against 13.5 µs for ``triton-indices``, so it stays only as an option and as this
 recorded row. ``topk-layers`` is ``topk-fused`` run once for the 30 sparse layers of a step (scores
 ``[30, Hkv, N]`` in one launch), each layer's row charged a thirtieth of it: a policy whose selection inputs all
-exist before the target's forward (SpecAttn: the draft's attention) can select that way. The fastest step is
+exist before the target's forward (SpecAttn: the draft's attention) can select that way.
+``topk-fixed`` / ``topk-layers-fixed`` count the newest block in the top-k budget, so every row keeps the same,
+host-known number of blocks: what ``flashinfer-fixed`` needs to plan once and run in a CUDA graph (measured on
+the H200: 26.3 / 53.0 µs of kernel at 32K / 128K against 22.1 / 47.8 µs for ``triton-indices``, so it stays a
+recorded loser; ``flashinfer-fixed`` rows run only with those selections). The fastest step is
 therefore ``topk-fused`` (or ``quest-fused``) x ``triton-indices``:
 score -> top-k + lists (one launch) -> decode -> merge. All selections keep the newest block. With
 ``--check``, the ``topk`` and ``topk-fused`` selections are also compared with the exact reference
