@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import torch
@@ -181,5 +181,69 @@ def test_cross_tokenizer_speculation_refuses_what_it_cannot_do(pair: tuple) -> N
     with pytest.raises(UsageError, match="greedy"):
         CrossTokenizerSpeculativeDecoder(target, draft, Dense(), TorchBackend(), CFG,
                                          SpeculationConfig(sampling=True))
-    with pytest.raises(UsageError, match="specattn"):
-        CrossTokenizerSpeculativeDecoder(target, draft, SpecAttn(), TorchBackend(), CFG)
+
+
+class PairTokenizer:
+    """A target tokenizer of another granularity that needs no download: UTF-8 bytes two per token
+    (``256 * b0 + b1``), an odd last byte as ``65536 + b``. Decoding any id sequence gives text, so a random
+    target's generations can be re-encoded by the draft."""
+
+    eos_token_id = None
+    all_special_ids: ClassVar[list[int]] = []
+
+    def __len__(self) -> int:
+        return 65536 + 256
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        data = text.encode()
+        ids = [256 * data[i] + data[i + 1] for i in range(0, len(data) - 1, 2)]
+        return ids + ([65536 + data[-1]] if len(data) % 2 else [])
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        data = b"".join(bytes([i - 65536]) if i >= 65536 else bytes([i // 256, i % 256]) for i in ids)
+        return data.decode(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def pair_guided() -> tuple[torch.nn.Module, PairTokenizer, CrossTokenizerDraftModel]:
+    """A 4-layer target over byte pairs and a byte-level draft whose attention guides it (layer map i -> i)."""
+    tokenizer = PairTokenizer()
+    target = scaled_lm("llama", 3, len(tokenizer))
+    draft = CrossTokenizerDraftModel(scaled_lm("qwen2", 4, 259), [0, 1, 2, 3], "bytes",
+                                     tokenizer=ByteTokenizer(vocab_size=259), target_tokenizer=tokenizer)
+    return target, tokenizer, draft
+
+
+def test_specattn_guided_cross_tokenizer_verification(pair_guided: tuple) -> None:
+    """The draft's attention, mapped per verified row onto the target's blocks, guides SpecAttn: at p = 1 the
+    output is the target's greedy decoding; at p = 0.5 blocks are skipped, and every row's guide is a
+    distribution over exactly the blocks that row can see."""
+    target, tokenizer, draft = pair_guided
+    prompt = tokenizer.encode(TEXT[:90])
+    want = plain_greedy(target, prompt, 20)
+    exact = CrossTokenizerSpeculativeDecoder(target, draft, SpecAttn(p=1.0), TorchBackend(), CFG,
+                                             SpeculationConfig(gamma=3))
+    assert exact.generate(prompt, max_new_tokens=20, stop_ids=set()).ids == want
+
+    decoder = CrossTokenizerSpeculativeDecoder(target, draft, SpecAttn(p=0.5), TorchBackend(), CFG,
+                                               SpeculationConfig(gamma=3))
+    seen: list[tuple[int, list[dict[int, torch.Tensor]]]] = []
+    original = decoder._row_attention
+
+    def record(sequence: list[int], proposed: list[int]) -> list[dict[int, torch.Tensor]]:
+        rows = original(sequence, proposed)
+        seen.append((len(sequence), rows))
+        return rows
+
+    decoder._row_attention = record  # type: ignore[method-assign]
+    out = decoder.generate(prompt, max_new_tokens=20, stop_ids=set())
+    assert len(out.ids) == 20 and out.kv.reduction_sparse > 0.1
+    assert seen and all(len(rows) >= 1 for _, rows in seen)
+    for n_committed, rows in seen:
+        for r, guide in enumerate(rows):
+            assert set(guide) == {1, 2, 3}  # the sparse layers' draft layers
+            for mass in guide.values():
+                assert mass.shape[-1] == -(-(n_committed + r) // CFG.block_size)
+                assert torch.all(mass >= 0) and 0.5 < float(mass.sum(-1).max()) <= 1 + 1e-5
+    # The draft read its last proposal too: its cache ends with a proposal whenever a round proposed any.
+    assert decoder.draft_cache.get_seq_length() == len(decoder.draft_tokens)

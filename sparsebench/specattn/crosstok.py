@@ -280,7 +280,9 @@ class CrossTokenizerCapture:
     feeds the draft nothing reuses the last capture, mapped onto the target's grown block count.
     """
 
-    alignment: TokenAlignment
+    alignment: TokenAlignment | None
+    """The document's alignment (teacher-forced runs); None when the caller maps the captures itself (speculative
+    decoding, whose text grows every round: :mod:`sparsebench.specdec.crosstok`)."""
     block_size: int
     layers: frozenset[int]
     n_draft_tokens: int = 0
@@ -309,10 +311,19 @@ class CrossTokenizerCapture:
         uniform guide makes top-p keep nearly every block rather than fail.
         """
         if not self.per_token:
-            n = n_blocks_for(n_target_tokens, self.block_size)
-            return {layer: torch.full((1, 1, n), 1.0 / n, device=self.device) for layer in self.layers}
+            return uniform_guide(self.layers, n_target_tokens, self.block_size, self.device)
+        if self.alignment is None:
+            raise ValueError("this capture has no alignment: map its per_token attention with a TokenAlignment")
         return {layer: self.alignment.to_target_blocks(att, self.block_size, n_target_tokens)
                 for layer, att in self.per_token.items()}
+
+
+def uniform_guide(layers: frozenset[int], n_target_tokens: int, block_size: int,
+                  device: torch.device | str) -> dict[int, torch.Tensor]:
+    """Every layer's ``[1, 1, N]`` uniform block mass: the guide of a draft that has read nothing yet (top-p of it
+    keeps nearly every block rather than failing)."""
+    n = n_blocks_for(n_target_tokens, block_size)
+    return {layer: torch.full((1, 1, n), 1.0 / n, device=device) for layer in layers}
 
 
 @torch.inference_mode()

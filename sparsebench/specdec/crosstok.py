@@ -23,10 +23,22 @@ sequence whose last token ``x`` the target has not yet seen:
 
 Acceptance is counted in target tokens (proposed = candidates verified). Greedy only: rejection sampling
 needs the draft's probability of each *target* token, which a draft of another vocabulary does not give.
-SpecAttn-guided verification (the draft's attention per verified target row) is not offered here.
+
+SpecAttn-guided verification (a policy that reads the draft's attention, e.g. ``--policy specattn``). The draft
+also reads its last proposal, and each of its forwards keeps the attention of its last query row over its own
+tokens (:class:`~sparsebench.specattn.crosstok.CrossTokenizerCapture`). Verified row ``r`` (target token ``i``)
+takes the capture of the latest forward whose tokens all end within target token ``i``'s text (the teacher-forced
+rule, :class:`~sparsebench.specattn.crosstok.CrossTokenizerDraft`), mapped onto the target's blocks through
+character offsets of the round's text: the committed text plus the proposal. Offsets of the target's tokens are
+the lengths of its decoded prefixes (its generated tokens need not be the canonical split of their text), those of
+the draft's the tokenizer's own offsets of the committed text, then its decoded proposals. At ``p = 1`` the output
+is the target's greedy decoding, as with dense verification.
 """
 
 from __future__ import annotations
+
+import bisect
+from typing import Any
 
 import torch
 
@@ -35,7 +47,14 @@ from sparsebench.errors import UsageError
 from sparsebench.hf_attention import use_router
 from sparsebench.kernels.base import AttentionBackend
 from sparsebench.policy import Policy
-from sparsebench.specattn.crosstok import CrossTokenizerDraftModel
+from sparsebench.specattn.crosstok import (
+    CrossTokenizerCapture,
+    CrossTokenizerDraftModel,
+    TokenAlignment,
+    Tokenization,
+    tokenize_with_offsets,
+    uniform_guide,
+)
 from sparsebench.specdec.acceptance import accept_greedy
 from sparsebench.specdec.decoder import SpeculationConfig, SpeculativeDecoder, _crop
 
@@ -52,10 +71,6 @@ class CrossTokenizerSpeculativeDecoder(SpeculativeDecoder):
                  speculation: SpeculationConfig | None = None) -> None:
         if not isinstance(draft, CrossTokenizerDraftModel):
             raise TypeError(f"expected a CrossTokenizerDraftModel, got {type(draft).__name__}")
-        if policy.requires.draft_attention:
-            raise UsageError(f"policy {policy.name!r} reads the draft's attention for every verified row, which is "
-                             f"not implemented for a draft with its own tokenizer ({draft.name!r}); measure "
-                             "acceptance with --policy dense, and SpecAttn's quality with run/compare")
         if speculation is not None and speculation.sampling:
             raise UsageError(f"draft {draft.name!r} has its own tokenizer: speculative sampling needs the draft's "
                              "probability of each target token, so only greedy decoding is supported (drop --sampling)")
@@ -69,6 +84,16 @@ class CrossTokenizerSpeculativeDecoder(SpeculativeDecoder):
         specials = getattr(tok, "all_special_ids", None) or [getattr(tok, f"{k}_token_id", None)
                                                             for k in ("bos", "eos", "pad")]
         self._draft_specials = {int(i) for i in specials if i is not None}
+        self.cross_capture: CrossTokenizerCapture | None = None
+        """With a draft-attention policy: the draft's per-token attention of each forward's last row."""
+        if self.capture is not None:  # the shared-vocabulary capture sums blocks of the draft's own tokens
+            self.cross_capture = CrossTokenizerCapture(None, self.config.block_size, self.capture.layers,
+                                                       device=self.device)
+            self.capture = None
+        self._snapshots: list[tuple[int, dict[int, torch.Tensor]]] = []
+        """This round's captures: (draft tokens read after the forward, draft layer -> attention over them)."""
+        self._target_ends: list[int] = []
+        """Character end of each committed target token in the decoded text (prefix maxima)."""
 
     # ------------------------------------------------------------------------------------------------
 
@@ -79,8 +104,19 @@ class CrossTokenizerSpeculativeDecoder(SpeculativeDecoder):
         return [int(i) for i in self.cross_draft.tokenizer.encode(text, add_special_tokens=True)]
 
     def _feed(self, ids: list[int]) -> torch.Tensor:
-        """The draft reads ``ids`` (non-empty); returns its last logits ``[1, V_draft]``."""
-        logits = self._draft_step(torch.tensor([ids], dtype=torch.long, device=self.device))
+        """The draft reads ``ids`` (non-empty); returns its last logits ``[1, V_draft]`` (and, with a
+        draft-attention policy, keeps the last row's attention as this round's next snapshot)."""
+        tokens = torch.tensor([ids], dtype=torch.long, device=self.device)
+        capture = self.cross_capture
+        if capture is None:
+            logits = self._draft_step(tokens)
+        else:
+            assert self.draft_cache is not None
+            capture.n_draft_tokens = len(self.draft_tokens) + len(ids)
+            capture.per_token = {}
+            with use_router(capture):
+                logits = self._forward(self.draft.model, tokens, self.draft_cache, **self._keep_last)[-1:]
+            self._snapshots.append((capture.n_draft_tokens, dict(capture.per_token)))
         self.draft_tokens.extend(ids)
         return logits
 
@@ -88,6 +124,7 @@ class CrossTokenizerSpeculativeDecoder(SpeculativeDecoder):
         """The draft reads its own tokenization of the prompt's text."""
         self.draft_tokens = []
         self.draft_proposed = 0
+        self._target_ends = []
         ids = self._draft_encode(self._text(prompt[0].tolist()))
         if ids:
             self._feed(ids)
@@ -107,6 +144,7 @@ class CrossTokenizerSpeculativeDecoder(SpeculativeDecoder):
         keep = min(keep, len(want) - 1)  # the draft must read at least one token to have logits
         _crop(self.draft_cache, keep)
         del self.draft_tokens[keep:]
+        self._snapshots = []
         logits = self._feed(want[keep:])
         proposals: list[int] = []
         for index in range(gamma):
@@ -114,7 +152,8 @@ class CrossTokenizerSpeculativeDecoder(SpeculativeDecoder):
             if token in self._draft_specials:
                 break
             proposals.append(token)
-            if index + 1 < gamma:  # the last proposal is read next round, if it is kept
+            # The last proposal is read next round if it is kept, or now when its attention guides a row.
+            if index + 1 < gamma or self.cross_capture is not None:
                 logits = self._feed([token])
         self.draft_proposed += len(proposals)
         if not proposals:
@@ -141,8 +180,9 @@ class CrossTokenizerSpeculativeDecoder(SpeculativeDecoder):
         with clock.span("round"):
             with clock.span("draft"):
                 proposed = self.candidates(sequence, self.propose_text(sequence, gamma), gamma)
+                router.row_draft_attention = (self._row_attention(sequence, proposed)
+                                              if self.cross_capture is not None else [])
             tokens = torch.tensor([[sequence[-1], *proposed]], dtype=torch.long, device=self.device)
-            router.row_draft_attention = []
             router.step = n_cached - n_prompt
             router.decoding = True
             with use_router(router):
@@ -153,3 +193,64 @@ class CrossTokenizerSpeculativeDecoder(SpeculativeDecoder):
             router.summaries.crop(keep)
             new = [*proposed[:accepted], int(nxt)]
         return new, len(proposed)
+
+    # ------------------------------------------------------------------------------------------------
+    # SpecAttn-guided verification
+
+    def _ends(self, ids: list[int], start: int, known: list[int], decode: Any) -> list[int]:
+        """``known`` extended to the character ends of ``ids[start:]``: the lengths of the decoded prefixes,
+        kept non-decreasing (a prefix ending inside a UTF-8 character decodes to a replacement character)."""
+        ends = list(known[:start])
+        for i in range(start, len(ids)):
+            ends.append(max(len(decode(ids[: i + 1], skip_special_tokens=True)), ends[-1] if ends else 0))
+        return ends
+
+    def _draft_tokenization(self, text: str, n_committed: int) -> Tokenization:
+        """The draft's tokens in its cache (its split of the committed ``text``, then its proposals) with spans."""
+        tok, ids = self.cross_draft.tokenizer, self.draft_tokens
+        committed = ids[:n_committed]
+        mine = tokenize_with_offsets(tok, text)
+        if mine.ids == committed:
+            ends = [e for _, e in mine.offsets]
+            ends = [max(ends[: i + 1]) for i in range(len(ends))]
+        else:  # the tokenizer's offsets describe another split: fall back to decoded lengths
+            ends = self._ends(committed, 0, [], tok.decode)
+        base = tok.decode(committed, skip_special_tokens=True)
+        for i in range(n_committed, len(ids)):
+            full = tok.decode(ids[: i + 1], skip_special_tokens=True)
+            grown = len(full) - len(base) if full.startswith(base) else len(tok.decode(ids[n_committed: i + 1],
+                                                                                    skip_special_tokens=True))
+            ends.append(max(len(text) + grown, ends[-1] if ends else 0))
+        return _spans(ids, ends)
+
+    def _row_attention(self, sequence: list[int], proposed: list[int]) -> list[dict[int, torch.Tensor]]:
+        """Per verified row (the committed last token, then each candidate): draft layer -> ``[1, H_draft, N_row]``
+        mass over the target's blocks (see the module docstring)."""
+        capture = self.cross_capture
+        assert capture is not None
+        decode = self.cross_draft.target_tokenizer.decode
+        self._target_ends = self._ends(sequence, len(self._target_ends), self._target_ends, decode)
+        target_ids = [*sequence, *proposed]
+        target_ends = self._ends(target_ids, len(sequence), self._target_ends, decode)
+        text = self._text(sequence)
+        n_committed = self._snapshots[0][0] if self._snapshots else len(self.draft_tokens)
+        draft = self._draft_tokenization(text, n_committed)
+        alignment = TokenAlignment.from_tokenizations(draft, _spans(target_ids, target_ends))
+        draft_end = [e for _, e in draft.offsets]
+        positions = [n for n, _ in self._snapshots]
+        rows = []
+        for r in range(len(proposed) + 1):
+            i = len(sequence) - 1 + r
+            fed = bisect.bisect_right(draft_end, target_ends[i])  # draft tokens ending within target token i
+            pick = max(0, bisect.bisect_right(positions, fed) - 1)
+            if not self._snapshots or not self._snapshots[pick][1]:
+                rows.append(uniform_guide(capture.layers, i + 1, capture.block_size, self.device))
+                continue
+            rows.append({layer: alignment.to_target_blocks(att, capture.block_size, i + 1)
+                         for layer, att in self._snapshots[pick][1].items()})
+        return rows
+
+
+def _spans(ids: list[int], ends: list[int]) -> Tokenization:
+    """A tokenization whose token ``i`` spans from the previous token's end to its own (ends non-decreasing)."""
+    return Tokenization(list(ids), [(ends[i - 1] if i else 0, end) for i, end in enumerate(ends)])
