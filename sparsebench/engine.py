@@ -181,6 +181,19 @@ class SparseAttentionRouter:
         return result.out
 
 
+def policy_layers(config: Any, dense_layers: int) -> list[int]:
+    """The target layers whose blocks a policy selects: past the first ``dense_layers``, and not Gemma-3-style
+    sliding-window layers (``layer_types``), which keep their window and never read a selection or a draft.
+
+    Why it matters: a draft's attention is captured only for the draft layers these map to (gemma3-270m: 3 of its
+    16 sparse-eligible layers), not for layers whose capture nobody reads.
+    """
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    types = getattr(text, "layer_types", None)
+    return [i for i in range(dense_layers, text.num_hidden_layers)
+            if not (types and i < len(types) and types[i] == "sliding_attention")]
+
+
 class PhaseClock:
     """Seconds per named phase, summed over spans of work.
 
@@ -300,7 +313,8 @@ class TeacherForcedEngine:
             if len(self.draft.layer_map) != n_layers:
                 raise ValueError(f"layer map has {len(self.draft.layer_map)} entries for {n_layers} target layers")
             self.router.layer_map = self.draft.layer_map
-            self.draft_layers = frozenset(self.draft.layer_map[i] for i in range(self.config.dense_layers, n_layers))
+            self.draft_layers = frozenset(self.draft.layer_map[i]
+                                          for i in policy_layers(model.config, self.config.dense_layers))
             if not self.cross_tokenizer:  # a cross-tokenizer draft gets a capture per document (its alignment)
                 self.capture = DraftAttentionCapture(self.config.block_size, self.draft_layers)
 

@@ -144,3 +144,21 @@ def test_engine_config_errors() -> None:
         EngineConfig(prefill_frac=1.0)
     with pytest.raises(UsageError, match="no sparse layer"):
         TeacherForcedEngine(get_tiny("llama"), Dense(), TorchBackend(), EngineConfig(dense_layers=4))
+
+
+def test_draft_attention_is_captured_only_for_layers_a_policy_selects() -> None:
+    """Gemma-3-style sliding-window layers keep their window and never read a draft, so the draft layers they map
+    to are not captured (tiny gemma3: layers 0 and 2 slide, 1 and 3 attend fully; layer 0 is dense here)."""
+    from sparsebench.engine import policy_layers
+    from sparsebench.policies import SpecAttn
+
+    gemma, llama = get_tiny("gemma3"), get_tiny("llama")
+    assert policy_layers(gemma.config, 1) == [1, 3]
+    assert policy_layers(llama.config, 1) == list(range(1, llama.config.num_hidden_layers))
+    draft = Draft(get_tiny("gemma3"), [0, 1, 2, 3], "same-shape")
+    engine = TeacherForcedEngine(gemma, SpecAttn(), TorchBackend(), EngineConfig(block_size=4, dense_layers=1),
+                                 draft=draft)
+    assert engine.draft_layers == {1, 3}
+    assert engine.capture is not None and engine.capture.layers == {1, 3}
+    result = engine.evaluate(torch.randint(0, 200, (1, 40), generator=torch.Generator().manual_seed(0)))
+    assert 0 < result.kv.reduction_sparse < 1

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from sparsebench.engine import EngineConfig, PhaseClock, SparseAttentionRouter, synchronize
+from sparsebench.engine import EngineConfig, PhaseClock, SparseAttentionRouter, policy_layers, synchronize
 from sparsebench.errors import UsageError
 from sparsebench.evals.metrics import KVAccessSummary
 from sparsebench.hf_attention import attached, cache_kwarg, use_router
@@ -201,7 +201,7 @@ class SpeculativeDecoder:
             if len(draft.layer_map) != n_layers:
                 raise ValueError(f"layer map has {len(draft.layer_map)} entries for {n_layers} target layers")
             self.router.layer_map = draft.layer_map
-            needed = {draft.layer_map[i] for i in range(self.config.dense_layers, n_layers)}
+            needed = {draft.layer_map[i] for i in policy_layers(model.config, self.config.dense_layers)}
             self.capture = DraftAttentionCapture(self.config.block_size, frozenset(needed))
         self.device = next(model.parameters()).device
         self.cache: DynamicCache | None = None
