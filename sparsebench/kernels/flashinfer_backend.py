@@ -130,10 +130,8 @@ class FlashInferBackend(AttentionBackend):
         scaling: float,
         softcap: float | None = None,
     ) -> AttendResult:
-        if not isinstance(plan, FlashInferPlan):
-            raise TypeError("FlashInferBackend.run needs the plan made by its own plan()")
-        assert plan.indptr_host is not None and plan.request is not None and plan.block is not None
-        assert plan.last_len is not None and plan.tokens_read is not None
+        if not isinstance(plan, FlashInferPlan) or plan.indptr_host is None:
+            raise TypeError(f"{type(self).__name__}.run needs the plan made by its own plan()")
         b, hq, q_rows, d = query.shape
         hkv = key.shape[1]
         if q_rows != 1:
@@ -142,13 +140,19 @@ class FlashInferBackend(AttentionBackend):
         bs = plan.block_size
         k_pages, v_pages, pages_per_request = _as_pages(key, value, bs, plan.selection.n_blocks)
         wrapper = self._planned_wrapper(query, plan.indptr_host, group, softcap, scaling, bs)
+        tokens_read = self._bind(plan, wrapper, pages_per_request)
+        out = wrapper.inner.run(query.reshape(b * hkv, group, d), (k_pages, v_pages))
+        return AttendResult(out.reshape(b, hq, 1, d), tokens_read)
+
+    def _bind(self, plan: FlashInferPlan, wrapper: _Wrapper, pages_per_request: int) -> torch.Tensor:
+        """Bind the plan's page lists to this cache's memory, in the buffers the kernel reads at run time (page
+        ids and last-page lengths); returns the tokens read ``[B, Hkv]``."""
+        assert plan.indptr_host is not None and plan.request is not None and plan.block is not None
+        assert plan.last_len is not None and plan.tokens_read is not None
         nnz = int(plan.indptr_host[-1])
-        # Bind the page lists to this cache's memory, in buffers the kernel reads at run time.
         wrapper.indices[:nnz] = plan.request * pages_per_request + plan.block
         wrapper.last_len.copy_(plan.last_len)
-        q = query.reshape(b * hkv, group, d)
-        out = wrapper.inner.run(q, (k_pages, v_pages))
-        return AttendResult(out.reshape(b, hq, 1, d), plan.tokens_read)
+        return plan.tokens_read
 
     def _planned_wrapper(self, query: torch.Tensor, indptr_host: torch.Tensor, group: int, softcap: float | None,
                          scaling: float, block_size: int) -> _Wrapper:
@@ -181,14 +185,6 @@ class FlashInferBackend(AttentionBackend):
         return wrapper
 
 
-@dataclass(frozen=True)
-class FlashInferFixedPlan(AttentionPlan):
-    """A fixed-capacity selection's lists, and the page counts the host knows without asking the device."""
-
-    indptr_host: torch.Tensor | None = None
-    """``[R + 1]`` int32 on the CPU: ``capacity`` pages per request."""
-
-
 class FlashInferFixedBackend(FlashInferBackend):
     """FlashInfer paged decode for selections that keep the same, host-known number of blocks in every row.
 
@@ -212,7 +208,7 @@ class FlashInferFixedBackend(FlashInferBackend):
         block_size: int,
         n_tokens: int,
         kv_len: torch.Tensor | None = None,
-    ) -> FlashInferFixedPlan:
+    ) -> FlashInferPlan:
         lists = compacted(selection)
         capacity = getattr(selection, "capacity", None)
         if lists is None or capacity is None or selection.mask.dim() != 3 or not selection.includes_newest:
@@ -222,36 +218,20 @@ class FlashInferFixedBackend(FlashInferBackend):
                 "newest_in_budget=True). Use backend 'flashinfer' (or 'triton') for selections of varying size.")
         rows = selection.mask.shape[0] * selection.mask.shape[1]
         indptr_host = torch.arange(rows + 1, dtype=torch.int32) * capacity
-        return FlashInferFixedPlan(selection=selection, block_size=block_size, n_tokens=n_tokens, kv_len=kv_len,
-                                   indptr_host=indptr_host)
+        return FlashInferPlan(selection=selection, block_size=block_size, n_tokens=n_tokens, kv_len=kv_len,
+                              indptr_host=indptr_host)
 
-    def run(
-        self,
-        plan: AttentionPlan,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        *,
-        scaling: float,
-        softcap: float | None = None,
-    ) -> AttendResult:
-        if not isinstance(plan, FlashInferFixedPlan) or plan.indptr_host is None:
-            raise TypeError("FlashInferFixedBackend.run needs the plan made by its own plan()")
-        b, hq, q_rows, d = query.shape
-        hkv = key.shape[1]
-        if q_rows != 1:
-            raise ValueError("flashinfer-fixed backend: one query row per sequence")
-        group = hq // hkv
-        bs, sel = plan.block_size, plan.selection
-        lists = compacted(sel)
+    def _bind(self, plan: FlashInferPlan, wrapper: _Wrapper, pages_per_request: int) -> torch.Tensor:
+        """One launch (:func:`~sparsebench.kernels.bind_pages.bind_pages`) writes the page ids, last-page lengths
+        and token counts from the selection's own lists: no host work, so the call stays graph-safe."""
+        assert plan.indptr_host is not None
+        lists = compacted(plan.selection)
         assert lists is not None
-        k_pages, v_pages, pages_per_request = _as_pages(key, value, bs, sel.n_blocks)
-        wrapper = self._planned_wrapper(query, plan.indptr_host, group, softcap, scaling, bs)
+        b, hkv = plan.selection.mask.shape[:2]
         nnz = int(plan.indptr_host[-1])
         tokens = bind_pages(lists[0], nnz // (b * hkv), pages_per_request, wrapper.indices[:nnz], wrapper.last_len,
-                            block_size=bs, n_tokens=plan.n_tokens, kv_len=plan.kv_len)
-        out = wrapper.inner.run(query.reshape(b * hkv, group, d), (k_pages, v_pages))
-        return AttendResult(out.reshape(b, hq, 1, d), tokens.view(b, hkv))
+                            block_size=plan.block_size, n_tokens=plan.n_tokens, kv_len=plan.kv_len)
+        return tokens.view(b, hkv)
 
 
 class _Wrapper:

@@ -52,6 +52,7 @@ from sparsebench.specattn.crosstok import (
     CrossTokenizerDraftModel,
     TokenAlignment,
     Tokenization,
+    _prefix_max,
     tokenize_with_offsets,
     uniform_guide,
 )
@@ -211,8 +212,7 @@ class CrossTokenizerSpeculativeDecoder(SpeculativeDecoder):
         committed = ids[:n_committed]
         mine = tokenize_with_offsets(tok, text)
         if mine.ids == committed:
-            ends = [e for _, e in mine.offsets]
-            ends = [max(ends[: i + 1]) for i in range(len(ends))]
+            ends = _prefix_max([e for _, e in mine.offsets])
         else:  # the tokenizer's offsets describe another split: fall back to decoded lengths
             ends = self._ends(committed, 0, [], tok.decode)
         base = tok.decode(committed, skip_special_tokens=True)
