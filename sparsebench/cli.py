@@ -571,6 +571,14 @@ def cmd_distill(argv: Sequence[str]) -> int:
                         "and used for evaluation (default 4)")
     d.add_argument("--data-dir", default=None, help="offline corpus directory (default: $SPARSEBENCH_DATA, ...)")
     d.add_argument("--data-source", default="auto", choices=["auto", "hub", "offline"])
+    d.add_argument("--generate-tokens", type=int, default=0, metavar="N",
+                   help="add N tokens the target writes itself (continuations of training-text prompts, cached) to "
+                        "the training text: the draft learns the text it will be judged on (default 0: none)")
+    d.add_argument("--generate-prompt-len", type=int, default=512, help="prompt tokens per continuation (default 512)")
+    d.add_argument("--generate-len", type=int, default=512, help="tokens per continuation (default 512)")
+    d.add_argument("--generate-temperature", default="0,0.8", metavar="T[,T...]",
+                   help="sampling temperatures, cycled over the continuations; 0 is greedy (default 0,0.8)")
+    d.add_argument("--generate-batch", type=int, default=512, help="continuations written at once (default 512)")
     o = p.add_argument_group("output and evaluation")
     o.add_argument("--name", default=None, help="draft name (default TARGET-L<layers>, e.g. smollm2-135m-L4)")
     o.add_argument("--out", default=None, help="model directory (default $SPARSEBENCH_CACHE/drafts/NAME)")
@@ -599,11 +607,21 @@ def cmd_distill(argv: Sequence[str]) -> int:
         name=args.name, out=args.out, device=args.device, dtype=args.dtype, eval_tokens=args.eval_tokens,
         eval_acceptance=args.eval_acceptance, gamma=args.gamma, acceptance_prompts=args.acceptance_prompts,
         acceptance_context=args.acceptance_context, acceptance_tokens=args.acceptance_tokens,
-        head_vocab=args.head_vocab,
+        head_vocab=args.head_vocab, generate_tokens=args.generate_tokens,
+        generate_prompt_len=args.generate_prompt_len, generate_len=args.generate_len,
+        generate_temperatures=_temperatures(args.generate_temperature), generate_batch=args.generate_batch,
     )
     report = Distiller(cfg, progress=not args.no_progress, resume=args.resume, overwrite=args.overwrite).run()
     _print_distill_report(report)
     return 0
+
+
+def _temperatures(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise UsageError(f"--generate-temperature takes comma-separated numbers >= 0 (0: greedy), got {text!r}")\
+            from None
 
 
 def _print_distill_report(report: dict[str, Any]) -> None:
@@ -611,6 +629,12 @@ def _print_distill_report(report: dict[str, Any]) -> None:
     rows = [["steps", f"{report['steps']} ({report['tokens_seen'] / 1e6:.2f}M tokens)"],
             ["training time", f"{report['train_seconds']:.1f} s on {report['device']}"],
             ["final training KL (nats/token, mean of the last 20 steps)", f"{report['final_train_kl']:.4f}"]]
+    generated = report.get("data", {}).get("generated")
+    if generated:
+        rows.append(["target-written training text",
+                     f"{generated['tokens'] / 1e6:.2f}M tokens ({generated['continuations']} continuations of "
+                     f"{generated['new_len']}, temperatures {generated['temperatures']}, "
+                     f"{generated['seconds']:.0f} s)"])
     head = report.get("head_vocab")
     if head:
         rows.append(["reduced head (ids the draft can propose)",

@@ -8,6 +8,12 @@
 #                                                     # draft and with the default self:0-14 draft) and speculative
 #                                                     # decoding with SpecAttn verification
 #   bash benchmarks/device/distill_smollm2.sh all     # both (~10.5 min: over one 10-minute device command)
+#   bash benchmarks/device/distill_smollm2.sh probe   # only step 1 of train (with GENERATE_TOKENS, the target
+#                                                     # writes its text here, cached for train): its own call
+#
+# GENERATE_TOKENS=N adds N tokens the target writes itself (continuations of 512-token training prompts, half
+# greedy, half sampled at temperature 0.8; sparsebench.distill.generated) to the training text: acceptance is
+# scored on the target's own continuations, and the fifth session's draft overfitted ~7M book tokens.
 #
 # Run from the repository root. Needs $OUT (results go there), $SPARSEBENCH_CACHE holding smollm2-135m,
 # $SPARSEBENCH_DATA (offline PG-19, govreport, WikiText-2), python3 with CUDA; no network. The table phase
@@ -60,20 +66,28 @@ DEVICE=${DEVICE:-cuda}
 TRAIN_DTYPE=${TRAIN_DTYPE:-bf16}
 SEQ_LEN=${SEQ_LEN:-2048}        # training window
 BATCH=${BATCH:-16}              # training windows per step
+GENERATE_TOKENS=${GENERATE_TOKENS:-0}  # target-written training tokens (0: none)
+GENERATE_BATCH=${GENERATE_BATCH:-1024} # continuations written at once
 mkdir -p "$OUT"
 drafts=$(python3 -c "from sparsebench.distill.store import drafts_root; print(drafts_root())")
 head=()
 [ "$HEAD_VOCAB" = full ] || head=(--head-vocab "$HEAD_VOCAB")
 train=(--target "$TARGET" --layers "$LAYERS" ${head[@]+"${head[@]}"} --init subset --seq-len "$SEQ_LEN"
        --batch-size "$BATCH" --lr "$LR" --attention-weight "$ATTN" --dataset pg19,govreport,wikitext --data-source offline --holdout-docs 4
-       --device "$DEVICE" --dtype "$TRAIN_DTYPE" --no-progress)
+       --device "$DEVICE" --dtype "$TRAIN_DTYPE" --no-progress --generate-tokens "$GENERATE_TOKENS"
+       --generate-batch "$GENERATE_BATCH")
 
-if [ "$phase" = train ] || [ "$phase" = all ]; then
+probe_report="$drafts/$NAME-probe/distill_report.json"
+if [ "$phase" = probe ] || { { [ "$phase" = train ] || [ "$phase" = all ]; } && [ ! -f "$probe_report" ]; }; then
   nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv > "$OUT/gpu.txt" || true
   # 1. Time a step (12 steps; the first ones include CUDA start-up, so the median of steps 3-12 is used).
   python3 -m sparsebench.cli distill "${train[@]}" --steps 12 --name "$NAME-probe" --overwrite --eval-tokens 2048 \
     > "$OUT/probe.txt" 2>&1 || { tail -20 "$OUT/probe.txt"; exit 1; }
-  steps=$(python3 - "$drafts/$NAME-probe/distill_report.json" "$BUDGET_S" <<'PY'
+  grep -E "target writes|target-written" "$OUT/probe.txt" || true
+  [ "$phase" = probe ] && exit 0
+fi
+if [ "$phase" = train ] || [ "$phase" = all ]; then
+  steps=$(python3 - "$probe_report" "$BUDGET_S" <<'PY'
 import json, statistics, sys
 report = json.load(open(sys.argv[1]))
 step_s = statistics.median(h["seconds"] for h in report["history"][2:])

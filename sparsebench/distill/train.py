@@ -1,5 +1,8 @@
 """The distillation loop: AdamW with warmup and decay, bf16 autocast on a GPU, atomic checkpoints, resume.
 
+The training text is the corpora's stream, optionally followed by continuations the target writes itself
+(``generate_tokens``, :mod:`.generated`): the text a draft is judged on is the target's own.
+
 One step: a batch of training windows goes through the target (no gradients) and the draft; the loss is
 KL(target || draft) on the next-token logits plus ``attention_weight`` times the block-attention KL of
 draft layer ``j`` against the target layer it was initialised from (see :mod:`.losses`).
@@ -42,6 +45,7 @@ from tqdm.auto import tqdm
 from sparsebench.distill import store
 from sparsebench.distill.data import WindowSampler, load_token_data
 from sparsebench.distill.evaluate import greedy_acceptance, heldout_metrics
+from sparsebench.distill.generated import GenerationSpec, with_target_text
 from sparsebench.distill.headvocab import check_head_vocab, choose_head_vocab, coverage, installed_head, special_ids
 from sparsebench.distill.losses import AttentionTap, attention_kl, logits_kl
 from sparsebench.distill.model import INITS, BuiltDraft, build_draft, cost_ratio
@@ -57,7 +61,8 @@ CPU_PROBE_STEPS = 3
 #: ``steps`` may grow (the schedule then stretches), and where outputs go or how they are evaluated may change.
 RESUME_FIELDS = ("target", "layers", "init", "share_embeddings", "seq_len", "batch_size", "lr", "min_lr_frac",
                  "warmup", "schedule", "weight_decay", "grad_clip", "attention_weight", "attention_rows",
-                 "attention_block_size", "datasets", "holdout_docs", "seed", "head_vocab")
+                 "attention_block_size", "datasets", "holdout_docs", "seed", "head_vocab", "generate_tokens",
+                 "generate_prompt_len", "generate_len", "generate_temperatures", "generate_batch")
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,12 @@ class DistillConfig:
     acceptance_tokens: int = 128
     head_vocab: int | None = None
     """Rows of the draft's reduced output head (:mod:`.headvocab`); None: the full vocabulary."""
+    generate_tokens: int = 0
+    """Target-written tokens added to the training text (:mod:`.generated`); 0: none."""
+    generate_prompt_len: int = 512
+    generate_len: int = 512
+    generate_temperatures: tuple[float, ...] = (0.0, 0.8)
+    generate_batch: int = 512
 
     def __post_init__(self) -> None:
         positive = {"--layers": self.layers, "--steps": self.steps, "--batch-size": self.batch_size,
@@ -133,6 +144,12 @@ class DistillConfig:
             raise UsageError("--dataset needs at least one corpus")
         if self.name is not None:
             store.check_name(self.name)
+        self.generation()  # validates the --generate-* flags now, not after the target has loaded
+
+    def generation(self) -> GenerationSpec:
+        """What target-written text to add (:mod:`.generated`)."""
+        return GenerationSpec(self.generate_tokens, self.generate_prompt_len, self.generate_len,
+                              tuple(self.generate_temperatures), self.generate_batch)
 
     @property
     def warmup_steps(self) -> int:
@@ -233,7 +250,9 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 def _check_resumable(saved: dict[str, Any], cfg: DistillConfig, fingerprint: str, path: Path) -> None:
     now = dataclasses.asdict(cfg)
     now["datasets"] = list(cfg.datasets)
-    differing = [f for f in RESUME_FIELDS if saved["config"].get(f) != now[f]]
+    # A field the checkpoint lacks was added later; the run that wrote it had that field's default.
+    defaults = {f.name: f.default for f in dataclasses.fields(DistillConfig)}
+    differing = [f for f in RESUME_FIELDS if saved["config"].get(f, defaults[f]) != now[f]]
     if differing:
         what = ", ".join(f"{f} {saved['config'].get(f)!r} -> {now[f]!r}" for f in differing)
         raise UsageError(f"the checkpoint {path} was trained with other settings ({what}); give the same flags "
@@ -389,6 +408,11 @@ class Distiller:
                             seed=cfg.seed)
         data = load_token_data(cfg.datasets, target.tokenizer, holdout=cfg.holdout_docs, data_dir=cfg.data_dir,
                                data_source=cfg.data_source, log=self.log, cache_dir=store.tokens_cache_dir())
+        eos = getattr(target.tokenizer, "eos_token_id", None)
+        data = with_target_text(data, target.model, cfg.generation(), identity=target.identity,
+                                eos=eos if isinstance(eos, int) else None, seed=cfg.seed, device=self.device,
+                                autocast=self.autocast, log=self.log, cache_dir=store.tokens_cache_dir(),
+                                progress=self.progress)
         sampler = WindowSampler(data, cfg.seq_len, cfg.batch_size, cfg.seed)
         fingerprint = data.fingerprint()
         self.head_ids, head_info = self._head_vocab(target, sampler, specials)
@@ -486,7 +510,8 @@ class Distiller:
                            "draft_trainable": sum(p.numel() for p in built.model.parameters() if p.requires_grad),
                            "target": sum(p.numel() for p in target.model.parameters())},
             "data": data.info,
-            "config": {**dataclasses.asdict(cfg), "datasets": list(cfg.datasets)},
+            "config": {**dataclasses.asdict(cfg), "datasets": list(cfg.datasets),
+                       "generate_temperatures": list(cfg.generate_temperatures)},
             "history": history,
         }
         if cfg.eval_acceptance:
