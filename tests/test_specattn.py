@@ -123,3 +123,15 @@ def test_block_mass_respects_causality_and_window() -> None:
     torch.testing.assert_close(mass.sum(-1), torch.ones(1, 2, 3))
     assert torch.all(mass[:, :, 0, 2:] == 0)  # row at position 5 sees blocks 0-1 only
     assert torch.all(mass[:, :, 2, :3] == 0)  # row at 19 with window 8 sees positions 12..19: blocks 3-4
+
+
+def test_a_draft_larger_than_the_target_is_warned_about(capsys: pytest.CaptureFixture[str]) -> None:
+    from sparsebench.models import load_model
+    from sparsebench.specattn.drafts import load_draft_model
+
+    small, large = load_model("tiny:llama"), load_model("tiny:qwen2")  # 180800 and 181312 parameters
+    load_draft_model("tiny:qwen2", small, dtype=torch.float32, device="cpu", progress=False)
+    err = capsys.readouterr().err
+    assert "warning: the draft tiny:qwen2 (181,312 parameters) is larger than the target tiny:llama (180,800)" in err
+    load_draft_model("tiny:llama", large, dtype=torch.float32, device="cpu", progress=False)
+    assert "larger than the target" not in capsys.readouterr().err

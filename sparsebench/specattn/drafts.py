@@ -71,6 +71,11 @@ class LoadedDraft:
                                         target_tokenizer=target_tokenizer)
 
 
+def _millions(n: int) -> str:
+    """``135M``; small models exactly (``181,312``: the tiny test models would all print as ``0M``)."""
+    return f"{n / 1e6:.0f}M" if n >= 10e6 else f"{n:,}"
+
+
 def load_draft_model(spec: str, target: Any, *, dtype: torch.dtype, device: str, progress: bool) -> LoadedDraft:
     """The draft module, its identity, a plain description, and its tokenizer if it is not the target's."""
     from sparsebench.models import build_self_draft, load_model
@@ -97,9 +102,9 @@ def load_draft_model(spec: str, target: Any, *, dtype: torch.dtype, device: str,
     n_draft = sum(p.numel() for p in loaded.model.parameters())
     n_target = sum(p.numel() for p in target.model.parameters())
     if n_draft > n_target:
-        print(f"sparsebench: warning: the draft {spec} ({n_draft / 1e6:.0f}M parameters) is larger than the "
-              f"target {target.name} ({n_target / 1e6:.0f}M); a draft is meant to be cheaper", file=sys.stderr)
-    description = f"separate draft model {spec} ({n_draft / 1e6:.0f}M parameters)"
+        print(f"sparsebench: warning: the draft {spec} ({_millions(n_draft)} parameters) is larger than the "
+              f"target {target.name} ({_millions(n_target)}); a draft is meant to be cheaper", file=sys.stderr)
+    description = f"separate draft model {spec} ({_millions(n_draft)} parameters)"
     if cross:
         description += (f" with its own tokenizer ({type(loaded.tokenizer).__name__}); its attention is mapped onto "
                         "the target's KV blocks through character offsets")
