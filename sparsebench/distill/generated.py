@@ -12,6 +12,8 @@ documents), drawn without replacement by ``seed``; the target continues each by 
 row ``i`` at temperature ``temperatures[i % len(temperatures)]`` (0: greedy). Only the continuations
 join the training stream, each as its own document: the prompts are book text the stream already holds.
 Sampling uses Gumbel-max with a seeded generator, so one device, seed and target give the same text.
+A continuation runs its full length even past an end-of-sequence token: what follows is still the
+target's own distribution, which is all the KL objective needs.
 
 The result is cached under the distillation token cache, keyed by the target's identity, the training
 stream's fingerprint, the settings (the batch size too: it decides how the random stream is consumed) and
