@@ -616,6 +616,11 @@ def cmd_distill(argv: Sequence[str]) -> int:
     return 0
 
 
+def _tokens(n: int) -> str:
+    """``4.00M tokens``, or the exact count below a million (a test run's 120 would print as 0.00M)."""
+    return f"{n / 1e6:.2f}M tokens" if n >= 1e6 else f"{n:,} tokens"
+
+
 def _temperatures(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(x) for x in text.split(",") if x.strip())
@@ -626,13 +631,13 @@ def _temperatures(text: str) -> tuple[float, ...]:
 
 def _print_distill_report(report: dict[str, Any]) -> None:
     held = report["heldout"]
-    rows = [["steps", f"{report['steps']} ({report['tokens_seen'] / 1e6:.2f}M tokens)"],
+    rows = [["steps", f"{report['steps']} ({_tokens(report['tokens_seen'])})"],
             ["training time", f"{report['train_seconds']:.1f} s on {report['device']}"],
             ["final training KL (nats/token, mean of the last 20 steps)", f"{report['final_train_kl']:.4f}"]]
     generated = report.get("data", {}).get("generated")
     if generated:
         rows.append(["target-written training text",
-                     f"{generated['tokens'] / 1e6:.2f}M tokens ({generated['continuations']} continuations of "
+                     f"{_tokens(generated['tokens'])} ({generated['continuations']} continuations of "
                      f"{generated['new_len']}, temperatures {generated['temperatures']}, "
                      f"{generated['seconds']:.0f} s)"])
     head = report.get("head_vocab")

@@ -5,6 +5,7 @@ stream (cached, so a second draft reuses it), and bad settings are one-line erro
 from __future__ import annotations
 
 import contextlib
+import re
 from pathlib import Path
 
 import pytest
@@ -65,7 +66,8 @@ def test_prompts_come_from_the_training_stream_only() -> None:
         choose_prompts(data, GenerationSpec(tokens=10000, prompt_len=11, new_len=10), seed=0)
 
 
-def test_distillation_trains_on_the_targets_text_and_reuses_it(corpus: Path, tmp_path: Path) -> None:
+def test_distillation_trains_on_the_targets_text_and_reuses_it(corpus: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
     logs: list[str] = []
     cfg = dict(target="tiny:llama", layers=2, seq_len=64, batch_size=4, lr=3e-3, holdout_docs=1, eval_tokens=256,
                steps=3, datasets=(str(corpus),), generate_tokens=100, generate_prompt_len=32, generate_len=24,
@@ -76,9 +78,15 @@ def test_distillation_trains_on_the_targets_text_and_reuses_it(corpus: Path, tmp
     # The corpus stream plus each continuation and its end-of-sequence separator.
     assert report["data"]["train_tokens"] == report["data"]["corpus_train_tokens"] + 5 * 25
     assert any("the target writes 5 continuations" in line for line in logs)
-    logs.clear()
-    again = Distiller(DistillConfig(**cfg, out=str(tmp_path / "b")), log=logs.append, progress=False).run()
-    assert any("from the cache" in line for line in logs) and again["data"]["generated"] == generated
+    # The same settings through the CLI: the text comes from the cache, and the report names it.
+    code = main(["distill", "--target", "tiny:llama", "--layers", "2", "--seq-len", "64", "--batch-size", "4", "--lr",
+                 "3e-3", "--holdout-docs", "1", "--eval-tokens", "256", "--steps", "3", "--dataset", str(corpus),
+                 "--generate-tokens", "100", "--generate-prompt-len", "32", "--generate-len", "24",
+                 "--generate-batch", "3", "--out", str(tmp_path / "b"), "--no-progress"])
+    out, err = capsys.readouterr()
+    assert code == 0 and "from the cache" in err
+    assert re.search(r"target-written training text +\| 120 tokens \(5 continuations of 24, temperatures \[0.0, 0.8\]",
+                     out), out
     with pytest.raises(UsageError, match=r"other settings \(generate_len 24 -> 25\)"):
         Distiller(DistillConfig(**(cfg | {"generate_len": 25}), out=str(tmp_path / "a")), log=logs.append,
                   progress=False, resume=True).run()
