@@ -625,8 +625,8 @@ def _temperatures(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise UsageError(f"--generate-temperature takes comma-separated numbers >= 0 (0: greedy), got {text!r}")\
-            from None
+        message = f"--generate-temperature takes comma-separated numbers >= 0 (0: greedy), got {text!r}"
+        raise UsageError(message) from None
 
 
 def _print_distill_report(report: dict[str, Any]) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 import torch
 
 from sparsebench.data import load_corpus, select_documents
+from sparsebench.distill.store import save_atomic
 from sparsebench.errors import UsageError
 
 HOLDOUT_SEED = 0
@@ -117,10 +117,7 @@ def load_token_data(datasets: Sequence[str], tokenizer: Any, *, holdout: int, da
     data = TokenData(torch.tensor(train, dtype=torch.long), torch.tensor(heldout, dtype=torch.long),
                      start_tokens(tokenizer), info)
     if cached is not None:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(f"{cached.name}.tmp-{os.getpid()}")
-        torch.save({"train": data.train, "heldout": data.heldout, "start": data.start, "info": data.info}, tmp)
-        os.replace(tmp, cached)
+        save_atomic({"train": data.train, "heldout": data.heldout, "start": data.start, "info": data.info}, cached)
     return data
 
 

@@ -17,8 +17,8 @@ target's own distribution, which is all the KL objective needs.
 
 The result is cached under the distillation token cache, keyed by the target's identity, the training
 stream's fingerprint, the settings (the batch size too: it decides how the random stream is consumed) and
-the seed: a resumed run (whose data must match its checkpoint)
-and later drafts of the same target reuse it instead of generating again.
+the seed: a resumed run (whose data must match its checkpoint) and later drafts of the same target reuse
+it instead of generating again.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -38,6 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sparsebench.distill.data import TokenData, cut_windows
+from sparsebench.distill.store import save_atomic
 from sparsebench.errors import UsageError
 
 
@@ -79,10 +79,16 @@ def choose_prompts(data: TokenData, spec: GenerationSpec, seed: int) -> torch.Te
     return windows[order[: spec.continuations]]
 
 
-def _next_tokens(logits: torch.Tensor, temperature: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Greedy where ``temperature`` is 0, else a sample from softmax(logits / T) (Gumbel-max)."""
+def _next_tokens(logits: torch.Tensor, temperature: torch.Tensor, generator: torch.Generator, *,
+                 sample: bool = True) -> torch.Tensor:
+    """Greedy where ``temperature`` is 0, else a sample from softmax(logits / T) (Gumbel-max).
+
+    ``sample=False`` (every temperature 0, known on the host) skips the ``[B, V]`` uniform draw each step.
+    """
     logits = logits.float()
     greedy = logits.argmax(-1)
+    if not sample:
+        return greedy
     uniform = torch.rand(logits.shape, generator=generator, device=logits.device).clamp_(1e-20, 1.0)
     sampled = (logits / temperature.clamp_min(1e-6)[:, None] - torch.log(-torch.log(uniform))).argmax(-1)
     return torch.where(temperature == 0, greedy, sampled)
@@ -104,6 +110,7 @@ def continue_prompts(model: torch.nn.Module, prompts: torch.Tensor, spec: Genera
     cache_arg = cache_kwarg(model)
     generator = torch.Generator(device=device).manual_seed(seed)
     temps = torch.tensor(spec.temperatures, device=device)
+    sample = any(t > 0 for t in spec.temperatures)
     out = []
     bar = tqdm(total=prompts.shape[0] * spec.new_len, unit="tok", unit_scale=True, desc="target text",
                disable=not progress)
@@ -115,7 +122,7 @@ def continue_prompts(model: torch.nn.Module, prompts: torch.Tensor, spec: Genera
         while True:
             with autocast():
                 logits = model(input_ids=ids, use_cache=True, logits_to_keep=1, **cache).logits[:, -1]
-            rows.append(_next_tokens(logits, temperature, generator))
+            rows.append(_next_tokens(logits, temperature, generator, sample=sample))
             if len(rows) == spec.new_len:
                 break
             ids = rows[-1][:, None]
@@ -155,10 +162,7 @@ def with_target_text(data: TokenData, model: torch.nn.Module, spec: GenerationSp
         log(f"sparsebench: target-written text: {text.numel()} tokens in {seconds:.1f} s "
             f"({text.numel() / max(seconds, 1e-9):.0f} tokens/s)")
         if cached is not None:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_name(f"{cached.name}.tmp-{os.getpid()}")
-            torch.save({"tokens": text, "info": info}, tmp)
-            os.replace(tmp, cached)
+            save_atomic({"tokens": text, "info": info}, cached)
     sep = torch.full((text.shape[0], 1), eos, dtype=torch.long) if eos is not None else text[:, :0]
     appended = torch.cat([text, sep], 1).flatten()
     merged = {**data.info, "generated": info,

@@ -63,6 +63,15 @@ def default_name(target: str, layers: int, head_vocab: int | None = None) -> str
     return f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', stem).strip('-.') or 'draft'}-L{layers}{suffix}"
 
 
+def save_atomic(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename: a reader (or a resumed run after a
+    crash) sees the old file or the whole new one, never a truncated one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
 def is_distilled_dir(path: Path) -> bool:
     return (path / MANIFEST).is_file()
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
 import random
 import signal
 import sys
@@ -217,10 +216,7 @@ class Checkpointer:
         return self.path.is_file()
 
     def save(self, state: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
-        torch.save(state, tmp)
-        os.replace(tmp, self.path)
+        store.save_atomic(state, self.path)
 
     def load(self) -> dict[str, Any]:
         try:
