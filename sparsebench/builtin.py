@@ -15,8 +15,9 @@ def sparsebench_policies() -> list[type]:
 
 @hookimpl
 def sparsebench_backends() -> list[type]:
+    from sparsebench.kernels.cuda_backend import CudaBackend
     from sparsebench.kernels.flashinfer_backend import FlashInferBackend
     from sparsebench.kernels.torch_backend import TorchBackend
     from sparsebench.kernels.triton_backend import TritonBackend
 
-    return [FlashInferBackend, TorchBackend, TritonBackend]
+    return [CudaBackend, FlashInferBackend, TorchBackend, TritonBackend]

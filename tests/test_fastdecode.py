@@ -15,6 +15,7 @@ from sparsebench.fastdecode import PRESETS, FastDecoder, FastModel, ModelSpec, S
 from sparsebench.fastdecode.cache import StaticKVCache
 from sparsebench.fastdecode.draft import nearest_layer_map, parse_layer_map
 from sparsebench.fastdecode.measure import measure
+from sparsebench.kernels import AUTO_ORDER
 from sparsebench.kernels.torch_backend import TorchBackend
 from sparsebench.kvcache import LayerSummaries
 from sparsebench.models import build_self_draft
@@ -201,20 +202,24 @@ GPU_SPEC = ModelSpec(family="llama", vocab_size=1024, hidden_size=256, intermedi
 
 
 def _graph_safe_backends() -> list[str]:
-    return [name for name, cls in sorted(registry().backends.items())
-            if cls.capabilities.cuda_graph_safe and not cls.reasons_to_reject(
-                device="cuda", dtype=torch.bfloat16, head_dim=64)] if torch.cuda.is_available() else []
+    """Registered CUDA-graph-safe backends that serve the GPU shape, ``--backend auto``'s order first."""
+    if not torch.cuda.is_available():
+        return []
+    names = [n for n in AUTO_ORDER if n in registry().backends]
+    names += sorted(n for n in registry().backends if n not in AUTO_ORDER)
+    return [n for n in names if registry().backends[n].capabilities.cuda_graph_safe
+            and not registry().backends[n].reasons_to_reject(device="cuda", dtype=torch.bfloat16, head_dim=64)]
 
 
 @needs_cuda
+@pytest.mark.parametrize("backend_name", ["triton", "cuda"])
 @pytest.mark.parametrize("policy", [Dense(), Quest(budget=64), StreamingLLM(window_tokens=64)],
                          ids=lambda p: p.name)
-def test_cuda_graphs_decode_the_eager_tokens(policy: Policy) -> None:
+def test_cuda_graphs_decode_the_eager_tokens(policy: Policy, backend_name: str) -> None:
     """Budgets in tokens (not fractions), so the frozen host n_tokens changes at most a sliding window."""
-    backends = _graph_safe_backends()
-    if not backends:
-        pytest.skip("no registered CUDA-graph-safe backend can serve bf16, head dim 64")
-    cls = registry().backends[backends[0]]
+    if backend_name not in _graph_safe_backends():
+        pytest.skip(f"backend {backend_name!r} is not registered or cannot serve bf16, head dim 64 here")
+    cls = registry().backends[backend_name]
     model = FastModel.random(GPU_SPEC, device="cuda", dtype=torch.bfloat16)
     results = []
     for graphs in (True, False):

@@ -259,6 +259,29 @@ def test_lazy_import_and_attention_bench_dry_run(tmp_path: Path) -> None:
     assert (tmp_path / "bench_attention.md").read_text().startswith("# Block-sparse decode")
 
 
+@pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")
+def test_attention_bench_layered_dry_run(tmp_path: Path) -> None:
+    """``--layers 2`` times two layers' attention per replay and reports per-layer rows for the fused per-layer
+    selection and the one launch for all layers, each checked against the torch backend; ``--layers 0`` is
+    refused in one line."""
+    args = ["bench", "attention", "--out", str(tmp_path), "--dry-run", "--check", "--contexts", "40", "--layers", "2",
+            "--methods", "triton-indices", "--repeats", "1", "--warmup", "0"]
+    proc = subprocess.run([sys.executable, "-c", BENCH_CHILD, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(REPO), "TRITON_INTERPRET": "1"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads((tmp_path / "bench_attention.json").read_text())
+    assert report["meta"]["layers_per_replay"] == 2 and not report["errors"], report["errors"]
+    sparse = [r for r in report["rows"] if r["kind"] == "sparse"]
+    assert {r["selection"] for r in sparse} == {"topk-fused", "topk-layers"}
+    for r in sparse:
+        assert r["layers"] == 2 and r["step_us"] > 0 and r["rel_err_vs_torch"] < 1e-2 and r["tokens_read_match"], r
+    assert any(r["kind"] == "dense" and r["step_us"] > 0 for r in report["rows"])
+    assert "Layered mode" in (tmp_path / "bench_attention.md").read_text()
+    bad = subprocess.run([sys.executable, "-c", BENCH_CHILD, *args[:-6], "--layers", "0"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert bad.returncode != 0 and "--layers must be at least 1" in bad.stderr
+
+
 # ---------------------------------------------------------------------------------------------
 # contract and input checks (no kernel launch)
 
@@ -395,10 +418,14 @@ def test_gpu_other_dtypes(dtype: torch.dtype) -> None:
 @pytest.mark.parametrize("mode", ["bitmap", "indices"])
 def test_gpu_cuda_graph_replay(mode: str) -> None:
     """plan + run captured once replay correctly after the cache, selection, kv_len and query change in place."""
-    gen = torch.Generator().manual_seed(SEED)
+    check_graph_replay(TritonBackend(selection_mode=mode), torch.Generator().manual_seed(SEED))
+
+
+def check_graph_replay(backend, gen: torch.Generator) -> None:  # type: ignore[no-untyped-def]
+    """Capture ``backend``'s plan + run once, then change the cache, selection, kv_len and query in place three
+    times (10% to 100% kept): each replay must equal an eager call on the new inputs."""
     case = gpu_case(gen, n_tokens=8192, b=2, hkv=8, group=4, d=128, keep=0.22, kv_len=True, dtype=torch.bfloat16)
     q, k, v, mask, lens = case["q"], case["k"], case["v"], case["mask"], case["kv_len"]
-    backend = TritonBackend(selection_mode=mode)
 
     def step():
         plan = backend.plan(Selection(mask), block_size=16, n_tokens=k.shape[2], kv_len=lens)
@@ -413,11 +440,11 @@ def test_gpu_cuda_graph_replay(mode: str) -> None:
         graph.replay()
         eager = step()
         torch.cuda.synchronize()
-        assert torch.equal(captured.out, eager.out), (mode, trial)
-        assert torch.equal(captured.tokens_read, eager.tokens_read), (mode, trial)
+        assert torch.equal(captured.out, eager.out), (backend.name, trial)
+        assert torch.equal(captured.tokens_read, eager.tokens_read), (backend.name, trial)
         ref = torch_backend(dict(case, q=q, k=k, v=v, mask=mask, kv_len=lens))
-        assert rel_err(captured.out, ref.out) < 1e-2, (mode, trial)
-        assert torch.equal(captured.tokens_read, ref.tokens_read), (mode, trial)
+        assert rel_err(captured.out, ref.out) < 1e-2, (backend.name, trial)
+        assert torch.equal(captured.tokens_read, ref.tokens_read), (backend.name, trial)
 
 
 @pytest.mark.gpu

@@ -27,13 +27,20 @@ host-known number of blocks: what ``flashinfer-fixed`` needs to plan once and ru
 the H200: 26.3 / 53.0 µs of kernel at 32K / 128K against 22.1 / 47.8 µs for ``triton-indices``, so it stays a
 recorded loser; ``flashinfer-fixed`` rows run only with those selections). The fastest step is
 therefore ``topk-fused`` (or ``quest-fused``) x ``triton-indices``:
-score -> top-k + lists (one launch) -> decode -> merge. All selections keep the newest block. With
+score -> top-k + lists (one launch) -> decode -> merge. ``cuda-indices`` is the same step with the NVRTC-compiled
+cp.async + tensor-core kernel (:mod:`sparsebench.kernels.cuda_decode`); measured on the H200 within 3% of
+``triton-indices`` at 8K-128K (its copy ring alone is no faster), so it stays a recorded alternative. All
+selections keep the newest block. With
 ``--check``, the ``topk`` and ``topk-fused`` selections are also compared with the exact reference
 (:func:`sparsebench.kernels.topk.topk_mask_reference`); a difference is reported under "Errors".
 
 Timing: CUDA events around CUDA-graph replays for graph-safe methods (``timing`` column "graph"), around
 eager calls otherwise ("eager": host work and synchronisations included); median of ``--repeats``
-after ``--warmup``; L2 flushed (256 MB written) before every timed call unless ``--no-flush``. The
+after ``--warmup``; L2 flushed before every timed call unless ``--no-flush``: by writing 256 MB (``--flush
+write``, the default and the earlier tables' method; the dirty lines are written back during the timed call,
+~8 µs on the H200 for dense and sparse alike) or by reading them (``--flush read``: clean lines, as a decode
+step's weight reads leave the L2). ``--layers N`` times N distinct layers back to back per replay and reports
+per-layer rows (:func:`layered_rows`): the launch and flush are then paid once per N layers, as in a step. The
 memory-bandwidth bound of a row is the bytes it must move (K/V of its blocks, the selection's reads and
 writes, index lists and partial results) over the device-to-device copy bandwidth measured at start.
 
@@ -130,6 +137,16 @@ def _flashinfer(name: str, **options: Any) -> Callable[[argparse.Namespace], Att
     return make
 
 
+def _cuda(args: argparse.Namespace) -> AttentionBackend:
+    """The NVRTC-compiled cp.async kernel (:mod:`sparsebench.kernels.cuda_decode`) behind the Triton planning."""
+    from sparsebench.kernels.cuda_backend import CudaBackend
+
+    reason = CudaBackend.unavailable_reason()
+    if reason:
+        raise MethodUnavailable(reason)
+    return CudaBackend()
+
+
 #: Sparse methods timed by default, in table order. Add a method by adding a factory here.
 METHODS: dict[str, Callable[[argparse.Namespace], AttentionBackend]] = {
     "triton-bitmap": _triton("bitmap", fused_merge=False),
@@ -139,6 +156,8 @@ METHODS: dict[str, Callable[[argparse.Namespace], AttentionBackend]] = {
     # Plans once (fixed-capacity selections: topk-fixed, topk-layers-fixed), so the step is a CUDA graph.
     "flashinfer-fixed": _flashinfer("flashinfer-fixed"),
     "flashinfer-fixed-cuda-cores": _flashinfer("flashinfer-fixed", use_tensor_cores=False),
+    # Explicit multi-stage cp.async copies (NVRTC); measured slower than triton-indices, kept as a row.
+    "cuda-indices": _cuda,
 }
 
 
@@ -186,6 +205,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=100,
                     help=f"timed calls per measurement (median; at least {MIN_GPU_REPEATS} on a GPU)")
     ap.add_argument("--no-flush", action="store_true", help="do not flush L2 before each timed call")
+    ap.add_argument("--flush", choices=["write", "read"], default="write",
+                    help="how L2 is flushed: write a 256 MB buffer (dirty lines, written back during the timed call; "
+                         "the earlier sessions' method) or read it (clean lines, as a decode step's weight reads "
+                         "leave the L2)")
+    ap.add_argument("--layers", type=int, default=1,
+                    help="time this many layers (each its own cache, query and scores) back to back per graph replay "
+                         "and report the time per layer: the steady state inside a decode step (see layered_rows)")
     ap.add_argument("--check", action="store_true", help="compare each method's output with the torch backend first")
     ap.add_argument("--sweep", action="store_true",
                     help="also time Triton kernel configurations (tile, warps, stages, then splits) per context")
@@ -194,6 +220,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="run on CPU under the Triton interpreter at tiny sizes (checks the script only)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    if args.layers < 1:
+        ap.error(f"--layers must be at least 1, got {args.layers}")
     if args.dry_run:
         if args.q_heads == 32 and args.kv_heads == 8:
             args.q_heads, args.kv_heads = 4, 2
@@ -262,14 +290,15 @@ AMORTIZED = {"topk-layers": LAYERS, "topk-layers-fixed": LAYERS}
 FIXED = ("topk-fixed", "topk-layers-fixed")
 
 
-def first_layer(sel: Selection) -> Selection:
-    """Layer 0's part of a selection made for ``LAYERS`` layers along the batch axis (lists kept)."""
+def first_layer(sel: Selection, layer: int = 0) -> Selection:
+    """Layer ``layer``'s part of a selection made for several layers along the batch axis (lists kept)."""
     from sparsebench.kernels.compact import CompactSelection, compacted
 
+    part = slice(layer, layer + 1)
     lists = compacted(sel)
     if lists is None:
-        return Selection(sel.mask[:1])
-    return CompactSelection(sel.mask[:1], indices=lists[0][:1], counts=lists[1][:1],
+        return Selection(sel.mask[part])
+    return CompactSelection(sel.mask[part], indices=lists[0][part], counts=lists[1][part],
                             includes_newest=getattr(sel, "includes_newest", False),
                             capacity=getattr(sel, "capacity", None))
 
@@ -366,6 +395,7 @@ class Timer:
         self.warmup = min(args.warmup, 1) if self.dry else args.warmup
         self.repeats = min(args.repeats, 2) if self.dry else max(args.repeats, MIN_GPU_REPEATS)
         self.flush = None
+        self.flush_by_reading = getattr(args, "flush", "write") == "read"
         if not self.dry and not args.no_flush:
             self.flush = torch.empty(FLUSH_BYTES // 4, dtype=torch.float32, device=device)
 
@@ -375,6 +405,7 @@ class Timer:
         if self.dry:
             return statistics.median(time_cpu(fn, warmup=self.warmup, repeats=self.repeats))
         return statistics.median(time_gpu(fn, warmup=self.warmup, repeats=self.repeats, flush=self.flush,
+                                          flush_by_reading=self.flush_by_reading,
                                           graph=graph))
 
 
@@ -536,6 +567,90 @@ def bench_context(n_tokens: int, args: argparse.Namespace, device: str, gen: tor
     return rows
 
 
+#: Selections the layered mode times: the fused top-k per layer, and one launch for all timed layers.
+LAYERED_SELECTIONS = ("topk-fused", "topk-layers")
+
+
+def layered_rows(n_tokens: int, args: argparse.Namespace, device: str, gen: torch.Generator, timer: Timer,
+                 bandwidth: float, methods: dict[str, AttentionBackend], errors: list[str]) -> list[dict[str, Any]]:
+    """``--layers L``: dense and sparse attention of L distinct layers back to back in one graph replay, per layer.
+
+    Why: a decode step runs every layer's attention inside one captured graph, so the graph launch, the event
+    pair and the L2 flush (together ~8-10 µs on the H200, the same for dense and sparse) are paid once per step,
+    not per layer, and each layer reads its own cache, which the layer before did not leave in L2. The
+    single-call rows pay that floor in full; these rows show what a layer costs inside a step. The selection
+    is timed too: ``topk-fused`` selects per layer (one launch each), ``topk-layers`` once for the L layers.
+    """
+    from sparsebench.kernels.topk import topk_select
+    from sparsebench.kernels.torch_backend import TorchBackend
+
+    n_layers = args.layers
+    pbs = [make_problem(n_tokens, args, device, gen) for _ in range(n_layers)]
+    label = f"graph, {n_layers} layers per replay"
+    dense_bytes = 2 * pbs[0].k.numel() * pbs[0].k.element_size()
+    print(f"context {n_tokens}: {pbs[0].n_blocks} blocks per head, {n_layers} layers per replay", flush=True)
+    rows: list[dict[str, Any]] = []
+    per_layer = [dense_methods(pb, args, errors) for pb in pbs]
+    for name in per_layer[0]:
+        fns = [m[name][0] for m in per_layer if name in m]
+        us = attempt(f"{name} @ {n_tokens} x{n_layers}", lambda fns=fns: timer(lambda: [f() for f in fns], graph=True),
+                     errors)
+        us = us / n_layers if us else None
+        rows.append(dict(context=n_tokens, batch=args.batch, kind="dense", method=name, selection="-", timing=label,
+                         kernel_us=us, step_us=us, kept_fraction=1.0, bytes=dense_bytes,
+                         bound_us=dense_bytes / bandwidth * 1e6, layers=n_layers))
+        print(f"  {name:<34} {fmt(us)} us per layer", flush=True)
+    fi = [r["step_us"] for r in rows if r["method"].startswith("dense flashinfer") and r["step_us"]]
+    dense_fi = min(fi) if fi else None
+    k = topk_budget(pbs[0], args)
+    selections: dict[str, Callable[[], list[Selection]]] = {
+        "topk-fused": lambda: [topk_select(pb.scores, k) for pb in pbs]}
+    if args.batch == 1:
+        stacked = torch.cat([pb.scores for pb in pbs])  # the layers along the batch axis: one launch for all
+
+        def all_layers() -> list[Selection]:
+            sel = topk_select(stacked, k)
+            return [first_layer(sel, i) for i in range(n_layers)]
+
+        selections["topk-layers"] = all_layers
+    for sel_name, select in selections.items():
+        for m_name, backend in methods.items():
+            if backend.name == "flashinfer-fixed":
+                continue  # plans once per fixed capacity; not these selections
+
+            def step(select: Callable[[], list[Selection]] = select, backend: AttentionBackend = backend) -> list[Any]:
+                return [backend.run(backend.plan(s, block_size=args.block_size, n_tokens=n_tokens), pb.q, pb.k, pb.v,
+                                    scaling=pb.scaling) for s, pb in zip(select(), pbs, strict=True)]
+
+            where = f"{m_name}/{sel_name} @ {n_tokens} x{n_layers}"
+            sels = select()
+            row: dict[str, Any] = dict(context=n_tokens, batch=args.batch, kind="sparse", method=m_name,
+                                       selection=sel_name, timing=label, layers=n_layers,
+                                       kept_fraction=float(torch.stack([s.mask.float().mean() for s in sels]).mean()))
+            if args.check:
+                res = attempt(f"{where} check", lambda backend=backend, sels=sels: backend.attend(
+                    pbs[-1].q, pbs[-1].k, pbs[-1].v, sels[-1], block_size=args.block_size, scaling=pbs[-1].scaling),
+                    errors)
+                if res is not None:
+                    ref = TorchBackend().attend(pbs[-1].q, pbs[-1].k, pbs[-1].v, sels[-1], block_size=args.block_size,
+                                                scaling=pbs[-1].scaling)
+                    row["rel_err_vs_torch"] = rel_err(res.out, ref.out)
+                    row["tokens_read_match"] = bool(torch.equal(res.tokens_read.cpu(), ref.tokens_read.cpu()))
+            us = attempt(where, lambda step=step: timer(step, graph=True), errors)
+            row["step_us"] = us / n_layers if us else None
+            row["bytes"] = sparse_bytes(pbs[0], sels[0], backend, None, args, sel_name)
+            row["bound_us"] = row["bytes"] / bandwidth * 1e6
+            if row["step_us"]:
+                row["speedup_vs_flashinfer"] = dense_fi / row["step_us"] if dense_fi else None
+                target = TARGETS.get(n_tokens)
+                row["target"] = target
+                row["meets_target"] = (dense_fi / row["step_us"] >= target) if (target and dense_fi) else None
+            rows.append(row)
+            print(f"  {m_name:<20} {sel_name:<12} step {fmt(row['step_us'])} us per layer{check_text(row)}",
+                  flush=True)
+    return rows
+
+
 def bench_sparse(pb: Problem, args: argparse.Namespace, timer: Timer, bandwidth: float,
                  dense: dict[str, float | None], sel_name: str, select: Callable[[], Selection], sel: Selection,
                  m_name: str, backend: AttentionBackend, errors: list[str]) -> dict[str, Any]:
@@ -662,7 +777,8 @@ def environment(args: argparse.Namespace, bandwidth: float) -> dict[str, Any]:
         block_size=args.block_size, keep=args.keep, p=args.p, seed=args.seed,
         timing=("wall clock, CPU interpreter" if args.dry_run else
                 "CUDA events around CUDA-graph replays (graph rows) or eager calls (eager rows)"),
-        statistic="median", l2_flushed=not args.no_flush and not args.dry_run,
+        statistic="median", l2_flushed=not args.no_flush and not args.dry_run, layers_per_replay=args.layers,
+        l2_flush=None if args.no_flush or args.dry_run else f"{args.flush} 256 MB",
         copy_bandwidth_GBps=bandwidth / 1e9, dry_run=args.dry_run, targets=TARGETS,
         reference_dense_flashinfer_us=REFERENCE_DENSE_FI_US,
     )
@@ -714,7 +830,8 @@ def run(args: argparse.Namespace, save: Callable[[dict[str, Any]], None]) -> dic
     report: dict[str, Any] = dict(meta=meta, skipped_methods=skipped, rows=[], sweep=[], fastest=[], errors=[],
                                   complete=False)
     for n_tokens in contexts:
-        report["rows"] += bench_context(n_tokens, args, device, gen, timer, bandwidth, methods, report["errors"])
+        rows_of = layered_rows if args.layers > 1 else bench_context
+        report["rows"] += rows_of(n_tokens, args, device, gen, timer, bandwidth, methods, report["errors"])
         report["fastest"] = fastest(report["rows"])
         save(report)
         if not dry:
@@ -755,7 +872,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"python {m['python']}",
         f"- B={m['batch']}, Hq={m['q_heads']}, Hkv={m['kv_heads']}, D={m['head_dim']}, {m['dtype']}, block "
         f"{m['block_size']}, keep {m['keep']} (top-k) / p={m['p']} (top-p, spread calibrated to about the same)",
-        f"- {m['timing']}; median; L2 flushed before each timed call: {m['l2_flushed']}",
+        f"- {m['timing']}; median; L2 flushed before each timed call: {m['l2_flushed']}"
+        f"{' (' + m['l2_flush'] + ')' if m.get('l2_flush') else ''}",
         f"- bound = bytes moved / measured copy bandwidth ({m['copy_bandwidth_GBps']:.0f} GB/s, read + write)",
         f"- targets: whole sparse step vs dense FlashInfer {m['targets']} (x faster, by context); where "
         f"flashinfer is absent, against the earlier H200 measurement {m['reference_dense_flashinfer_us']} us",
@@ -774,6 +892,11 @@ def to_markdown(report: dict[str, Any]) -> str:
             f"| {fmt(r.get('step_us'))} | {fmt(r.get('speedup_vs_flashinfer'), '.2f')} "
             f"| {fmt(r.get('speedup_vs_reference_flashinfer'), '.2f')} | {fmt(r.get('speedup_vs_sdpa'), '.2f')} "
             f"| {fmt(r.get('bound_us'))} | {target} | {err_txt} |")
+    if m.get("layers_per_replay", 1) > 1:
+        lines += ["", f"Layered mode (`--layers {m['layers_per_replay']}`): each replay runs that many layers "
+                  "(each its own cache, query and scores) back to back; µs are per layer, selection included "
+                  "(topk-fused: a launch per layer; topk-layers: one launch for all of them). The L2 is flushed once "
+                  "per replay, as a decode step's graph pays its launch once, not per layer."]
     if any(r.get("select_layers") for r in report["rows"]):
         lines += ["", f"topk-layers rows: one top-k + lists launch selects for {LAYERS} layers (SpecAttn has every "
                   f"layer's draft attention before the target's forward); select µs is 1/{LAYERS} of that launch "

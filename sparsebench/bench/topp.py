@@ -101,7 +101,7 @@ def sort_topp(probs: torch.Tensor, p: float) -> torch.Tensor:
 
 
 def time_gpu(fn: Callable[[], Any], *, warmup: int, repeats: int, flush: torch.Tensor | None,
-             graph: bool = True, calls: int = 1) -> list[float]:
+             graph: bool = True, calls: int = 1, flush_by_reading: bool = False) -> list[float]:
     """Per-call GPU times in microseconds from CUDA events around each call.
 
     With ``graph`` the call is captured once in a CUDA graph and the replays are timed: a decode loop
@@ -112,6 +112,11 @@ def time_gpu(fn: Callable[[], Any], *, warmup: int, repeats: int, flush: torch.T
     divided by ``calls``: the steady state of a call inside a captured decode step, where the graph
     launch and the event pair (about 8 µs on the H200, more than one read of a 128 KB input) are paid
     once per step rather than per call. ``flush`` then empties the L2 only before the first of them.
+
+    ``flush`` is written (zeroed) before each timed replay, or read (summed) with ``flush_by_reading``.
+    Why both: writing leaves the L2 full of dirty lines, whose write-back to memory then runs during the
+    timed call (tens of MB, several µs on the H200, charged alike to every method but weighing most on the
+    shortest); reading leaves clean lines, as a decode step's earlier kernels (weight reads) mostly do.
     """
     if calls > 1:
         single = fn
@@ -129,7 +134,10 @@ def time_gpu(fn: Callable[[], Any], *, warmup: int, repeats: int, flush: torch.T
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
     for i in range(repeats):
         if flush is not None:
-            flush.zero_()
+            if flush_by_reading:
+                flush.sum()
+            else:
+                flush.zero_()
         starts[i].record()
         run()
         ends[i].record()
@@ -166,8 +174,9 @@ def sweep_configs(n: int, rows: int, sm_count: int, *, dry: bool = False) -> lis
 
     Why this set: programs per row (``chunks``) from 1 up to what the SMs hold (``rows * chunks <=
     sm_count``, chunks of at least 512 entries). A chunk of up to 16K entries is held in registers
-    with 2-32 entries a thread (E); candidates a pass c with 16 <= E * c <= 64 (fewer leave the pass
-    reduction-bound, more make the sm_90 compiler spill), plus "candidates" tightening for unsplit
+    with 2-32 entries a thread (E) on 1-16 warps; candidates a pass c with 16 <= E * c <= 64 (fewer
+    leave the pass reduction-bound, more make the sm_90 compiler spill; up to 256 on one or two warps,
+    whose reductions are shuffles only), plus "candidates" tightening for unsplit
     rows. Chunks over 4K are also tried streamed in 4K-16K tiles with 2 or 4 candidates. The
     default comes first so that a sweep cut short by ``--max-seconds`` still has it.
     """
@@ -183,13 +192,16 @@ def sweep_configs(n: int, rows: int, sm_count: int, *, dry: bool = False) -> lis
         chunk_len = -(-n // chunks)
         if chunk_len <= RESIDENT_MAX:
             block = _pow2_at_least(max(chunk_len, 16))
-            warp_opts = [w for w in (4, 8, 16) if 2 <= block // (32 * w) <= 32] or [4]
+            warp_opts = [w for w in (1, 2, 4, 8, 16) if 2 <= block // (32 * w) <= 32] or [4]
             if chunks > 1:
                 warp_opts = warp_opts[-2:]
             for warps in warp_opts:
                 per_thread = max(1, block // (32 * warps))
                 keep = per_thread <= (16 if chunks == 1 else 8)
-                cands = [c for c in (2, 4, 8, 16) if 16 <= per_thread * c <= 64] or [8]
+                # One or two warps reduce with shuffles only (no shared-memory barrier), so a pass may afford
+                # more candidates there than the block-reduction rule below allows.
+                most = 256 if warps <= 2 else 64
+                cands = [c for c in (2, 4, 8, 16) if 16 <= per_thread * c <= most] or [8]
                 for cand in cands:
                     out.append(TopPConfig(chunks=chunks, block_n=block, num_candidates=cand, num_warps=warps,
                                           tighten="bracket", keep_f64=keep))

@@ -547,8 +547,18 @@ RESIDENT_MAX = 16384
 DEFAULT_RESIDENT_MAX = 8192
 #: Tile of a streamed chunk by default (16 entries a thread at 16 warps).
 STREAM_BLOCK = 8192
-#: Default warps and candidates a pass for a resident chunk of each tile size (see default_config).
+#: Warps and candidates a pass for a resident chunk of each tile size, from reasoning (see default_config);
+#: :mod:`sparsebench.kernels.verify_select` sizes its own (different) kernel's rows with it.
 _RESIDENT_TABLE = {1024: (4, 8), 2048: (4, 8), 4096: (8, 4), 8192: (16, 2)}
+#: The top-p kernel's defaults, from ``bench topp --configs all`` on the H200 (2026-11-29, 32 rows, 20 calls a
+#: replay, warm L2): an unsplit row of 1K entries on one warp (reductions by shuffles only, no shared-memory
+#: barrier; 8.6 against 10.3 µs), 4K and 8K on 8 warps with 2 candidates (12.5 / 18.4 against 13.6 / 19.0 µs).
+_UNSPLIT_TABLE = {1024: (1, 4), 2048: (4, 8), 4096: (8, 2), 8192: (8, 2)}
+#: Split rows exchange partial sums once a pass, so fewer passes pay more: 4K chunks take 4 candidates
+#: (16K entries as 4 x 4K: 30.3 against 38.7 µs as 2 x 8K), 8K chunks 8 warps (32K: 40.4 against 43.8 µs).
+_SPLIT_TABLE = {1024: (4, 8), 2048: (4, 8), 4096: (8, 4), 8192: (8, 2)}
+#: Chunk length a split aims for (as many programs as the SMs allow, down to chunks of this length).
+SPLIT_CHUNK = 4096
 _TIGHTEN_CODES = {"candidates": 1, "bracket": 2}
 Tighten = Literal["candidates", "bracket"]
 
@@ -600,29 +610,28 @@ def _pow2_at_least(v: int) -> int:
 def default_config(n_cols: int, rows: int = 32, sm_count: int = 132, *, chunks: int | None = None) -> TopPConfig:
     """Configuration used for ``rows`` rows of ``n_cols`` entries on a GPU of ``sm_count`` SMs.
 
-    Reasoning from the sm_90 machine code (to be confirmed by ``bench topp --configs all``): a pass
-    costs about 3 instructions per entry and candidate plus 4 per entry for the bracket snap, and ends
-    with a block reduction (~150-250 instructions a thread); it divides the bracket by about
-    ``num_candidates + 1``, and the snap ends the search once one distinct value is left. Up to 2K
-    entries (4 warps, <= 16 entries a thread) the reduction dominates: 8 candidates, ~5 passes. Longer
-    rows are work-bound: 4 candidates at 4K (8 warps), 2 at 8K (16 warps), ~7-9 passes; more entries
-    or candidates a thread make the compiler spill. Rows longer than 8K are split over programs so
-    that more SMs work (``rows * chunks <= sm_count``), in chunks of ~8K held in registers; chunks
-    longer than that (too many rows for the SMs) are streamed in 8K tiles. ``chunks`` fixes the split
-    and derives the rest for that chunk length.
+    Reasoning from the sm_90 machine code, then corrected by ``bench topp --configs all`` on the H200
+    (the tables above): a pass costs about 3 instructions per entry and candidate plus 4 per entry for
+    the bracket snap, and ends with a reduction; it divides the bracket by about ``num_candidates + 1``,
+    and the snap ends the search once one distinct value is left. Short rows are bound by the
+    reductions: at 1K entries one warp (shuffles only) beats four (a shared-memory barrier per pass); up
+    to 2K, 4 warps with 8 candidates. Longer rows are work-bound: 8 warps with 2 candidates at 4K-8K.
+    Rows longer than 8K are split over programs so that more SMs work (``rows * chunks <= sm_count``),
+    down to chunks of 4K held in registers; chunks longer than 8K (too many rows for the SMs) are
+    streamed in 8K tiles. ``chunks`` fixes the split and derives the rest for that chunk length.
     """
     n = max(int(n_cols), 1)
     if chunks is None:
         max_chunks = max(1, sm_count // max(int(rows), 1))
         chunks = 1
         if n > DEFAULT_RESIDENT_MAX and max_chunks > 1:
-            chunks = min(1 << (max_chunks.bit_length() - 1), _pow2_at_least(-(-n // DEFAULT_RESIDENT_MAX)))
+            chunks = min(1 << (max_chunks.bit_length() - 1), _pow2_at_least(-(-n // SPLIT_CHUNK)))
     chunk_len = -(-n // chunks)
     if chunk_len > DEFAULT_RESIDENT_MAX:
         return TopPConfig(chunks=chunks, block_n=STREAM_BLOCK, num_candidates=2, num_warps=16, tighten="bracket",
                           keep_f64=False)
     block = _pow2_at_least(max(chunk_len, 16))
-    warps, cand = _RESIDENT_TABLE[max(block, 1024)]
+    warps, cand = (_SPLIT_TABLE if chunks > 1 else _UNSPLIT_TABLE)[max(block, 1024)]
     per_thread = block // (32 * warps)
     keep = per_thread <= 8 or (per_thread <= 16 and chunks == 1)  # split programs need a few more registers
     return TopPConfig(chunks=chunks, block_n=block, num_candidates=cand, num_warps=warps, tighten="bracket",

@@ -76,8 +76,11 @@ __all__ = [
     "compact_selection",
     "default_config",
     "default_splits",
+    "merge_partials",
     "resolve_config",
+    "score_scales",
     "sparse_decode",
+    "split_partials",
     "union_of_rows",
 ]
 
@@ -641,15 +644,9 @@ def sparse_decode(
     if heads == 0:
         return out, tokens_read
     merge = MERGE_NONE if splits == 1 else MERGE_LAST if cfg.fused_merge else MERGE_SEPARATE
-    n_parts = heads * splits if merge != MERGE_NONE else 1
-    o_part = torch.empty((n_parts, rows, d), dtype=torch.float32, device=query.device)
-    m_part = torch.empty((n_parts, rows), dtype=torch.float32, device=query.device)
-    l_part = torch.empty_like(m_part)
-    n_part = torch.empty((n_parts,), dtype=torch.int32, device=query.device)
-    if softcap is None:
-        score_scale, cap_scale = scaling * _LOG2E, 1.0
-    else:
-        score_scale, cap_scale = scaling / softcap, softcap * _LOG2E
+    o_part, m_part, l_part, n_part = split_partials(heads * splits if merge != MERGE_NONE else 1, rows, d,
+                                                    query.device)
+    score_scale, cap_scale = score_scales(scaling, softcap)
     lists = indices.view(torch.int32) if use_indices else sel
     dummy = n_part  # stands in for absent optional pointers; never read
     tickets = _tickets(query.device, heads) if merge == MERGE_LAST else dummy
@@ -667,10 +664,42 @@ def sparse_decode(
         MERGE=merge, SPLITS_PAD=splits_pad, num_warps=warps, num_stages=stages,
     )
     if merge == MERGE_SEPARATE:
-        _jit(_merge_kernel)[(heads, rows)](
-            o_part, m_part, l_part, n_part, out, tokens_read,
-            *out.stride(), hkv, splits,
-            GROUP=group, Q_ROWS=q_rows, HEAD_DIM=d, SPLITS_PAD=splits_pad,
-            num_warps=4 if d * splits_pad >= 4096 else 2,
-        )
+        merge_partials(o_part, m_part, l_part, n_part, out, tokens_read, hkv=hkv, splits=splits, group=group,
+                       q_rows=q_rows)
     return out, tokens_read
+
+
+def split_partials(n_parts: int, rows: int, head_dim: int,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Buffers a split kernel writes for :func:`merge_partials`: ``o`` ``[n_parts, rows, D]``, ``m`` and ``l``
+    ``[n_parts, rows]`` (float32), tokens read ``[n_parts]`` (int32)."""
+    o_part = torch.empty((n_parts, rows, head_dim), dtype=torch.float32, device=device)
+    m_part = torch.empty((n_parts, rows), dtype=torch.float32, device=device)
+    return o_part, m_part, torch.empty_like(m_part), torch.empty((n_parts,), dtype=torch.int32, device=device)
+
+
+def score_scales(scaling: float, softcap: float | None) -> tuple[float, float]:
+    """``(score_scale, cap_scale)`` of the split kernels, which keep scores in base 2: without soft-capping
+    ``scaling * log2(e)`` and 1; with it ``scaling / softcap`` before ``tanh`` and ``softcap * log2(e)`` after."""
+    if softcap is None:
+        return scaling * _LOG2E, 1.0
+    return scaling / softcap, softcap * _LOG2E
+
+
+def merge_partials(o_part: torch.Tensor, m_part: torch.Tensor, l_part: torch.Tensor, n_part: torch.Tensor,
+                   out: torch.Tensor, tokens_read: torch.Tensor, *, hkv: int, splits: int, group: int,
+                   q_rows: int) -> None:
+    """Merge split-K partials into ``out`` ``[B, Hq, Q, D]`` and ``tokens_read`` ``[B, Hkv]`` (one launch).
+
+    The partials' layout is the split kernel's: ``o_part`` ``[B * Hkv * splits, group * Q, D]`` float32
+    (unnormalised), ``m_part``/``l_part`` ``[B * Hkv * splits, group * Q]`` (base-2 running max and sum),
+    ``n_part`` ``[B * Hkv * splits]`` int32 tokens read. Shared with the CUDA kernel
+    (:mod:`sparsebench.kernels.cuda_decode`), which writes the same layout.
+    """
+    heads = o_part.shape[0] // splits
+    _jit(_merge_kernel)[(heads, group * q_rows)](
+        o_part, m_part, l_part, n_part, out, tokens_read,
+        *out.stride(), hkv, splits,
+        GROUP=group, Q_ROWS=q_rows, HEAD_DIM=out.shape[-1], SPLITS_PAD=triton.next_power_of_2(splits),
+        num_warps=4 if out.shape[-1] * triton.next_power_of_2(splits) >= 4096 else 2,
+    )
