@@ -2,12 +2,15 @@
 
 Why this exists: on the H200 the Triton split kernel (:mod:`sparsebench.kernels.triton_decode`) reads the
 selected 16-token blocks at about 2.5 TB/s, the speed of a plain Triton gather, against 3.7 TB/s for dense
-FlashInfer. Triton's pipeliner does not keep the indirect (block-list) loads in flight, whatever
-``num_stages`` says. This kernel issues its K/V copies itself with ``cp.async`` into a ring of ``STAGES``
-shared-memory tiles, ``STAGES - 1`` tiles ahead of the arithmetic, so each program keeps tens of KB of
-loads outstanding. It is compiled at run time by NVRTC through ``torch.cuda._compile_kernel`` (no
-extension build, no CUDA headers: bf16/fp16 conversion and the copies are inline PTX), once per shape
-family.
+FlashInfer; Triton's software pipeliner did not seem to keep the indirect (block-list) loads in flight,
+whatever ``num_stages`` said. This kernel tests that explanation: it issues its K/V copies itself with
+``cp.async`` into a ring of ``STAGES`` shared-memory tiles, ``STAGES - 1`` tiles ahead of the arithmetic.
+Measured (``benchmarks/RESULTS.md``, 2026-11-29): it runs within 3% of the Triton kernel at 8K-128K, and its
+copy ring alone (``_copies_only``) is no faster, so the explanation was wrong: the memory side of this access
+pattern, not Triton's code generation, sets the speed. It stays as a correct, tested alternative
+(``--backend cuda``). It is compiled at run time by NVRTC through ``torch.cuda._compile_kernel`` (no extension
+build, no CUDA headers: bf16/fp16 conversion, the copies and the tensor-core instructions are inline PTX),
+once per shape family.
 
 Scope: one query row per sequence (plain decode), float16/bfloat16, head dims 64 / 128 / 256, power-of-two
 block sizes 16-128, GQA groups of 1, 2, 4 or 8 query heads per kv head, the compacted block lists of the
@@ -32,8 +35,8 @@ and sum, tokens read), which the Triton merge kernel then combines. Per tile:
 
 Each warp keeps its own running max, sum and accumulator; the warps are merged once at the end.
 
-A first version did the arithmetic on CUDA cores and measured 55 µs at 128K against 29 µs for its copy ring
-alone (``_copies_only``): the copies were fast, the math was not (``benchmarks/RESULTS.md``).
+A first version did the arithmetic on CUDA cores (50.5 µs at 128K, best of 48 configurations, against 46.7 µs for
+Triton); the tensor-core version takes 47.2 µs and its copy ring alone 45.0 µs.
 """
 
 from __future__ import annotations
