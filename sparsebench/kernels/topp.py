@@ -33,13 +33,14 @@ the set of entries above it, which the bracket argument below relies on.
 
 Kernel algorithm
 ----------------
-A row is split into ``chunks`` (one per program; 1 by default up to 16K entries) of ``tiles`` tiles
-of ``BLOCK_N`` entries. A one-tile chunk is loaded once into registers ("resident") and every pass
-runs on them; longer chunks are re-read from memory (L2, after the first pass) every pass, one tile
-ahead of the arithmetic. The programs of a split row meet once a pass in global memory: each writes
-its partial sums, announces them on the row's arrival counter and waits until all have (so all of a
-row's programs must be resident at once: ``rows * chunks <= SMs``), then every program combines the
-same partials in the same order and takes the same decision. The last to finish re-arms the counters.
+A row is split into ``chunks`` (one per program; by default 1 up to 8K entries, then as many as the SMs
+allow, down to 4K) of ``tiles`` tiles of ``BLOCK_N`` entries. A one-tile chunk is loaded once into
+registers ("resident") and every pass runs on them; longer chunks are re-read from memory (L2, after the
+first pass) every pass, one tile ahead of the arithmetic. The programs of a split row meet once a pass
+in global memory: each writes its partial sums, announces them on the row's arrival counter and waits
+until all have (so all of a row's programs must be resident at once: ``rows * chunks <= SMs``), then
+every program combines the same partials in the same order and takes the same decision. The last to
+finish re-arms the counters.
 
 1. Pass 0 reads the row once for ``T`` and ``max``. Then ``t*`` lies in ``[lo, hi]`` with
    ``hi = max`` and ``lo = (1 - p) * T / (2N)`` (every entry below ``lo`` together holds less than
