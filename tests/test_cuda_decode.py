@@ -48,6 +48,16 @@ def test_out_of_scope_calls_say_why(kwargs: dict, block: int, per_row: bool, wor
     assert why is not None and words in why
 
 
+def test_rows_too_long_for_the_kernel_say_why() -> None:
+    from sparsebench.kernels.cuda_decode import MAX_IDS, MAX_SPLITS
+
+    q = torch.zeros(1, 8, 1, 64, dtype=torch.bfloat16)
+    kv = torch.zeros(1, 2, 1, 64, dtype=torch.bfloat16).expand(1, 2, 16 * MAX_SPLITS * MAX_IDS + 1, 64)
+    why = unsupported_reason(q, kv, kv, block_size=16, per_row=False)
+    assert why is not None and f"at most {MAX_SPLITS * MAX_IDS}" in why
+    assert unsupported_reason(q, kv[:, :, :-1], kv[:, :, :-1], block_size=16, per_row=False) is None
+
+
 def test_in_scope_and_layout_checks() -> None:
     q, k, v = tensors()
     assert unsupported_reason(q, k, v, block_size=16, per_row=False) is None

@@ -14,9 +14,9 @@ once per shape family.
 
 Scope: one query row per sequence (plain decode), float16/bfloat16, head dims 64 / 128 / 256, power-of-two
 block sizes 16-128, GQA groups of 1, 2, 4 or 8 query heads per kv head, the compacted block lists of the
-``indices`` mode, optional per-sequence ``kv_len`` and logit soft-capping. Anything else (several query
-rows, float32, other groups) is the Triton kernel's job: :func:`unsupported_reason` says why, and the
-``cuda`` backend delegates such calls.
+``indices`` mode (up to 131072 blocks a row: 2M tokens at block 16), optional per-sequence ``kv_len`` and
+logit soft-capping. Anything else (several query rows, float32, other groups) is the Triton kernel's job:
+:func:`unsupported_reason` says why, and the ``cuda`` backend delegates such calls.
 
 Algorithm: the grid is ``(B * Hkv, splits)``; a program of one warp per 16 tokens of a tile takes list
 positions ``[count * s / splits, count * (s + 1) / splits)`` in tiles of ``TILE_BLOCKS`` blocks, exactly like
@@ -115,6 +115,9 @@ def unsupported_reason(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
         return f"{hq} query heads over {hkv} kv heads (the CUDA kernel takes groups of {_GROUPS})"
     if block_size & (block_size - 1) or not 16 <= block_size <= 128:
         return f"block size {block_size} (the CUDA kernel takes powers of two from 16 to 128)"
+    if -(-key.shape[2] // block_size) > MAX_SPLITS * MAX_IDS:
+        return (f"{-(-key.shape[2] // block_size)} blocks per row (the CUDA kernel takes at most "
+                f"{MAX_SPLITS * MAX_IDS}: {MAX_SPLITS} programs of {MAX_IDS} list entries)")
     for name, t in (("query", query), ("key", key), ("value", value)):
         if t.stride(3) != 1 or t.data_ptr() % 16:
             return f"{name} is not contiguous in its last dim or not 16-byte aligned"
