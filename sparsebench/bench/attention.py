@@ -156,7 +156,7 @@ METHODS: dict[str, Callable[[argparse.Namespace], AttentionBackend]] = {
     # Plans once (fixed-capacity selections: topk-fixed, topk-layers-fixed), so the step is a CUDA graph.
     "flashinfer-fixed": _flashinfer("flashinfer-fixed"),
     "flashinfer-fixed-cuda-cores": _flashinfer("flashinfer-fixed", use_tensor_cores=False),
-    # Explicit multi-stage cp.async copies (NVRTC); measured slower than triton-indices, kept as a row.
+    # Explicit multi-stage cp.async copies (NVRTC); measured as fast as triton-indices, not faster: kept as a row.
     "cuda-indices": _cuda,
 }
 
@@ -395,7 +395,7 @@ class Timer:
         self.warmup = min(args.warmup, 1) if self.dry else args.warmup
         self.repeats = min(args.repeats, 2) if self.dry else max(args.repeats, MIN_GPU_REPEATS)
         self.flush = None
-        self.flush_by_reading = getattr(args, "flush", "write") == "read"
+        self.flush_by_reading = args.flush == "read"
         if not self.dry and not args.no_flush:
             self.flush = torch.empty(FLUSH_BYTES // 4, dtype=torch.float32, device=device)
 
@@ -565,10 +565,6 @@ def bench_context(n_tokens: int, args: argparse.Namespace, device: str, gen: tor
         r["errors"] = [e for e in errors[first_error:] if e.startswith((f"{r['method']}/{r['selection']} @",
                                                                         f"{r['method']} @"))]
     return rows
-
-
-#: Selections the layered mode times: the fused top-k per layer, and one launch for all timed layers.
-LAYERED_SELECTIONS = ("topk-fused", "topk-layers")
 
 
 def layered_rows(n_tokens: int, args: argparse.Namespace, device: str, gen: torch.Generator, timer: Timer,

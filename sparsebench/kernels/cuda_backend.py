@@ -53,10 +53,9 @@ class CudaBackend(TritonBackend):
         per_row = plan.selection.mask.dim() == 4 and plan.selection.mask.shape[2] > 1
         if cuda_decode.unsupported_reason(query, key, value, block_size=plan.block_size, per_row=per_row):
             return super().run(plan, query, key, value, scaling=scaling, softcap=softcap)
-        indices, counts = getattr(plan, "indices", None), getattr(plan, "counts", None)
-        if indices is None:
-            indices, counts = self._lists(plan.selection)
-        out, tokens_read = cuda_decode.sparse_decode_cuda(
+        indices, counts = self._plan_lists(plan)
+        assert indices is not None and counts is not None  # indices mode always has lists
+        out, tokens_read = cuda_decode.decode_in_scope(
             query, key, value, indices, counts, block_size=plan.block_size, scaling=scaling, softcap=softcap,
             kv_len=plan.kv_len, config=self.cuda_config)
         return AttendResult(out, tokens_read)

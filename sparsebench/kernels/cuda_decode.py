@@ -521,6 +521,27 @@ def sparse_decode_cuda(
     why = unsupported_reason(query, key, value, block_size=block_size, per_row=False)
     if why is not None:
         raise UsageError(f"the CUDA decode kernel cannot run this call: {why}; use --backend triton")
+    return decode_in_scope(query, key, value, indices, counts, block_size=block_size, scaling=scaling, softcap=softcap,
+                           kv_len=kv_len, config=config, _copies_only=_copies_only)
+
+
+def decode_in_scope(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    indices: torch.Tensor,
+    counts: torch.Tensor,
+    *,
+    block_size: int,
+    scaling: float,
+    softcap: float | None = None,
+    kv_len: torch.Tensor | None = None,
+    config: CudaKernelConfig | None = None,
+    _copies_only: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sparse_decode_cuda` for a caller that has already checked :func:`unsupported_reason` (the ``cuda``
+    backend, which checks it to choose between this kernel and Triton's): the scope checks are not repeated on
+    every layer of every step."""
     b, hq, _, d = query.shape
     _, hkv, n_tokens, _ = key.shape
     n_blocks = -(-n_tokens // block_size)

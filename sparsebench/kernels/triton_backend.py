@@ -108,6 +108,14 @@ class TritonBackend(AttentionBackend):
 
         return compacted(selection) or triton_decode.compact_selection(selection.mask)
 
+    def _plan_lists(self, plan: AttentionPlan) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The lists ``run()`` reads: the plan's own, else (bitmap mode, or another backend's plan) compacted
+        now, as in :meth:`_lists`."""
+        indices, counts = getattr(plan, "indices", None), getattr(plan, "counts", None)
+        if indices is None or self.selection_mode != "indices":
+            return self._lists(plan.selection)
+        return indices, counts
+
     def run(
         self,
         plan: AttentionPlan,
@@ -120,9 +128,7 @@ class TritonBackend(AttentionBackend):
     ) -> AttendResult:
         from sparsebench.kernels import triton_decode
 
-        indices, counts = getattr(plan, "indices", None), getattr(plan, "counts", None)
-        if indices is None or self.selection_mode != "indices":  # bitmap mode, or another backend's plan
-            indices, counts = self._lists(plan.selection)
+        indices, counts = self._plan_lists(plan)
         out, tokens_read = triton_decode.sparse_decode(
             query, key, value, plan.selection.mask, block_size=plan.block_size, scaling=scaling, softcap=softcap,
             kv_len=plan.kv_len, indices=indices, counts=counts, config=self.config,
