@@ -55,7 +55,7 @@ class CudaBackend(TritonBackend):
             return super().run(plan, query, key, value, scaling=scaling, softcap=softcap)
         indices, counts = self._plan_lists(plan)
         assert indices is not None and counts is not None  # indices mode always has lists
-        out, tokens_read = cuda_decode.decode_in_scope(
+        out, tokens_read = cuda_decode.sparse_decode_cuda(
             query, key, value, indices, counts, block_size=plan.block_size, scaling=scaling, softcap=softcap,
-            kv_len=plan.kv_len, config=self.cuda_config)
+            kv_len=plan.kv_len, config=self.cuda_config, check_scope=False)
         return AttendResult(out, tokens_read)

@@ -505,6 +505,7 @@ def sparse_decode_cuda(
     softcap: float | None = None,
     kv_len: torch.Tensor | None = None,
     config: CudaKernelConfig | None = None,
+    check_scope: bool = True,
     _copies_only: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Block-sparse decode over compacted block lists; returns ``(out [B, Hq, 1, D], tokens_read [B, Hkv])``.
@@ -512,36 +513,18 @@ def sparse_decode_cuda(
     ``indices`` ``[B, Hkv, N]`` / ``counts`` ``[B, Hkv]`` (int32) as :func:`~sparsebench.kernels.triton_decode.
     compact_selection` writes them. Checks shapes only (no device sync), so the call can be captured in a
     CUDA graph. Raises ``UsageError`` for a call outside the kernel's scope (:func:`unsupported_reason`).
-    ``_copies_only`` (benchmarks only: the output is meaningless) runs the copy ring without the attention
+    ``check_scope=False`` skips the availability and scope checks for a caller that has made them (the
+    ``cuda`` backend checks the scope to choose between this kernel and Triton's: not twice per layer and
+    step). ``_copies_only`` (benchmarks only: the output is meaningless) runs the copy ring without the attention
     arithmetic, to separate what the memory system allows from what the kernel's math costs.
     """
-    reason = cuda_unavailable_reason()
-    if reason is not None:
-        raise DependencyError(reason)
-    why = unsupported_reason(query, key, value, block_size=block_size, per_row=False)
-    if why is not None:
-        raise UsageError(f"the CUDA decode kernel cannot run this call: {why}; use --backend triton")
-    return decode_in_scope(query, key, value, indices, counts, block_size=block_size, scaling=scaling, softcap=softcap,
-                           kv_len=kv_len, config=config, _copies_only=_copies_only)
-
-
-def decode_in_scope(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    indices: torch.Tensor,
-    counts: torch.Tensor,
-    *,
-    block_size: int,
-    scaling: float,
-    softcap: float | None = None,
-    kv_len: torch.Tensor | None = None,
-    config: CudaKernelConfig | None = None,
-    _copies_only: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`sparse_decode_cuda` for a caller that has already checked :func:`unsupported_reason` (the ``cuda``
-    backend, which checks it to choose between this kernel and Triton's): the scope checks are not repeated on
-    every layer of every step."""
+    if check_scope:
+        reason = cuda_unavailable_reason()
+        if reason is not None:
+            raise DependencyError(reason)
+        why = unsupported_reason(query, key, value, block_size=block_size, per_row=False)
+        if why is not None:
+            raise UsageError(f"the CUDA decode kernel cannot run this call: {why}; use --backend triton")
     b, hq, _, d = query.shape
     _, hkv, n_tokens, _ = key.shape
     n_blocks = -(-n_tokens // block_size)
