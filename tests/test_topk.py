@@ -407,3 +407,96 @@ def test_cuda_quest_uses_the_kernel() -> None:
     want = topk_mask_reference(scores.cpu(), k)
     want[..., -1] = True  # the fused top-k adds the newest block, which the engine always attends
     assert torch.equal(Quest(budget_frac=0.2).select(ctx).mask.cpu(), want), "quest on cuda"
+
+
+# ---------------------------------------------------------------------------------------------
+# the CUDA radix-selection kernel behind topk_select (sparsebench.kernels.cuda_topk)
+
+
+def check_lists(scores: torch.Tensor, sel: object, k: int | torch.Tensor, *, newest: str, where: str) -> None:
+    """``sel`` (a CompactSelection) holds the reference's set plus or within ``newest`` handling, its ids in
+    ascending order and their count."""
+    n = scores.shape[-1]
+    if newest == "in_budget":  # top-(k - 1) of the older blocks, then the newest
+        want = torch.zeros(scores.shape, dtype=torch.bool)
+        want[..., : n - 1] = topk_mask_reference(scores[..., : n - 1].cpu(), max(int(k) - 1, 0))
+        want[..., n - 1] = int(k) >= 1
+    else:
+        want = topk_mask_reference(scores.cpu(), k.cpu() if isinstance(k, torch.Tensor) else k)
+        if newest == "extra":
+            want[..., n - 1] = True
+    mask = sel.mask.cpu()  # type: ignore[attr-defined]
+    bad = (mask != want).reshape(-1, n).any(-1)
+    assert not bad.any(), f"{where}: rows {torch.nonzero(bad).flatten().tolist()} differ (seed {SEED})"
+    counts = sel.counts.cpu().reshape(-1)  # type: ignore[attr-defined]
+    indices = sel.indices.cpu().reshape(-1, n)  # type: ignore[attr-defined]
+    for r, row in enumerate(want.reshape(-1, n)):
+        ids = torch.nonzero(row).flatten().to(torch.int32)
+        assert int(counts[r]) == ids.numel() and torch.equal(indices[r, : ids.numel()], ids), (where, r)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("n", [1, 7, 33, 256, 257, 1000, 1024, 2048, 3001, 8192, MAX_N])
+def test_cuda_radix_select_matches_reference(n: int) -> None:
+    """Every row kind, dtype, newest-block rule and k (int, per-row tensor, out of range) against the reference."""
+    from sparsebench.kernels.topk import topk_select
+
+    gen = torch.Generator().manual_seed(SEED)
+    rows = torch.stack(list(row_kinds(n, gen).values()))
+    x = torch.cat([rows, torch.randn(8, n, generator=gen), torch.full((1, n), 0.5)]).reshape(2, 8, n).cuda()
+    cfg = TopKConfig(kernel="cuda")
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        xs = x.to(dtype)
+        ref = xs.float() if dtype != torch.float32 else xs  # the conversion is exact
+        for k in sorted({0, 1, max(1, n // 5), max(1, n - 1), n, n + 3}):
+            check_lists(ref, topk_select(xs, k, keep_newest=False, config=cfg), k, newest="none",
+                        where=f"n={n} {dtype} k={k}")
+            check_lists(ref, topk_select(xs, k, keep_newest=True, config=cfg), k, newest="extra",
+                        where=f"n={n} {dtype} k={k} newest")
+            if k >= 1:
+                check_lists(ref, topk_select(xs, k, newest_in_budget=True, config=cfg), k, newest="in_budget",
+                            where=f"n={n} {dtype} k={k} newest in budget")
+        per_row = torch.randint(-1, n + 2, (2, 8), generator=gen).cuda()
+        check_lists(ref, topk_select(xs, per_row, keep_newest=False, config=cfg), per_row.clamp(0, n),
+                    newest="none", where=f"n={n} {dtype} per-row k")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_radix_select_in_a_graph() -> None:
+    """Captured once, the CUDA kernel replays correctly on new scores (ties, then Gaussian) in place."""
+    from sparsebench.kernels.topk import topk_select
+
+    gen = torch.Generator().manual_seed(SEED)
+    scores = torch.randn(1, 8, 8192, generator=gen).cuda()
+    graph, sel = capture(lambda: topk_select(scores, 1802, config=TopKConfig(kernel="cuda")))
+    for trial in range(3):
+        scores.copy_(torch.randint(0, 50, (1, 8, 8192), generator=gen).float() if trial == 1 else
+                     torch.randn(1, 8, 8192, generator=gen))
+        graph.replay()
+        torch.cuda.synchronize()
+        check_lists(scores, sel, 1802, newest="extra", where=f"graph replay {trial}")
+
+
+def test_cuda_kernel_choice_on_cpu() -> None:
+    """``auto`` keeps the Triton/torch path off CUDA; asking for the CUDA kernel there says why it cannot run."""
+    from sparsebench.kernels.topk import _use_cuda
+
+    scores = torch.randn(2, 4096)
+    assert not _use_cuda(None, scores, 4096)
+    assert not _use_cuda(TopKConfig(kernel="triton"), scores, 4096)
+    with pytest.raises(UsageError, match="CUDA top-k kernel cannot run here: the scores are not on a CUDA device"):
+        _use_cuda(TopKConfig(kernel="cuda"), scores, 4096)
+    with pytest.raises(UsageError, match="'auto', 'triton' or 'cuda'"):
+        _use_cuda(TopKConfig(kernel="fast"), scores, 4096)  # type: ignore[arg-type]
+
+
+def test_cuda_radix_launch_shape() -> None:
+    """About 8 entries a thread, a power-of-two block (the 2048 bins split evenly), every entry covered."""
+    from sparsebench.kernels.cuda_topk import MAX_ITEMS, launch_shape
+
+    for n in (1, 8, 9, 255, 256, 257, 2048, 8191, 8192, MAX_N):
+        threads, items = launch_shape(n)
+        assert threads & (threads - 1) == 0 and 256 <= threads <= 1024 and 2048 % threads == 0, n
+        assert threads * items >= n and items <= MAX_ITEMS, n

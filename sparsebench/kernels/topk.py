@@ -88,6 +88,7 @@ from sparsebench.kernels.triton_support import tl, triton
 from sparsebench.selection import Selection
 
 __all__ = [
+    "CUDA_FROM_N",
     "MAX_N",
     "Backend",
     "TopKConfig",
@@ -104,6 +105,8 @@ Backend = Literal["auto", "triton", "torch", "reference"]
 
 #: Longest row the kernel holds in registers (one program per row).
 MAX_N = 16384
+#: Shortest row for which ``topk_select`` prefers the CUDA radix kernel (``TopKConfig(kernel="auto")``).
+CUDA_FROM_N = 1024
 #: Input dtypes the kernel loads directly (each converts exactly to float32).
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 #: Safety cap on search passes, far above :func:`pass_bound` for any candidate count.
@@ -362,6 +365,10 @@ class TopKConfig:
     num_warps: int | None = None
     num_candidates: int | None = None
     """Thresholds counted per pass (a power of two): each pass divides the bracket by about this + 1."""
+    kernel: Literal["auto", "triton", "cuda"] = "auto"
+    """Which kernel writes :func:`topk_select`'s block lists on a CUDA device: the Triton threshold search, the
+    NVRTC radix selection (:mod:`sparsebench.kernels.cuda_topk`; same result), or ``auto``: the CUDA one for rows
+    of at least :data:`CUDA_FROM_N` entries where NVRTC is available."""
 
 
 def _pow2_at_least(v: int) -> int:
@@ -388,6 +395,22 @@ def _resolve(config: TopKConfig | None, n_cols: int) -> tuple[int, int]:
         if isinstance(v, bool) or not isinstance(v, int) or v < 1 or v & (v - 1) or v > 32:
             raise UsageError(f"top-k kernel {name} must be a power of two from 1 to 32, got {v!r}")
     return int(warps), int(cand)
+
+
+def _use_cuda(config: TopKConfig | None, scores: torch.Tensor, n: int) -> bool:
+    """Whether :func:`topk_select` runs the CUDA radix kernel (``TopKConfig.kernel``); ``"cuda"`` where it cannot
+    run is an error that says why."""
+    from sparsebench.kernels.cuda_topk import cuda_topk_unavailable_reason
+
+    choice = config.kernel if config is not None else "auto"
+    if choice not in ("auto", "triton", "cuda"):
+        raise UsageError(f"TopKConfig.kernel must be 'auto', 'triton' or 'cuda', got {choice!r}")
+    if choice == "triton":
+        return False
+    why = cuda_topk_unavailable_reason() if scores.is_cuda else "the scores are not on a CUDA device"
+    if choice == "cuda" and why is not None:
+        raise UsageError(f"the CUDA top-k kernel cannot run here: {why}; use TopKConfig(kernel='triton')")
+    return why is None and (choice == "cuda" or n >= CUDA_FROM_N)
 
 
 def _launch(scores: torch.Tensor, k: int | torch.Tensor, *, config: TopKConfig | None,
@@ -423,6 +446,11 @@ def _launch(scores: torch.Tensor, k: int | torch.Tensor, *, config: TopKConfig |
     if x.stride(-1) != 1:
         x = x.contiguous()
     per_row = isinstance(kk, torch.Tensor)
+    if lists is not None and passes_out is None and _use_cuda(config, x, n):
+        from sparsebench.kernels.cuda_topk import launch_topk_lists
+
+        launch_topk_lists(x, kk, out, *lists, keep_last=keep_last, last_in_budget=last_in_budget)
+        return out
     idx, cnt = lists if lists is not None else (out, out)
     _kernel(interpreter_enabled())[(rows,)](
         x, kk if per_row else out, out, out if passes_out is None else passes_out, idx, cnt,
@@ -550,7 +578,7 @@ def _sweep(sizes: Sequence[int], rows: int, keep: float, repeats: int) -> list[d
             ref = topk_mask_reference(x, k)
             base = median_us(functools.partial(topk_mask_torch, x, k))
             mine = []
-            for warps, cand in itertools.product((4, 8, 16), (4, 8, 16, 32)):
+            for warps, cand in itertools.product((4, 8, 16, 32), (4, 8, 16, 32)):
                 if n > 32 * 32 * warps:  # more than 32 entries a thread: spills
                     continue
                 cfg = TopKConfig(warps, cand)
@@ -570,6 +598,32 @@ def _sweep(sizes: Sequence[int], rows: int, keep: float, repeats: int) -> list[d
     return results
 
 
+def _select_rows(sizes: Sequence[int], rows: Sequence[int], keep: float, repeats: int) -> list[dict[str, Any]]:
+    """``topk_select`` (mask + block lists, what Quest runs per layer) by the Triton search and by the CUDA radix
+    kernel, graph replays with the L2 flushed by reading 256 MB before each, both checked against the reference."""
+    from sparsebench.bench.topp import time_gpu
+
+    flush = torch.empty(64 * 2**20, dtype=torch.float32, device="cuda")
+    gen = torch.Generator().manual_seed(0)
+    results: list[dict[str, Any]] = []
+    for n, r in itertools.product(sizes, rows):
+        k = max(1, round(keep * n))
+        x = torch.randn(1, r, n, generator=gen).cuda()
+        ref = topk_mask_reference(x, k)
+        ref[..., -1] = True
+        row: dict[str, Any] = dict(n=n, rows=r, k=k)
+        for kernel in ("triton", "cuda"):
+            cfg = TopKConfig(kernel=kernel)  # type: ignore[arg-type]
+            row[f"{kernel}_matches_reference"] = bool(torch.equal(topk_select(x, k, config=cfg).mask, ref))
+            times = time_gpu(functools.partial(topk_select, x, k, config=cfg), warmup=5, repeats=repeats,
+                             flush=flush, flush_by_reading=True)
+            row[f"{kernel}_us"] = statistics.median(times)
+        print(f"topk_select {r} x {n}: triton {row['triton_us']:.1f} us, cuda {row['cuda_us']:.1f} us; match "
+              f"{row['triton_matches_reference']}/{row['cuda_matches_reference']}", flush=True)
+        results.append(row)
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m sparsebench.kernels.topk",
                                  description="Time the top-k kernel's launch configurations against torch.topk.")
@@ -578,10 +632,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, default=8, help="rows (batch x kv heads)")
     ap.add_argument("--keep", type=float, default=0.22, help="k as a fraction of the row")
     ap.add_argument("--repeats", type=int, default=100)
+    ap.add_argument("--select", action="store_true",
+                    help="instead of the sweep: topk_select by the Triton and the CUDA kernel (topk_select.json)")
+    ap.add_argument("--select-rows", default="8,64", help="row counts for --select")
     args = ap.parse_args(argv)
     if not (_HAVE_TRITON and torch.cuda.is_available()):
         raise SystemExit("the sweep needs a CUDA device and triton")
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.select:
+        rows = _select_rows([int(v) for v in args.sizes.split(",")], [int(v) for v in args.select_rows.split(",")],
+                            args.keep, args.repeats)
+        meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
+                    flush="read 256 MB before each timed graph replay", cuda_from_n=CUDA_FROM_N)
+        (args.out / "topk_select.json").write_text(json.dumps(dict(meta=meta, results=rows), indent=2) + "\n")
+        print(f"wrote {args.out / 'topk_select.json'}")
+        return 0
     results = _sweep([int(s) for s in args.sizes.split(",")], args.rows, args.keep, args.repeats)
     meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
                 config_table={str(n): dict(zip(("num_warps", "num_candidates"), v, strict=True))
