@@ -437,3 +437,35 @@ def test_gpu_quest_kernels_match_torch() -> None:
     for name in ("key_min", "key_max"):
         assert torch.equal(caches[0][name], caches[1][name]), name
     torch.testing.assert_close(caches[0]["key_sum"], caches[1]["key_sum"], rtol=1e-5, atol=1e-4)
+
+
+def test_pdl_variants_compile_for_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The split and merge kernels with programmatic dependent launch (``KernelConfig(pdl=True)``, on a GPU only)
+    compile for sm_90: the launches a CPU call records, with the PDL argument and launch option added."""
+    import dataclasses
+
+    from sparsebench.errors import UsageError
+    from sparsebench.kernels import triton_decode
+
+    if not (HAVE_TRITON and nvidia_compiler_available()):
+        pytest.skip("needs triton with its NVIDIA backend (compiles for sm_90 without a GPU)")
+    from triton.runtime.jit import JITFunction
+
+    recorder = LaunchRecorder()
+    monkeypatch.setattr(triton_decode, "_jit", recorder)
+    monkeypatch.setattr(triton_decode, "_require_runnable", lambda device: None)
+    for helper in triton_decode._HELPERS:  # as the module's own _jit wraps them for compiling (restored after)
+        monkeypatch.setattr(triton_decode, helper, JITFunction(getattr(triton_decode, helper)))
+    q = torch.zeros(1, 8, 1, 128, dtype=torch.bfloat16)
+    k, v = torch.zeros(2, 1, 2, 256, 128, dtype=torch.bfloat16)
+    mask = torch.ones(1, 2, 16, dtype=torch.bool)
+    idx, cnt = torch.zeros(1, 2, 16, dtype=torch.int32), torch.full((1, 2), 16, dtype=torch.int32)
+    triton_decode.sparse_decode(q, k, v, mask, block_size=16, scaling=0.1, indices=idx, counts=cnt,
+                                config=triton_decode.KernelConfig(splits=4))
+    assert [launch.fn.__name__ for launch in recorder.launches] == ["_split_kernel", "_merge_kernel"]
+    for launch in recorder.launches:
+        compile_launch(dataclasses.replace(launch, kwargs={**launch.kwargs, **triton_decode._pdl_args(True)}))
+    shape = dict(head_dim=128, dtype=torch.bfloat16, block_size=16, n_blocks=16, heads=2, device="cpu")
+    assert triton_decode.resolve_config(None, **shape).pdl is False  # on where it can run: not on a CPU
+    with pytest.raises(UsageError, match="programmatic dependent launch"):
+        triton_decode.resolve_config(triton_decode.KernelConfig(pdl=True), **shape)

@@ -9,6 +9,7 @@ How the kernel runs on a CPU-only CI: as in tests/test_topp.py, Triton's interpr
 
 from __future__ import annotations
 
+import itertools
 import math
 import textwrap
 
@@ -479,6 +480,21 @@ def test_cuda_radix_select_in_a_graph() -> None:
         check_lists(scores, sel, 1802, newest="extra", where=f"graph replay {trial}")
 
 
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_radix_select_many_rows() -> None:
+    """More rows than multiprocessors (every layer's selection at once) take the 16-entries-a-thread blocks."""
+    from sparsebench.kernels.topk import topk_select
+
+    gen = torch.Generator().manual_seed(SEED)
+    for n in (2048, 8192):
+        scores = torch.randn(30, 8, n, generator=gen).cuda()
+        scores[3] = torch.randint(0, 4, (8, n), generator=gen).float().cuda()  # ties straddle the k-th
+        k = round(0.22 * n)
+        check_lists(scores, topk_select(scores, k, config=TopKConfig(kernel="cuda")), k, newest="extra",
+                    where=f"240 rows of {n}")
+
+
 def test_cuda_kernel_choice_on_cpu() -> None:
     """``auto`` keeps the Triton/torch path off CUDA; asking for the CUDA kernel there says why it cannot run."""
     from sparsebench.kernels.topk import _use_cuda
@@ -496,7 +512,8 @@ def test_cuda_radix_launch_shape() -> None:
     """About 8 entries a thread, a power-of-two block (the 2048 bins split evenly), every entry covered."""
     from sparsebench.kernels.cuda_topk import MAX_ITEMS, launch_shape
 
-    for n in (1, 8, 9, 255, 256, 257, 2048, 8191, 8192, MAX_N):
-        threads, items = launch_shape(n)
+    for n, rows in itertools.product((1, 8, 9, 255, 256, 257, 2048, 8191, 8192, MAX_N), (8, 240)):
+        threads, items = launch_shape(n, rows, sms=132)
         assert threads & (threads - 1) == 0 and 256 <= threads <= 1024 and 2048 % threads == 0, n
         assert threads * items >= n and items <= MAX_ITEMS, n
+    assert launch_shape(8192, 8) == (1024, 8) and launch_shape(8192, 240) == (512, 16)  # one wave for many rows

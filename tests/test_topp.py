@@ -251,8 +251,10 @@ def test_bad_probs(probs: torch.Tensor, match: str) -> None:
 
 
 def test_bad_backend_and_nd_rank() -> None:
-    with pytest.raises(UsageError, match="backend"):
-        topp_mask(torch.full((1, 4), 0.25), 0.9, backend="cuda")  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="unknown top-p backend"):
+        topp_mask(torch.full((1, 4), 0.25), 0.9, backend="fast")  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="CUDA top-p kernel cannot run here: the probabilities are not on a CUDA"):
+        topp_mask(torch.full((1, 4), 0.25), 0.9, backend="cuda")
     with pytest.raises(UsageError, match="at least one dimension"):
         topp_mask_nd(torch.tensor(1.0), 0.9)
 
@@ -492,6 +494,56 @@ def test_triton_cuda_split(kw: dict) -> None:
             check_mask(probs.cpu(), mask.cpu(), p, f"cuda split n={n} {kw}")
             check_against_reference(probs.cpu(), mask.cpu(), p, f"cuda split n={n} {kw}")
     assert topp_module.split_timeouts("cuda") == 0, "split programs gave up waiting for each other"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("n", [1, 7, 100, 1000, 1024, 4097, 8192, 32768])
+def test_cuda_radix_kernel(n: int) -> None:
+    """The CUDA radix kernel (``backend="cuda"``) on every row kind, dtype and p,
+    against the exact reference (near-ties aside), with its pass count bounded."""
+    from sparsebench.kernels.topp import topp_mask_cuda
+
+    gen = torch.Generator().manual_seed(SEED)
+    probs = torch.cat([torch.stack(list(row_kinds(n, gen).values())),
+                       torch.softmax(4 * torch.randn(8, n, generator=gen), -1)])
+    for dtype, p in itertools.product((torch.float32, torch.bfloat16, torch.float16), PS):
+        x = probs.to(dtype).cuda()
+        passes = torch.zeros(x.shape[0], dtype=torch.int32, device="cuda")
+        mask = topp_mask_cuda(x, p, passes_out=passes)
+        check_mask(x.cpu(), mask.cpu(), p, f"cuda radix n={n} {dtype} p={p}")
+        check_against_reference(x.cpu(), mask.cpu(), p, f"cuda radix n={n} {dtype} p={p}")
+        assert int(passes.max()) <= 3, (n, dtype, p, passes.tolist())
+        assert torch.equal(topp_mask(x, p, backend="cuda"), mask)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_radix_kernel_in_a_graph() -> None:
+    """Captured once, the CUDA kernel replays correctly when the probabilities change in place."""
+    from sparsebench.kernels.capture import capture
+    from sparsebench.kernels.topp import topp_mask_cuda
+
+    gen = torch.Generator().manual_seed(SEED)
+    probs = torch.softmax(2 * torch.randn(32, 2048, generator=gen), -1).cuda()
+    graph, mask = capture(lambda: topp_mask_cuda(probs, 0.9, check=False))
+    for trial in range(3):
+        probs.copy_(torch.softmax((1 + trial) * torch.randn(32, 2048, generator=gen), -1))
+        graph.replay()
+        torch.cuda.synchronize()
+        check_mask(probs.cpu(), mask.cpu(), 0.9, f"graph replay {trial}")
+        check_against_reference(probs.cpu(), mask.cpu(), 0.9, f"graph replay {trial}")
+
+
+def test_cuda_radix_scope() -> None:
+    """What the CUDA kernel refuses says why; its launch shape covers every entry with a power-of-two block."""
+    from sparsebench.kernels.cuda_topp import MAX_N, launch_shape
+    from sparsebench.kernels.topp import cuda_unusable_reason
+
+    assert "not on a CUDA device" in (cuda_unusable_reason(torch.zeros(2, 8)) or "")
+    for n in (1, 8, 2048, 2049, 8192, MAX_N):
+        threads, items = launch_shape(n)
+        assert threads & (threads - 1) == 0 and 256 <= threads <= 1024 and threads * items >= n and items <= 32, n
 
 
 # ---------------------------------------------------------------------------------------------

@@ -421,6 +421,28 @@ def test_gpu_cuda_graph_replay(mode: str) -> None:
     check_graph_replay(TritonBackend(selection_mode=mode), torch.Generator().manual_seed(SEED))
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAVE_TRITON and HAVE_CUDA), reason="needs a CUDA device and triton")
+def test_gpu_programmatic_dependent_launch() -> None:
+    """``KernelConfig(pdl=True)``: the merge launched while the split kernel runs waits for its partials, eagerly
+    (several shapes, split counts and modes) and inside a replayed CUDA graph."""
+    from sparsebench.kernels.triton_decode import KernelConfig
+
+    gen = torch.Generator().manual_seed(SEED)
+    for shape, splits in ((GPU_SHAPES[3], None), (GPU_SHAPES[4], 3), (GPU_SHAPES[-1], None), (GPU_SHAPES[6], 1)):
+        n_tokens, b, hkv, group, d = shape
+        case = gpu_case(gen, n_tokens=n_tokens, b=b, hkv=hkv, group=group, d=d, keep=0.22, kv_len=True,
+                        dtype=torch.bfloat16)
+        ref = torch_backend(case)
+        for mode in ("bitmap", "indices"):
+            backend = TritonBackend(selection_mode=mode, config=KernelConfig(splits=splits, pdl=True))
+            res = backend.attend(case["q"], case["k"], case["v"], Selection(case["mask"]), block_size=16,
+                                 scaling=case["scaling"], kv_len=case["kv_len"])
+            assert rel_err(res.out, ref.out) < 1e-2, (shape, splits, mode, rel_err(res.out, ref.out))
+            assert torch.equal(res.tokens_read, ref.tokens_read), (shape, splits, mode)
+    check_graph_replay(TritonBackend(selection_mode="indices", config=KernelConfig(pdl=True)), gen)
+
+
 def check_graph_replay(backend, gen: torch.Generator) -> None:  # type: ignore[no-untyped-def]
     """Capture ``backend``'s plan + run once, then change the cache, selection, kv_len and query in place three
     times (10% to 100% kept): each replay must equal an eager call on the new inputs."""

@@ -20,9 +20,13 @@ fastest exact one is reported per shape ("best" columns, JSON ``best_*`` and ``s
 variants are compiled first by ``--jobs`` processes (compile only: split kernels of several processes
 must never run side by side), so the timing process only loads them.
 
+On a GPU every shape of up to 32K entries also times the CUDA radix kernel (:mod:`sparsebench.kernels.cuda_topp`,
+``topp_mask(backend="cuda")``, a measured alternative), checked against the same reference ("CUDA radix kernel"
+table, JSON ``cuda_*``).
+
 Writes DIR/bench_topp.json and DIR/bench_topp.md, rewritten after every shape so that a run cut short
-still leaves its results. Targets reported against (from the project brief): Triton >= 10x faster
-than sort for every N <= 32K, and Triton time <= 2x one read of the input.
+still leaves its results. Targets reported against (from the project brief): >= 10x faster
+than sort for every N <= 32K, and <= 2x one read of the input; for the Triton and the CUDA kernel each.
 """
 
 from __future__ import annotations
@@ -319,6 +323,8 @@ class Bench:
             meets_read_target=read_ratio <= READ_RATIO_TARGET,
             suite=suite, config=cfg.as_dict(), split_timeouts=topp.split_timeouts(self.device) - timeouts_before,
         )
+        if not self.dry and topp.cuda_unusable_reason(probs) is None:
+            result.update(self.cuda_kernel(probs, ref, t_sort, t_read, n))
         print(f"[{suite}] rows={rows:>3} N={n:>7}  triton {t_triton:8.1f} us  sort {t_sort:8.1f} us  "
               f"read {t_read:7.1f} us  x{speedup:5.1f} vs sort  {read_ratio:5.2f}x read  "
               f"passes {passes.float().mean():.1f}  bad rows {bad_rows}  {cfg.as_dict()}", flush=True)
@@ -332,6 +338,23 @@ class Bench:
             print(f"    best of {len(sweep)}: {best['us']:.1f} us (x{t_sort / best['us']:.1f} vs sort, "
                   f"{best['us'] / t_read:.2f}x read) {best['config']}", flush=True)
         return result, sweep
+
+    def cuda_kernel(self, probs: torch.Tensor, ref: torch.Tensor, t_sort: float, t_read: float,
+                    n: int) -> dict[str, Any]:
+        """The CUDA radix kernel (:mod:`sparsebench.kernels.cuda_topp`) on the same input: time, check, passes."""
+        topp, p = self.topp, self.args.p
+        passes = torch.zeros(probs.shape[0], dtype=torch.int32, device=self.device)
+        got = topp.topp_mask_cuda(probs, p, passes_out=passes)
+        kept = (probs.double() * got).sum(-1) / probs.double().sum(-1)
+        t = self.timer(lambda: topp.topp_mask_cuda(probs, p, check=False))
+        print(f"    cuda radix {t:8.1f} us  x{t_sort / t:5.1f} vs sort  {t / t_read:5.2f}x read  "
+              f"passes {passes.float().mean():.1f}  bad rows {int((got != ref).any(-1).sum())}", flush=True)
+        return dict(cuda_us=t, cuda_speedup_vs_sort=t_sort / t, cuda_over_read=t / t_read,
+                    cuda_rows_differing_from_reference=int((got != ref).any(-1).sum()),
+                    cuda_min_kept_mass=float(kept.min()), cuda_passes_mean=float(passes.float().mean()),
+                    cuda_passes_max=int(passes.max()),
+                    cuda_meets_speedup_target=(t_sort / t >= SPEEDUP_TARGET) if n <= SPEEDUP_TARGET_MAX_N else None,
+                    cuda_meets_read_target=t / t_read <= READ_RATIO_TARGET)
 
     def sweep(self, probs: torch.Tensor, ref: torch.Tensor, rows: int, n: int) -> list[dict[str, Any]]:
         """Time every configuration of :func:`sweep_configs` on ``probs`` (timings include one int32
@@ -466,6 +489,20 @@ def to_markdown(report: dict[str, Any]) -> str:
         rows = [r for r in report["results"] if r.get("suite", "main") == suite]
         if rows:
             lines += [f"## {title}: default configuration", "", *_table(rows), ""]
+    radix = [r for r in report["results"] if "cuda_us" in r]
+    if radix:
+        lines += ["## CUDA radix kernel (`topp_mask(backend=\"cuda\")`, up to 32K entries)",
+                  "", "| suite | rows | N | CUDA µs | Triton µs | sort µs | read µs | speedup vs sort | CUDA / read "
+                  "| passes (mean/max) | rows ≠ ref | min kept mass | speedup target | read target |",
+                  "|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|:---:|"]
+        for r in radix:
+            sp = {True: "met", False: "MISSED", None: "n/a"}[r["cuda_meets_speedup_target"]]
+            lines.append(f"| {r['suite']} | {r['rows']} | {r['n']} | {fmt(r['cuda_us'])} | {fmt(r['triton_us'])} "
+                         f"| {fmt(r['sort_us'])} | {fmt(r['read_us'])} | {fmt(r['cuda_speedup_vs_sort'])}x "
+                         f"| {fmt(r['cuda_over_read'], '.2f')}x | {r['cuda_passes_mean']:.1f}/{r['cuda_passes_max']} "
+                         f"| {r['cuda_rows_differing_from_reference']} | {r['cuda_min_kept_mass']:.6f} | {sp} "
+                         f"| {'met' if r['cuda_meets_read_target'] else 'MISSED'} |")
+        lines.append("")
     best = [r for r in report["results"] if "best_us" in r]
     if best:
         lines += ["## Fastest exact configuration per shape (`--configs all`)", "",

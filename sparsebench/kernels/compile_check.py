@@ -27,7 +27,7 @@ _POINTER_TYPES = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32
                   torch.int8: "*i8", torch.uint8: "*u8", torch.int16: "*i16", torch.int32: "*i32",
                   torch.int64: "*i64", torch.bool: "*i1"}
 #: Keyword arguments of a launch that are compiler options, not kernel parameters.
-_OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg")
+_OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg", "launch_pdl")
 
 
 @dataclass

@@ -296,11 +296,15 @@ def _compiled(items: int, dtype_code: int, per_row_k: bool, keep_last: bool, las
         raise DependencyError(f"could not compile the CUDA top-k kernel with NVRTC: {last}") from exc
 
 
-def launch_shape(n: int) -> tuple[int, int]:
-    """``(threads, items)`` for rows of ``n`` entries: about 8 entries a thread, 256 to 1024 threads."""
+def launch_shape(n: int, rows: int = 1, sms: int = 132) -> tuple[int, int]:
+    """``(threads, items)`` for ``rows`` rows of ``n`` entries on ``sms`` multiprocessors: about 8 entries a
+    thread, 256 to 1024 threads; 16 entries a thread instead when there are more rows than multiprocessors (a
+    1024-thread block fills an SM's registers, so many rows, e.g. every layer's at once, would take two waves)."""
     threads = _MIN_THREADS
     while threads < _MAX_THREADS and threads * 8 < n:  # a power of two: the 2048 bins split evenly
         threads *= 2
+    if rows > sms and threads > _MIN_THREADS and -(-n // (threads // 2)) <= MAX_ITEMS:
+        threads //= 2
     return threads, max(1, -(-n // threads))
 
 
@@ -311,7 +315,8 @@ def launch_topk_lists(x: torch.Tensor, k: int | torch.Tensor, out: torch.Tensor,
     ``counts`` (int32 ``[rows]``). ``k`` is an int or an int64 tensor ``[rows]`` (clamped to ``[0, n]`` on the
     device). The caller (:func:`sparsebench.kernels.topk.topk_select`) has validated everything."""
     rows, n = x.shape
-    threads, items = launch_shape(n)
+    sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+    threads, items = launch_shape(n, rows, sms)
     per_row = isinstance(k, torch.Tensor)
     kernel = _compiled(items, _DTYPE_CODES[x.dtype], per_row, keep_last, last_in_budget)
     k_row = k.to(torch.int64) if per_row else counts  # counts: never read without PER_ROW_K

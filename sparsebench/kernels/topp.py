@@ -93,18 +93,20 @@ __all__ = [
     "Backend",
     "TopPConfig",
     "compile_topp_kernel",
+    "cuda_unusable_reason",
     "default_config",
     "interpreter_enabled",
     "resolve_config",
     "split_timeouts",
     "topp_mask",
+    "topp_mask_cuda",
     "topp_mask_nd",
     "topp_mask_torch",
     "topp_mask_triton",
     "triton_usable",
 ]
 
-Backend = Literal["auto", "triton", "torch"]
+Backend = Literal["auto", "cuda", "triton", "torch"]
 
 #: Input dtypes the kernel loads directly (each converts exactly to float32).
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -821,19 +823,62 @@ def _launch(probs: torch.Tensor, pf: float, cfg: TopPConfig, passes_out: torch.T
 # dispatch
 
 
+def cuda_unusable_reason(probs: torch.Tensor) -> str | None:
+    """Why :func:`topp_mask_cuda` cannot take ``probs`` (device, NVRTC, dtype, row length), or None."""
+    from sparsebench.kernels import cuda_topp
+
+    if not (isinstance(probs, torch.Tensor) and probs.is_cuda):
+        return "the probabilities are not on a CUDA device"
+    why = cuda_topp.cuda_topp_unavailable_reason()
+    if why is not None:
+        return why
+    if probs.dtype not in _KERNEL_DTYPES:
+        return f"dtype {probs.dtype} (the CUDA kernel takes float32, bfloat16 or float16)"
+    if probs.shape[-1] > cuda_topp.MAX_N:
+        return f"rows of {probs.shape[-1]} entries (the CUDA kernel holds at most {cuda_topp.MAX_N} in registers)"
+    return None
+
+
+def topp_mask_cuda(probs: torch.Tensor, p: float, *, check: bool = True,
+                   passes_out: torch.Tensor | None = None) -> torch.Tensor:
+    """Top-p keep-mask of ``probs`` [R, N] (``N <= 32768``, CUDA) by the radix-selection CUDA kernel
+    (:mod:`sparsebench.kernels.cuda_topp`): the semantics above with a near-tie margin of about ``2e-15 T``.
+    ``passes_out`` (int32 [R], on the device) receives each row's histogram passes. No host synchronisation
+    with ``check=False``."""
+    from sparsebench.kernels.cuda_topp import launch_topp
+
+    pf = _check_p(p)
+    _check_probs(probs, rank2=True, check_values=check)
+    why = cuda_unusable_reason(probs)
+    if why is not None:
+        raise UsageError(f"the CUDA top-p kernel cannot run here: {why}; use backend='triton' or 'torch'")
+    rows, n_cols = probs.shape
+    out = torch.empty((rows, n_cols), dtype=torch.uint8, device=probs.device)
+    if passes_out is not None and (tuple(passes_out.shape) != (rows,) or passes_out.dtype != torch.int32
+                                   or passes_out.device != probs.device):
+        raise UsageError(f"passes_out must be an int32 tensor of shape ({rows},) on {probs.device}")
+    if rows and n_cols:
+        launch_topp(probs if probs.stride(-1) == 1 else probs.contiguous(), pf, out, passes_out)
+    return out.view(torch.bool)
+
+
 def topp_mask(probs: torch.Tensor, p: float, backend: Backend = "auto", *, check: bool = True) -> torch.Tensor:
     """Top-p keep-mask of ``probs`` [R, N]: per row the smallest set ``{x >= t}`` holding ``p`` of the mass.
 
-    ``backend="auto"`` uses the Triton kernel where :func:`triton_usable` says so and the dtype suits
-    it, else the exact torch reference. Both follow the semantics in the module docstring.
+    ``backend="auto"`` uses the Triton kernel where :func:`triton_usable` says so and the dtype suits it, else
+    the exact torch reference. ``"cuda"`` runs the radix-selection CUDA kernel (:func:`topp_mask_cuda`), a
+    measured alternative: on the H200 it was 10-20% faster at 1K and 4K entries and up to 1.6x slower at 16K-32K
+    (``benchmarks/RESULTS.md``), so ``auto`` keeps Triton. All follow the semantics in the module docstring.
     """
-    if backend not in ("auto", "triton", "torch"):
-        raise UsageError(f"unknown top-p backend {backend!r}; choose 'auto', 'triton' or 'torch'")
+    if backend not in ("auto", "cuda", "triton", "torch"):
+        raise UsageError(f"unknown top-p backend {backend!r}; choose 'auto', 'cuda', 'triton' or 'torch'")
     if backend == "auto":
         use_triton = (
             isinstance(probs, torch.Tensor) and triton_usable(probs.device) and probs.dtype in _KERNEL_DTYPES
         )
         backend = "triton" if use_triton else "torch"
+    if backend == "cuda":
+        return topp_mask_cuda(probs, p, check=check)
     if backend == "triton":
         return topp_mask_triton(probs, p, check=check)
     return topp_mask_torch(probs, p, check=check)

@@ -124,6 +124,25 @@ class KernelConfig:
     """Merge the split partials in the split kernel itself (the last program of each (sequence, kv head)
     to finish does it, found by an atomic ticket) instead of a second launch; None means no: on the H200
     the one-launch merge measured slower (8K context, 22% kept: 20.5 µs against 13.5 µs)."""
+    pdl: bool | None = None
+    """Programmatic dependent launch: the split kernel waits for its predecessor with ``griddepcontrol`` instead
+    of at its launch, and lets the merge launch while it still runs (the merge then waits for it), so the two
+    launch latencies overlap the work. None means on where it can run (a CUDA device of compute capability 9.0
+    or newer, Triton >= 3.4): on the H200 it took 0.7-1.1 µs off every attention step (128K context, 22% kept:
+    40.6 to 39.5 µs with the L2 flushed by reading)."""
+
+
+def pdl_supported(device: torch.device | str) -> bool:
+    """Whether the kernels can use programmatic dependent launch on ``device`` (see :attr:`KernelConfig.pdl`)."""
+    dev = torch.device(device)
+    if dev.type != "cuda" or not (_HAVE_TRITON and HAVE_PDL):
+        return False
+    return _capability(torch.cuda.current_device() if dev.index is None else dev.index) >= 9
+
+
+@functools.cache
+def _capability(index: int) -> int:
+    return torch.cuda.get_device_capability(index)[0]
 
 
 def default_config(head_dim: int, dtype: torch.dtype, block_size: int) -> KernelConfig:
@@ -177,13 +196,25 @@ def resolve_config(config: KernelConfig | None, *, head_dim: int, dtype: torch.d
     if not 1 <= splits <= MAX_SPLITS:
         raise UsageError(f"splits must be in [1, {MAX_SPLITS}], got {splits}")
     fused = bool(given.fused_merge)  # None: the two-launch merge, measured faster (see fused_merge)
-    return KernelConfig(blocks_per_tile=bpt, num_warps=warps, num_stages=stages, splits=splits, fused_merge=fused)
+    pdl = pdl_supported(device) if given.pdl is None else bool(given.pdl)
+    if pdl and not pdl_supported(device):
+        raise UsageError("programmatic dependent launch (pdl=True) needs a CUDA device of compute capability 9.0 "
+                         "or newer and Triton >= 3.4; leave pdl unset to use it where it can run")
+    return KernelConfig(blocks_per_tile=bpt, num_warps=warps, num_stages=stages, splits=splits, fused_merge=fused,
+                        pdl=pdl)
 
 
 # ----------------------------------------------------------------------------------------------
 # kernels (plain functions, wrapped for the mode triton was imported in: see _jit)
 
 if _HAVE_TRITON:
+    try:  # Triton >= 3.4 (programmatic dependent launch); without it KernelConfig.pdl stays off
+        from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+        HAVE_PDL = True
+    except ImportError:  # pragma: no cover - older Triton
+        gdc_launch_dependents = gdc_wait = None
+        HAVE_PDL = False
 
     def _compact_kernel(
         sel_ptr,
@@ -273,6 +304,7 @@ if _HAVE_TRITON:
         DOT_PRECISION: tl.constexpr,
         MERGE: tl.constexpr,
         SPLITS_PAD: tl.constexpr,
+        PDL: tl.constexpr = False,
     ):
         """Partial attention of one GQA group over one share of its selected blocks.
 
@@ -288,7 +320,12 @@ if _HAVE_TRITON:
         ``MERGE`` says who finishes: ``MERGE_SEPARATE`` leaves the partials to :func:`_merge_kernel`;
         ``MERGE_LAST`` has the last program of the group to finish merge them (module docstring, "One
         launch"); ``MERGE_NONE`` (one split) writes the normalised output and token count directly.
+        ``PDL`` (launched as a programmatic dependent): wait for the previous kernel's writes (the lists) here,
+        and let the next kernel (the merge) launch at once.
         """
+        if PDL:
+            gdc_wait()
+            gdc_launch_dependents()
         TILE: tl.constexpr = BLOCKS_PER_TILE * BLOCK_SIZE
         # A finite "minus infinity" for the running max: an all-masked tile then gives 2^(m - m) = 1, not NaN.
         NEG_BIG: tl.constexpr = -1.0e30
@@ -439,11 +476,15 @@ if _HAVE_TRITON:
         Q_ROWS: tl.constexpr,
         HEAD_DIM: tl.constexpr,
         SPLITS_PAD: tl.constexpr,
+        PDL: tl.constexpr = False,
     ):
         """Combine the partials of row ``program_id(1)`` (query head major, query row minor) of group
         ``program_id(0)`` (:func:`_merge_row`): the two-launch path (``fused_merge=False``). Query head 0 of
-        each group also writes the group's token count (int64, as the torch backend returns it).
+        each group also writes the group's token count (int64, as the torch backend returns it). ``PDL``:
+        launched while the split kernel runs, so first wait until it has finished and its partials are visible.
         """
+        if PDL:
+            gdc_wait()
         bh = tl.program_id(0)
         g = tl.program_id(1)
         s = tl.arange(0, SPLITS_PAD)
@@ -462,6 +503,7 @@ if _HAVE_TRITON:
 
 else:  # pragma: no cover
     _compact_kernel = _split_kernel = _merge_kernel = _merge_row = _store_rows = None
+    HAVE_PDL = False
 
 
 @functools.cache
@@ -661,11 +703,11 @@ def sparse_decode(
         HEAD_DIM=d, BLOCK_SIZE=block_size,
         BLOCKS_PER_TILE=bpt, USE_INDICES=use_indices, HAS_KV_LEN=kv_len is not None,
         SOFTCAP=softcap is not None, DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
-        MERGE=merge, SPLITS_PAD=splits_pad, num_warps=warps, num_stages=stages,
+        MERGE=merge, SPLITS_PAD=splits_pad, num_warps=warps, num_stages=stages, **_pdl_args(bool(cfg.pdl)),
     )
     if merge == MERGE_SEPARATE:
         merge_partials(o_part, m_part, l_part, n_part, out, tokens_read, hkv=hkv, splits=splits, group=group,
-                       q_rows=q_rows)
+                       q_rows=q_rows, pdl=bool(cfg.pdl))
     return out, tokens_read
 
 
@@ -688,18 +730,25 @@ def score_scales(scaling: float, softcap: float | None) -> tuple[float, float]:
 
 def merge_partials(o_part: torch.Tensor, m_part: torch.Tensor, l_part: torch.Tensor, n_part: torch.Tensor,
                    out: torch.Tensor, tokens_read: torch.Tensor, *, hkv: int, splits: int, group: int,
-                   q_rows: int) -> None:
+                   q_rows: int, pdl: bool = False) -> None:
     """Merge split-K partials into ``out`` ``[B, Hq, Q, D]`` and ``tokens_read`` ``[B, Hkv]`` (one launch).
 
     The partials' layout is the split kernel's: ``o_part`` ``[B * Hkv * splits, group * Q, D]`` float32
     (unnormalised), ``m_part``/``l_part`` ``[B * Hkv * splits, group * Q]`` (base-2 running max and sum),
     ``n_part`` ``[B * Hkv * splits]`` int32 tokens read. Shared with the CUDA kernel
-    (:mod:`sparsebench.kernels.cuda_decode`), which writes the same layout.
+    (:mod:`sparsebench.kernels.cuda_decode`), which writes the same layout. ``pdl``: launched as a programmatic
+    dependent of the split kernel (launched with ``PDL`` too; see :attr:`KernelConfig.pdl`).
     """
     heads = o_part.shape[0] // splits
     _jit(_merge_kernel)[(heads, group * q_rows)](
         o_part, m_part, l_part, n_part, out, tokens_read,
         *out.stride(), hkv, splits,
         GROUP=group, Q_ROWS=q_rows, HEAD_DIM=out.shape[-1], SPLITS_PAD=triton.next_power_of_2(splits),
-        num_warps=4 if out.shape[-1] * triton.next_power_of_2(splits) >= 4096 else 2,
+        num_warps=4 if out.shape[-1] * triton.next_power_of_2(splits) >= 4096 else 2, **_pdl_args(pdl),
     )
+
+
+def _pdl_args(pdl: bool) -> dict[str, Any]:
+    """The kernel argument and launch option of programmatic dependent launch (none at all when off, so the
+    interpreter and older Triton never see them)."""
+    return dict(PDL=True, launch_pdl=True) if pdl else {}

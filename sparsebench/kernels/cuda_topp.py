@@ -1,0 +1,318 @@
+"""Sorting-free top-p masks by radix selection on exact fixed-point mass, in CUDA (NVRTC).
+
+Why this exists next to the Triton kernel (:mod:`sparsebench.kernels.topp`): the Triton search tests a few
+candidate thresholds per pass, and every candidate's mass needs its own reduction tree across the block. On the
+H200 that made 32 rows of 1K entries cost 8.6 µs in steady state, against 3.4 µs for one read of the input, and
+the 10x over sort that the project targets was out of reach (4.0-6.5x). A *histogram* of the mass needs no
+per-candidate reduction: every entry adds its mass to one of 2048 shared-memory bins, and one block-wide scan of
+the bins places the threshold. Triton has no shared-memory atomics on computed addresses, so this is CUDA,
+compiled at run time by NVRTC like :mod:`sparsebench.kernels.cuda_topk` (its top-k sibling).
+
+Exact mass without float atomics: float additions in atomic (arbitrary) order would make the result depend on
+scheduling. Each entry's mass is instead a 64-bit integer, ``f(x) = floor(x * S)`` with ``S = 2**62 / T``
+(``T`` the row's float64 sum), and integer sums are exact in any order. Every ``f`` is within ``x S 2**-53 + 1``
+of the real ``x S``, so any set's fixed-point mass is within ``E = F_T / 2**51 + 2N + 4`` units of its real
+scaled mass (``F_T`` the row's fixed-point total). A threshold is accepted only if its set's fixed-point mass
+reaches ``p (F_T + E) (1 + 2**-50) + E``; then its real mass reaches ``p T`` exactly. That margin is about
+``2e-15 T`` plus ``N 2**-61 T``, below the Triton kernel's float64 margin (``1e-12 T`` at 128K), so the mask
+equals the float64 sort-based reference's (:func:`sparsebench.kernels.topp.topp_mask_torch`) except when that
+reference's set reaches ``p T`` by less than that margin ("near-tie": then the next lower value is kept too).
+
+Algorithm (one thread block per row, entries ``t, t + blockDim, ...`` in registers as float32 bit patterns)
+--------------------------------------------------------------------------------------------------------
+1. Block sums: ``T`` (float64), then ``F_T``. ``p == 1`` keeps every positive entry; a zero row keeps nothing;
+   a ``p`` so close to 1 that the margin cannot be met keeps every positive entry (mass ``T >= p T``).
+2. The threshold ``t*`` (the largest entry whose at-or-above mass is accepted) lies in the bracket ``[lo, hi]``
+   of bit patterns, initially ``[1, max]`` (positive entries). A pass bins the bracket's entries into 2048
+   bins of ``2**shift`` patterns (``shift`` = bit length of ``hi - lo`` minus 11), adding mass and count per bin
+   with shared-memory atomics; a block scan from the top finds the bin where the mass at or above first reaches
+   the acceptance level. The mass of the bins over it is added to ``above`` and the bin becomes the bracket.
+   At most 3 passes reach a single pattern; usually 1-2.
+3. Once the bracket holds at most :data:`PAIRWISE_MAX` (64) entries, each of them computes its exact
+   at-or-above mass against the others in shared memory (four or more threads an entry); ``t*`` is the
+   largest accepted. The mask is ``x >= t*`` over positive entries: ties at ``t*`` are all kept, as in the
+   module :mod:`sparsebench.kernels.topp`'s semantics.
+
+Rows of up to :data:`MAX_N` entries (32 a thread at 1024 threads). No host synchronisation: CUDA-graph safe.
+
+Measured on the H200 (``sparsebench bench topp``, 32 rows, ``benchmarks/RESULTS.md``): exact on every row (0 rows
+differing from the reference; 1-2 passes), but not the step past the Triton kernel it was meant to be. In steady
+state (20 calls a replay) 6.8 / 9.2 / 10.6 / 18.8 / 31.4 / 64.0 µs at 1K-32K entries against Triton's 8.6 / 8.6 /
+12.4 / 18.2 / 30.1 / 39.7: the fixed cost of its block-wide steps (about ten barriers) keeps short rows near 7 µs,
+and one block per row leaves long rows on 32 SMs with float64 conversions and 64-bit shared atomics per entry and
+pass. So ``topp_mask(backend="auto")`` keeps the Triton kernel; this one is ``backend="cuda"``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+
+from sparsebench.errors import DependencyError
+
+__all__ = ["MAX_N", "PAIRWISE_MAX", "cuda_topp_unavailable_reason", "launch_shape", "launch_topp", "source"]
+
+#: Longest row the kernel holds in registers (32 entries a thread, 1024 threads).
+MAX_N = 32768
+#: Largest bracket resolved by pairwise sums instead of another histogram pass.
+PAIRWISE_MAX = 64
+_MIN_THREADS, _MAX_THREADS = 256, 1024
+_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+_SOURCE = r"""
+#define NBINS 2048
+#define BIN_BITS 11
+#define FULL 0xffffffffu
+#define MAX_PASSES 6
+
+typedef unsigned int u32;
+typedef unsigned short u16;
+typedef unsigned long long u64;
+
+__device__ __forceinline__ float load_value(const void* base, long long i) {
+#if IN_DTYPE == 0
+    return ((const float*)base)[i];
+#elif IN_DTYPE == 1
+    return __uint_as_float(((u32)((const u16*)base)[i]) << 16);
+#else
+    u16 h = ((const u16*)base)[i];
+    float f;
+    asm("{ .reg .f16 t; mov.b16 t, %1; cvt.f32.f16 %0, t; }" : "=f"(f) : "h"(h));
+    return f;
+#endif
+}
+
+template <typename T> __device__ __forceinline__ T warp_sum(T v) {
+    #pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL, v, o);
+    return v;
+}
+
+// Sum over the block (every thread gets it); red[32] is scratch. Ends synchronised.
+template <typename T> __device__ __forceinline__ T block_sum(T v, T* red) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    v = warp_sum(v);
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    T s = 0;
+    for (int w = 0; w < nwarps; ++w) s += red[w];
+    __syncthreads();
+    return s;
+}
+
+// Exclusive scan of one u64 per thread in thread order; *total gets the sum. ws[33] is scratch.
+__device__ __forceinline__ u64 block_scan(u64 v, u64* ws, u64* total) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    u64 inc = v;
+    #pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        u64 y = __shfl_up_sync(FULL, inc, o);
+        if (lane >= o) inc += y;
+    }
+    if (lane == 31) ws[warp] = inc;
+    __syncthreads();
+    if (warp == 0) {
+        u64 w = lane < nwarps ? ws[lane] : 0ull;
+        u64 wi = w;
+        #pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            u64 y = __shfl_up_sync(FULL, wi, o);
+            if (lane >= o) wi += y;
+        }
+        if (lane < nwarps) ws[lane] = wi - w;
+        if (lane == 31) ws[32] = wi;
+    }
+    __syncthreads();
+    u64 res = ws[warp] + inc - v;
+    *total = ws[32];
+    __syncthreads();
+    return res;
+}
+
+extern "C" __global__ void __launch_bounds__(1024, 1) sb_topp_mask(
+    const void* __restrict__ x, unsigned char* __restrict__ out, int* __restrict__ passes_out,
+    int n, int stride_x, int stride_out, double p)
+{
+    __shared__ u64 hmass[NBINS];
+    __shared__ u32 hcnt[NBINS];
+    __shared__ u64 ws[33];
+    __shared__ double red_d[32];
+    __shared__ u32 red_u[32];
+    __shared__ u32 pair_key[PAIRWISE_MAX];
+    __shared__ u64 pair_mass[PAIRWISE_MAX];
+    __shared__ u32 s_lo, s_hi, s_active, s_npair, s_tstar;
+    __shared__ u64 s_above;
+
+    const int row = blockIdx.x, t = threadIdx.x, nt = blockDim.x;
+    const void* xrow;
+#if IN_DTYPE == 0
+    xrow = (const float*)x + (long long)row * stride_x;
+#else
+    xrow = (const u16*)x + (long long)row * stride_x;
+#endif
+    u32 key[ITEMS];  // |x| bit patterns: their integer order is the value order (-0.0 joins +0.0)
+    double tot = 0.0;
+    u32 kmax = 0u;
+    #pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+        const int j = i * nt + t;
+        key[i] = 0u;
+        if (j < n) {
+            key[i] = __float_as_uint(load_value(xrow, j)) & 0x7fffffffu;
+            tot += (double)__uint_as_float(key[i]);
+            kmax = max(kmax, key[i]);
+        }
+    }
+    if (t == 0) { s_npair = 0u; s_tstar = 0u; }
+    tot = block_sum(tot, red_d);
+    #pragma unroll
+    for (int o = 16; o > 0; o >>= 1) kmax = max(kmax, __shfl_xor_sync(FULL, kmax, o));
+    if ((t & 31) == 0) red_u[t >> 5] = kmax;
+    __syncthreads();
+    for (int w = 0; w < (nt >> 5); ++w) kmax = max(kmax, red_u[w]);
+
+    // Fixed-point mass f(x) = floor(x * scale): exact integer sums (module docstring).
+    const double scale = tot > 0.0 ? 4611686018427387904.0 / tot : 0.0;  // 2**62 / T
+    u64 fsum = 0ull;
+    #pragma unroll
+    for (int i = 0; i < ITEMS; ++i) fsum += __double2ull_rz((double)__uint_as_float(key[i]) * scale);
+    const u64 ftot = block_sum(fsum, ws);
+    const double err = (double)ftot * 0x1p-51 + 2.0 * (double)n + 4.0;
+    const u64 target = __double2ull_ru(p * ((double)ftot + err) * (1.0 + 0x1p-50) + err + 2.0);
+
+    u32 tstar;
+    int n_pass = 0;
+    if (!(tot > 0.0)) {
+        tstar = FULL;  // nothing to keep
+    } else if (p >= 1.0 || ftot < target) {
+        tstar = 1u;  // every positive entry (p == 1, or p too close to 1 for the margin)
+    } else {
+        u32 lo = 1u, hi = kmax;
+        u64 above = 0ull;
+        u32 active = FULL;  // unknown until the first pass; forces one
+        for (; n_pass < MAX_PASSES && lo < hi && active > PAIRWISE_MAX; ++n_pass) {
+            const u32 span = hi - lo;
+            const int shift = max(0, 32 - __clz(span) - BIN_BITS);
+            for (int b = t; b < NBINS; b += nt) { hmass[b] = 0ull; hcnt[b] = 0u; }
+            __syncthreads();
+            #pragma unroll
+            for (int i = 0; i < ITEMS; ++i) {
+                const u32 k = key[i];
+                if (k >= lo && k <= hi) {  // padding has key 0 < lo
+                    const u32 b = (k - lo) >> shift;
+                    atomicAdd(&hmass[b], __double2ull_rz((double)__uint_as_float(k) * scale));
+                    atomicAdd(&hcnt[b], 1u);
+                }
+            }
+            __syncthreads();
+            const int per = NBINS / nt;
+            u64 mine = 0ull;
+            for (int i = 0; i < per; ++i) mine += hmass[t * per + i];
+            u64 total;
+            const u64 below = block_scan(mine, ws, &total);  // mass of the bracket's lower bins
+            // at-or-above mass of bin b = above + total - (mass of bins under b); find where it reaches target.
+            u64 under = below;
+            for (int i = 0; i < per; ++i) {
+                const int b = t * per + i;
+                const u64 h = hmass[b];
+                const u64 at_or_above = above + total - under;
+                if (at_or_above >= target && at_or_above - h < target) {
+                    s_above = at_or_above - h;
+                    s_active = hcnt[b];
+                    s_lo = lo + ((u32)b << shift);
+                    const u64 top = (u64)lo + (((u64)b + 1ull) << shift) - 1ull;
+                    s_hi = top < (u64)hi ? (u32)top : hi;
+                }
+                under += h;
+            }
+            __syncthreads();
+            lo = s_lo; hi = s_hi; above = s_above; active = s_active;
+            __syncthreads();
+        }
+        if (lo == hi) {
+            tstar = lo;
+        } else {
+            // At most PAIRWISE_MAX entries in [lo, hi]: each one's exact at-or-above mass.
+            #pragma unroll
+            for (int i = 0; i < ITEMS; ++i) {
+                const u32 k = key[i];
+                if (k >= lo && k <= hi) {
+                    const u32 slot = atomicAdd(&s_npair, 1u);
+                    if (slot < PAIRWISE_MAX) {
+                        pair_key[slot] = k;
+                        pair_mass[slot] = __double2ull_rz((double)__uint_as_float(k) * scale);
+                    }
+                }
+            }
+            __syncthreads();
+            const u32 np = min(s_npair, (u32)PAIRWISE_MAX);
+            const int tpe = nt / PAIRWISE_MAX;  // 4 to 16 threads an entry
+            const u32 s = t / tpe;
+            const int part = t % tpe;
+            const u32 mk = s < np ? pair_key[s] : FULL;
+            u64 m = 0ull;
+            for (u32 q = part; q < np; q += tpe)
+                if (pair_key[q] >= mk) m += pair_mass[q];
+            for (int o = 1; o < tpe; o <<= 1) m += __shfl_xor_sync(FULL, m, o);
+            if (s < np && part == 0 && above + m >= target) atomicMax(&s_tstar, mk);
+            __syncthreads();
+            tstar = max(s_tstar, lo);  // lo is accepted (invariant), so some entry >= lo is
+        }
+    }
+    unsigned char* orow = out + (long long)row * stride_out;
+    #pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+        const int j = i * nt + t;
+        if (j < n) orow[j] = (key[i] >= tstar) && (key[i] > 0u);
+    }
+    if (WRITE_PASSES && t == 0) passes_out[row] = n_pass;
+}
+"""
+
+
+@functools.cache
+def cuda_topp_unavailable_reason() -> str | None:
+    """Why the CUDA top-p cannot run here (no CUDA device, no NVRTC in this torch), else None."""
+    if not torch.cuda.is_available():
+        return "no CUDA device is visible"
+    if getattr(torch.cuda, "_compile_kernel", None) is None:
+        return f"torch {torch.__version__} has no torch.cuda._compile_kernel (NVRTC); torch >= 2.9 has"
+    return None
+
+
+def source(*, items: int, dtype_code: int, write_passes: bool) -> str:
+    """The kernel source for one specialisation (the CPU tests compile it with NVRTC when they can)."""
+    defines = dict(ITEMS=items, PAIRWISE_MAX=PAIRWISE_MAX, IN_DTYPE=dtype_code, WRITE_PASSES=int(write_passes))
+    return "".join(f"#define {k} {v}\n" for k, v in defines.items()) + _SOURCE
+
+
+@functools.cache
+def _compiled(items: int, dtype_code: int, write_passes: bool) -> Any:
+    try:
+        return torch.cuda._compile_kernel(source(items=items, dtype_code=dtype_code, write_passes=write_passes),
+                                          "sb_topp_mask", nvcc_options=["-std=c++17"])
+    except Exception as exc:  # NVRTC missing, or a compile error: say which, in one line
+        last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise DependencyError(f"could not compile the CUDA top-p kernel with NVRTC: {last}") from exc
+
+
+def launch_shape(n: int) -> tuple[int, int]:
+    """``(threads, items)`` for rows of ``n`` entries: about 8 entries a thread, a power of two from 256 to 1024
+    threads (the 2048 bins split evenly, and the pairwise step has four or more threads an entry)."""
+    threads = _MIN_THREADS
+    while threads < _MAX_THREADS and threads * 8 < n:
+        threads *= 2
+    return threads, max(1, -(-n // threads))
+
+
+def launch_topp(x: torch.Tensor, p: float, out: torch.Tensor, passes_out: torch.Tensor | None = None) -> None:
+    """Write the top-p mask of ``x`` ``[rows, n]`` (float32/bfloat16/float16, last dim contiguous, ``n <=
+    MAX_N``, values validated by the caller) into ``out`` (uint8 ``[rows, n]``); ``passes_out`` (int32
+    ``[rows]``) gets each row's histogram passes. :func:`sparsebench.kernels.topp.topp_mask` validates."""
+    rows, n = x.shape
+    threads, items = launch_shape(n)
+    kernel = _compiled(items, _DTYPE_CODES[x.dtype], passes_out is not None)
+    kernel(grid=(rows, 1, 1), block=(threads, 1, 1), args=[
+        x, out, passes_out if passes_out is not None else out, n, x.stride(0), out.stride(0), float(p)])
