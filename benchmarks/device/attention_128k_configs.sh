@@ -2,11 +2,8 @@
 # The 128K attention step (22% kept, top-k over every layer at once, L2 flushed by reading) under a few Triton
 # kernel configurations, one layer and four layers per replay; then the radix top-k's many-rows test.
 #   bash benchmarks/device/attention_128k_configs.sh   (writes $OUT/results.tar.gz)
-set -u
-export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl 2>&1 | tail -2
-export PYTHONPATH=/tmp/site:$PWD
 R=/tmp/cfg; rm -rf $R; mkdir -p $R
+. benchmarks/device/device_env.sh $R/env.txt
 timeout 60 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_topk.py -k "many_rows or in_a_graph" \
   > $R/gpu_tests.txt 2>&1; echo "tests rc $?"; tail -2 $R/gpu_tests.txt
 for cfg in default splits=49 blocks_per_tile=2,num_stages=4,splits=66 blocks_per_tile=8,num_stages=2 num_warps=8; do

@@ -7,12 +7,7 @@
 #    then Nsight Compute durations of Quest's scoring and top-k launches (select_profile_probe.py).
 # 3. If the tests passed: `bench decode`, Llama-3-8B shape with random weights, dense / Quest / StreamingLLM at
 #    22%, 32K (batch 1, 8) and 128K (batch 1), Triton attention backend (Quest's top-k now the CUDA kernel).
-set -u
-export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl 2>&1 | tail -2
-export PYTHONPATH=/tmp/site:$PWD
-{ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-  python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"; } > $OUT/env.txt
+. benchmarks/device/device_env.sh $OUT/env.txt
 timeout 240 python3 -m pytest -q -x -p no:cacheprovider -m gpu tests/test_topk.py tests/test_fused_attention.py \
   > $OUT/gpu_tests.txt 2>&1
 rc=$?; echo "tests rc $rc"; tail -4 $OUT/gpu_tests.txt

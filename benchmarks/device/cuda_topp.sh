@@ -5,12 +5,7 @@
 # 2. `bench topp` twice: steady state (20 calls a replay, warm L2; the main suite up to 32K) and the default
 #    (one call a replay, L2 flushed; main and SpecAttn suites). Both time Triton, CUDA radix, sort and one read.
 # 3. `bench attention` at 8K/32K/128K with the selections now on the CUDA top-k/top-p (write and read flush).
-set -u
-export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl 2>&1 | tail -2
-export PYTHONPATH=/tmp/site:$PWD
-{ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-  python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"; } > $OUT/env.txt
+. benchmarks/device/device_env.sh $OUT/env.txt
 timeout 200 python3 -m pytest -q -x -p no:cacheprovider -m gpu tests/test_topp.py > $OUT/gpu_tests.txt 2>&1
 rc=$?; echo "tests rc $rc"; tail -4 $OUT/gpu_tests.txt
 mkdir -p $OUT/steady $OUT/flushed $OUT/att

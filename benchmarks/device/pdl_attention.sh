@@ -4,12 +4,7 @@
 # 1. GPU tests of the PDL path (eager and in a CUDA graph) and of the graph replays.
 # 2. `bench attention` at 8K/32K/128K, L2 flushed by reading, without and with `--triton-config pdl=1`,
 #    one layer per replay and four (--layers 4).
-set -u
-export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl 2>&1 | tail -2
-export PYTHONPATH=/tmp/site:$PWD
-{ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-  python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"; } > $OUT/env.txt
+. benchmarks/device/device_env.sh $OUT/env.txt
 timeout 150 python3 -m pytest -q -x -p no:cacheprovider -m gpu tests/test_triton_backend.py \
   -k "programmatic or graph_replay" > $OUT/gpu_tests.txt 2>&1
 rc=$?; echo "tests rc $rc"; tail -3 $OUT/gpu_tests.txt

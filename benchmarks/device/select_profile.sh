@@ -1,8 +1,10 @@
-set -u
-export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl 2>&1 | tail -2
-export PYTHONPATH=/tmp/site:$PWD
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader > $OUT/env.txt
+#!/usr/bin/env bash
+# Where Quest's selection goes at 32K and 128K (one device call; writes under $OUT):
+#   bash benchmarks/device/select_profile.sh
+# 1. Nsight Compute on Quest's scoring and top-k launches and the top-p kernel (select_profile_probe.py).
+# 2. The top-k kernel's configuration sweep for 8 rows of 2048 and 8192 blocks.
+# 3. `bench attention` with Quest's and the top-k selection, four layers per replay, L2 flushed by reading.
+. benchmarks/device/device_env.sh $OUT/env.txt
 timeout 150 /usr/local/cuda/bin/ncu --kernel-name regex:'_topk_kernel|_score_kernel|_topp_kernel' --launch-count 8 \
   --section SpeedOfLight --section WarpStateStats --section LaunchStats --section Occupancy \
   python3 benchmarks/device/select_profile_probe.py > $OUT/ncu_select.txt 2>&1

@@ -7,13 +7,8 @@
 # 2. `bench attention` at 8K/32K/128K: write flush, read flush, and four layers per replay (read flush).
 # 3. `bench decode`: Llama-3-8B shape with random weights, 32K (batch 1, 8) and 128K (batch 1), dense / Quest /
 #    StreamingLLM at 22%, Triton backend; then Qwen2.5-Coder-0.5B's shape at 32K.
-set -u
-export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl 2>&1 | tail -2
-export PYTHONPATH=/tmp/site:$PWD
 R=/tmp/s8; rm -rf $R; mkdir -p $R
-{ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-  python3 -c "import torch, triton, flashinfer; print('torch', torch.__version__, 'triton', triton.__version__, 'flashinfer', flashinfer.__version__)"; } > $R/env.txt 2>&1
+. benchmarks/device/device_env.sh $R/env.txt
 cat $R/env.txt
 timeout 260 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_backend.py tests/test_fused_attention.py \
   tests/test_fastdecode.py tests/test_topk.py tests/test_topp.py tests/test_cuda_decode.py --durations=5 \

@@ -49,6 +49,7 @@ from typing import Any
 import torch
 
 from sparsebench.errors import DependencyError, UsageError
+from sparsebench.kernels.nvrtc import compile_kernel, nvrtc_unavailable_reason, specialise
 
 __all__ = ["CudaKernelConfig", "cuda_unavailable_reason", "default_cuda_config", "sparse_decode_cuda",
            "unsupported_reason"]
@@ -88,10 +89,9 @@ def default_cuda_config(head_dim: int, block_size: int) -> CudaKernelConfig:
 @functools.cache
 def cuda_unavailable_reason() -> str | None:
     """Why the kernel cannot be compiled here (no CUDA device, no NVRTC in this torch), else None."""
-    if not torch.cuda.is_available():
-        return "no CUDA device is visible: the CUDA decode kernel runs on NVIDIA GPUs"
-    if getattr(torch.cuda, "_compile_kernel", None) is None:
-        return f"torch {torch.__version__} has no torch.cuda._compile_kernel (NVRTC); torch >= 2.9 has"
+    why = nvrtc_unavailable_reason()
+    if why is not None:
+        return f"{why}: the CUDA decode kernel runs on NVIDIA GPUs through NVRTC"
     major, _ = torch.cuda.get_device_capability()
     if major < 8:
         return "the CUDA decode kernel uses cp.async, which needs an sm_80 (Ampere) or newer GPU"
@@ -434,13 +434,8 @@ def _compiled(group: int, head_dim: int, block_size: int, tile_blocks: int, stag
     defines = dict(MAX_IDS=MAX_IDS, GROUP=group, HEAD_DIM=head_dim, BLOCK_SIZE=block_size, TILE_BLOCKS=tile_blocks,
                    STAGES=stages, IS_BF16=int(bf16), HAS_KV_LEN=int(has_kv_len), SOFTCAP=int(softcap),
                    COPIES_ONLY=int(copies_only))
-    src = "".join(f"#define {k} {v}\n" for k, v in defines.items()) + _SOURCE
-    try:
-        kernel = torch.cuda._compile_kernel(src, "sb_sparse_decode", nvcc_options=["--use_fast_math", "-std=c++17"])
-    except Exception as exc:  # NVRTC missing, or a compile error: say which, in one line
-        raise DependencyError(f"could not compile the CUDA decode kernel with NVRTC: "
-                              f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__}"
-                              ) from exc
+    kernel = compile_kernel(specialise(_SOURCE, **defines), "sb_sparse_decode", "the CUDA decode kernel",
+                            options=("--use_fast_math", "-std=c++17"))
     smem = _smem_bytes(group, head_dim, block_size, tile_blocks, stages)
     _set_smem(kernel, smem)
     return kernel, smem

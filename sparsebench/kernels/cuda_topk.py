@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from sparsebench.errors import DependencyError
+from sparsebench.kernels.nvrtc import COMMON_SOURCE, DTYPE_CODES, compile_kernel, nvrtc_unavailable_reason, specialise
 
 __all__ = ["PAIRWISE_MAX", "cuda_topk_unavailable_reason", "launch_topk_lists"]
 
@@ -48,28 +48,10 @@ MAX_ITEMS = 16
 _MAX_THREADS = 1024
 #: Fewest threads a row gets: the 2048 bins and the pairwise ranking (4 threads an entry) need the parallelism.
 _MIN_THREADS = 256
-_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 _SOURCE = r"""
 #define NBINS 2048
 #define BIN_BITS 11
-#define FULL 0xffffffffu
-
-typedef unsigned int u32;
-typedef unsigned short u16;
-
-__device__ __forceinline__ float load_value(const void* base, long long i) {
-#if IN_DTYPE == 0
-    return ((const float*)base)[i];
-#elif IN_DTYPE == 1
-    return __uint_as_float(((u32)((const u16*)base)[i]) << 16);
-#else
-    u16 h = ((const u16*)base)[i];
-    float f;
-    asm("{ .reg .f16 t; mov.b16 t, %1; cvt.f32.f16 %0, t; }" : "=f"(f) : "h"(h));
-    return f;
-#endif
-}
 
 // The Triton kernel's int32 order key, flipped so that unsigned order is the same order.
 __device__ __forceinline__ u32 order_key(float x) {
@@ -78,35 +60,6 @@ __device__ __forceinline__ u32 order_key(float x) {
     if (key == -1) key = 0;           // -0.0 joins +0.0
     if (x != x) key = (int)0x80000000; // NaN below -inf
     return ((u32)key) ^ 0x80000000u;
-}
-
-// Exclusive block scan of one value per thread; *total gets the sum. Uses warp_sums[32]; ends synchronised.
-__device__ __forceinline__ u32 block_scan(u32 v, u32* warp_sums, u32* total) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    u32 inc = v;
-    #pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-        u32 y = __shfl_up_sync(FULL, inc, o);
-        if (lane >= o) inc += y;
-    }
-    if (lane == 31) warp_sums[warp] = inc;
-    __syncthreads();
-    if (warp == 0) {
-        u32 w = lane < nwarps ? warp_sums[lane] : 0u;
-        u32 wi = w;
-        #pragma unroll
-        for (int o = 1; o < 32; o <<= 1) {
-            u32 y = __shfl_up_sync(FULL, wi, o);
-            if (lane >= o) wi += y;
-        }
-        if (lane < nwarps) warp_sums[lane] = wi - w;  // exclusive offsets of the warps
-        if (lane == 31) warp_sums[32] = wi;
-    }
-    __syncthreads();
-    u32 res = warp_sums[warp] + inc - v;
-    *total = warp_sums[32];
-    __syncthreads();  // warp_sums may be reused at once
-    return res;
 }
 
 extern "C" __global__ void __launch_bounds__(1024) sb_topk_lists(
@@ -122,12 +75,7 @@ extern "C" __global__ void __launch_bounds__(1024) sb_topk_lists(
 
     const int row = blockIdx.x, t = threadIdx.x;
     const int first = t * ITEMS;
-    const void* xrow;
-#if IN_DTYPE == 0
-    xrow = (const float*)x + (long long)row * stride_x;
-#else
-    xrow = (const u16*)x + (long long)row * stride_x;
-#endif
+    const void* xrow = row_of(x, row, stride_x);
     long long kk = PER_ROW_K ? k_row[row] : (long long)k_all;
     const int k = (int)(kk < 0 ? 0 : (kk > n ? n : kk));
 
@@ -268,32 +216,23 @@ extern "C" __global__ void __launch_bounds__(1024) sb_topk_lists(
 """
 
 
-@functools.cache
 def cuda_topk_unavailable_reason() -> str | None:
     """Why the CUDA top-k cannot run here (no CUDA device, no NVRTC in this torch), else None."""
-    if not torch.cuda.is_available():
-        return "no CUDA device is visible"
-    if getattr(torch.cuda, "_compile_kernel", None) is None:
-        return f"torch {torch.__version__} has no torch.cuda._compile_kernel (NVRTC); torch >= 2.9 has"
-    return None
+    return nvrtc_unavailable_reason()
 
 
 def source(*, items: int, dtype_code: int, per_row_k: bool, keep_last: bool, last_in_budget: bool) -> str:
     """The kernel source for one specialisation (also what the CPU tests compile with NVRTC when they can)."""
-    defines = dict(ITEMS=items, MAX_ITEMS=MAX_ITEMS, PAIRWISE_MAX=PAIRWISE_MAX, IN_DTYPE=dtype_code,
-                   PER_ROW_K=int(per_row_k), KEEP_LAST=int(keep_last), LAST_IN_BUDGET=int(last_in_budget))
-    return "".join(f"#define {k} {v}\n" for k, v in defines.items()) + _SOURCE
+    return specialise(COMMON_SOURCE + _SOURCE, ITEMS=items, MAX_ITEMS=MAX_ITEMS, PAIRWISE_MAX=PAIRWISE_MAX,
+                      IN_DTYPE=dtype_code, PER_ROW_K=int(per_row_k), KEEP_LAST=int(keep_last),
+                      LAST_IN_BUDGET=int(last_in_budget))
 
 
 @functools.cache
 def _compiled(items: int, dtype_code: int, per_row_k: bool, keep_last: bool, last_in_budget: bool) -> Any:
     src = source(items=items, dtype_code=dtype_code, per_row_k=per_row_k, keep_last=keep_last,
                  last_in_budget=last_in_budget)
-    try:
-        return torch.cuda._compile_kernel(src, "sb_topk_lists", nvcc_options=["-std=c++17"])
-    except Exception as exc:  # NVRTC missing, or a compile error: say which, in one line
-        last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise DependencyError(f"could not compile the CUDA top-k kernel with NVRTC: {last}") from exc
+    return compile_kernel(src, "sb_topk_lists", "the CUDA top-k kernel")
 
 
 def launch_shape(n: int, rows: int = 1, sms: int = 132) -> tuple[int, int]:
@@ -318,7 +257,7 @@ def launch_topk_lists(x: torch.Tensor, k: int | torch.Tensor, out: torch.Tensor,
     sms = torch.cuda.get_device_properties(x.device).multi_processor_count
     threads, items = launch_shape(n, rows, sms)
     per_row = isinstance(k, torch.Tensor)
-    kernel = _compiled(items, _DTYPE_CODES[x.dtype], per_row, keep_last, last_in_budget)
+    kernel = _compiled(items, DTYPE_CODES[x.dtype], per_row, keep_last, last_in_budget)
     k_row = k.to(torch.int64) if per_row else counts  # counts: never read without PER_ROW_K
     kernel(grid=(rows, 1, 1), block=(threads, 1, 1), args=[
         x, k_row, out, indices, counts, n, 0 if per_row else min(int(k), n), x.stride(0)])

@@ -50,7 +50,7 @@ from typing import Any
 
 import torch
 
-from sparsebench.errors import DependencyError
+from sparsebench.kernels.nvrtc import COMMON_SOURCE, DTYPE_CODES, compile_kernel, nvrtc_unavailable_reason, specialise
 
 __all__ = ["MAX_N", "PAIRWISE_MAX", "cuda_topp_unavailable_reason", "launch_shape", "launch_topp", "source"]
 
@@ -59,77 +59,11 @@ MAX_N = 32768
 #: Largest bracket resolved by pairwise sums instead of another histogram pass.
 PAIRWISE_MAX = 64
 _MIN_THREADS, _MAX_THREADS = 256, 1024
-_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 _SOURCE = r"""
 #define NBINS 2048
 #define BIN_BITS 11
-#define FULL 0xffffffffu
 #define MAX_PASSES 6
-
-typedef unsigned int u32;
-typedef unsigned short u16;
-typedef unsigned long long u64;
-
-__device__ __forceinline__ float load_value(const void* base, long long i) {
-#if IN_DTYPE == 0
-    return ((const float*)base)[i];
-#elif IN_DTYPE == 1
-    return __uint_as_float(((u32)((const u16*)base)[i]) << 16);
-#else
-    u16 h = ((const u16*)base)[i];
-    float f;
-    asm("{ .reg .f16 t; mov.b16 t, %1; cvt.f32.f16 %0, t; }" : "=f"(f) : "h"(h));
-    return f;
-#endif
-}
-
-template <typename T> __device__ __forceinline__ T warp_sum(T v) {
-    #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL, v, o);
-    return v;
-}
-
-// Sum over the block (every thread gets it); red[32] is scratch. Ends synchronised.
-template <typename T> __device__ __forceinline__ T block_sum(T v, T* red) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    v = warp_sum(v);
-    if (lane == 0) red[warp] = v;
-    __syncthreads();
-    T s = 0;
-    for (int w = 0; w < nwarps; ++w) s += red[w];
-    __syncthreads();
-    return s;
-}
-
-// Exclusive scan of one u64 per thread in thread order; *total gets the sum. ws[33] is scratch.
-__device__ __forceinline__ u64 block_scan(u64 v, u64* ws, u64* total) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    u64 inc = v;
-    #pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-        u64 y = __shfl_up_sync(FULL, inc, o);
-        if (lane >= o) inc += y;
-    }
-    if (lane == 31) ws[warp] = inc;
-    __syncthreads();
-    if (warp == 0) {
-        u64 w = lane < nwarps ? ws[lane] : 0ull;
-        u64 wi = w;
-        #pragma unroll
-        for (int o = 1; o < 32; o <<= 1) {
-            u64 y = __shfl_up_sync(FULL, wi, o);
-            if (lane >= o) wi += y;
-        }
-        if (lane < nwarps) ws[lane] = wi - w;
-        if (lane == 31) ws[32] = wi;
-    }
-    __syncthreads();
-    u64 res = ws[warp] + inc - v;
-    *total = ws[32];
-    __syncthreads();
-    return res;
-}
 
 extern "C" __global__ void __launch_bounds__(1024, 1) sb_topp_mask(
     const void* __restrict__ x, unsigned char* __restrict__ out, int* __restrict__ passes_out,
@@ -146,12 +80,7 @@ extern "C" __global__ void __launch_bounds__(1024, 1) sb_topp_mask(
     __shared__ u64 s_above;
 
     const int row = blockIdx.x, t = threadIdx.x, nt = blockDim.x;
-    const void* xrow;
-#if IN_DTYPE == 0
-    xrow = (const float*)x + (long long)row * stride_x;
-#else
-    xrow = (const u16*)x + (long long)row * stride_x;
-#endif
+    const void* xrow = row_of(x, row, stride_x);
     u32 key[ITEMS];  // |x| bit patterns: their integer order is the value order (-0.0 joins +0.0)
     double tot = 0.0;
     u32 kmax = 0u;
@@ -272,30 +201,21 @@ extern "C" __global__ void __launch_bounds__(1024, 1) sb_topp_mask(
 """
 
 
-@functools.cache
 def cuda_topp_unavailable_reason() -> str | None:
     """Why the CUDA top-p cannot run here (no CUDA device, no NVRTC in this torch), else None."""
-    if not torch.cuda.is_available():
-        return "no CUDA device is visible"
-    if getattr(torch.cuda, "_compile_kernel", None) is None:
-        return f"torch {torch.__version__} has no torch.cuda._compile_kernel (NVRTC); torch >= 2.9 has"
-    return None
+    return nvrtc_unavailable_reason()
 
 
 def source(*, items: int, dtype_code: int, write_passes: bool) -> str:
     """The kernel source for one specialisation (the CPU tests compile it with NVRTC when they can)."""
-    defines = dict(ITEMS=items, PAIRWISE_MAX=PAIRWISE_MAX, IN_DTYPE=dtype_code, WRITE_PASSES=int(write_passes))
-    return "".join(f"#define {k} {v}\n" for k, v in defines.items()) + _SOURCE
+    return specialise(COMMON_SOURCE + _SOURCE, ITEMS=items, PAIRWISE_MAX=PAIRWISE_MAX, IN_DTYPE=dtype_code,
+                      WRITE_PASSES=int(write_passes))
 
 
 @functools.cache
 def _compiled(items: int, dtype_code: int, write_passes: bool) -> Any:
-    try:
-        return torch.cuda._compile_kernel(source(items=items, dtype_code=dtype_code, write_passes=write_passes),
-                                          "sb_topp_mask", nvcc_options=["-std=c++17"])
-    except Exception as exc:  # NVRTC missing, or a compile error: say which, in one line
-        last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise DependencyError(f"could not compile the CUDA top-p kernel with NVRTC: {last}") from exc
+    return compile_kernel(source(items=items, dtype_code=dtype_code, write_passes=write_passes), "sb_topp_mask",
+                          "the CUDA top-p kernel")
 
 
 def launch_shape(n: int) -> tuple[int, int]:
@@ -313,6 +233,6 @@ def launch_topp(x: torch.Tensor, p: float, out: torch.Tensor, passes_out: torch.
     ``[rows]``) gets each row's histogram passes. :func:`sparsebench.kernels.topp.topp_mask` validates."""
     rows, n = x.shape
     threads, items = launch_shape(n)
-    kernel = _compiled(items, _DTYPE_CODES[x.dtype], passes_out is not None)
+    kernel = _compiled(items, DTYPE_CODES[x.dtype], passes_out is not None)
     kernel(grid=(rows, 1, 1), block=(threads, 1, 1), args=[
         x, out, passes_out if passes_out is not None else out, n, x.stride(0), out.stride(0), float(p)])

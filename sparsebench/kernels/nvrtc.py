@@ -1,0 +1,125 @@
+"""What the NVRTC-compiled kernels share: whether they can compile here, the compile call, and CUDA source pieces.
+
+Why one module: :mod:`sparsebench.kernels.cuda_decode`, :mod:`sparsebench.kernels.cuda_topk` and
+:mod:`sparsebench.kernels.cuda_topp` are compiled at run time by NVRTC through ``torch.cuda._compile_kernel`` (no
+extension build, no CUDA headers). They need the same availability check, the same one-line error when a compile
+fails, and (the two selection kernels) the same block-wide reductions and dtype-coded loads.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+
+from sparsebench.errors import DependencyError
+
+__all__ = ["COMMON_SOURCE", "DTYPE_CODES", "compile_kernel", "nvrtc_unavailable_reason", "specialise"]
+
+#: ``IN_DTYPE`` values of :data:`COMMON_SOURCE`'s ``load_value``.
+DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+#: Typedefs, ``load_value`` (element ``i`` of a float32/bfloat16/float16 array as float32, by ``IN_DTYPE``), and
+#: block-wide ``block_sum`` / ``block_scan`` over one value a thread (blockDim a multiple of 32, at most 1024).
+COMMON_SOURCE = r"""
+#define FULL 0xffffffffu
+
+typedef unsigned int u32;
+typedef unsigned short u16;
+typedef unsigned long long u64;
+
+__device__ __forceinline__ float load_value(const void* base, long long i) {
+#if IN_DTYPE == 0
+    return ((const float*)base)[i];
+#elif IN_DTYPE == 1
+    return __uint_as_float(((u32)((const u16*)base)[i]) << 16);
+#else
+    u16 h = ((const u16*)base)[i];
+    float f;
+    asm("{ .reg .f16 t; mov.b16 t, %1; cvt.f32.f16 %0, t; }" : "=f"(f) : "h"(h));
+    return f;
+#endif
+}
+
+// Row `row` of a float32 (4-byte) or 16-bit array with `stride` elements between rows.
+__device__ __forceinline__ const void* row_of(const void* base, int row, int stride) {
+#if IN_DTYPE == 0
+    return (const float*)base + (long long)row * stride;
+#else
+    return (const u16*)base + (long long)row * stride;
+#endif
+}
+
+template <typename T> __device__ __forceinline__ T warp_sum(T v) {
+    #pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL, v, o);
+    return v;
+}
+
+// Sum over the block (every thread gets it); red[32] is scratch. Ends synchronised.
+template <typename T> __device__ __forceinline__ T block_sum(T v, T* red) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    v = warp_sum(v);
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    T s = 0;
+    for (int w = 0; w < nwarps; ++w) s += red[w];
+    __syncthreads();
+    return s;
+}
+
+// Exclusive scan of one value a thread, in thread order; *total gets the sum. ws[33] is scratch. Ends synchronised.
+template <typename T> __device__ __forceinline__ T block_scan(T v, T* ws, T* total) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    T inc = v;
+    #pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        T y = __shfl_up_sync(FULL, inc, o);
+        if (lane >= o) inc += y;
+    }
+    if (lane == 31) ws[warp] = inc;
+    __syncthreads();
+    if (warp == 0) {
+        T w = lane < nwarps ? ws[lane] : (T)0;
+        T wi = w;
+        #pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            T y = __shfl_up_sync(FULL, wi, o);
+            if (lane >= o) wi += y;
+        }
+        if (lane < nwarps) ws[lane] = wi - w;  // exclusive offsets of the warps
+        if (lane == 31) ws[32] = wi;
+    }
+    __syncthreads();
+    T res = ws[warp] + inc - v;
+    *total = ws[32];
+    __syncthreads();  // ws may be reused at once
+    return res;
+}
+"""
+
+
+@functools.cache
+def nvrtc_unavailable_reason() -> str | None:
+    """Why no NVRTC kernel can run here (no CUDA device, no ``torch.cuda._compile_kernel``), else None."""
+    if not torch.cuda.is_available():
+        return "no CUDA device is visible"
+    if getattr(torch.cuda, "_compile_kernel", None) is None:
+        return f"torch {torch.__version__} has no torch.cuda._compile_kernel (NVRTC); torch >= 2.9 has"
+    return None
+
+
+def specialise(source: str, **defines: int) -> str:
+    """``source`` preceded by one ``#define NAME VALUE`` line per keyword: a kernel's compile-time shape."""
+    return "".join(f"#define {k} {v}\n" for k, v in defines.items()) + source
+
+
+def compile_kernel(source: str, name: str, what: str, options: tuple[str, ...] = ("-std=c++17",)) -> Any:
+    """Compile kernel ``name`` of ``source`` with NVRTC; a failure raises ``DependencyError`` naming ``what`` (e.g.
+    "the CUDA top-k kernel") and NVRTC's last message line."""
+    try:
+        return torch.cuda._compile_kernel(source, name, nvcc_options=list(options))
+    except Exception as exc:  # NVRTC missing, or a compile error: say which, in one line
+        last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise DependencyError(f"could not compile {what} with NVRTC: {last}") from exc
