@@ -37,17 +37,14 @@ from typing import Any
 
 import torch
 
-from sparsebench.kernels.nvrtc import COMMON_SOURCE, DTYPE_CODES, compile_kernel, nvrtc_unavailable_reason, specialise
+from sparsebench.kernels.nvrtc import COMMON_SOURCE, DTYPE_CODES, MIN_THREADS, block_threads, compile_kernel, specialise
 
-__all__ = ["PAIRWISE_MAX", "cuda_topk_unavailable_reason", "launch_topk_lists"]
+__all__ = ["PAIRWISE_MAX", "launch_shape", "launch_topk_lists", "source"]
 
 #: Largest bracket resolved by pairwise ranking instead of another histogram pass.
 PAIRWISE_MAX = 64
 #: Most entries a thread holds; with 1024 threads, rows up to 16384 entries (the Triton kernel's MAX_N).
 MAX_ITEMS = 16
-_MAX_THREADS = 1024
-#: Fewest threads a row gets: the 2048 bins and the pairwise ranking (4 threads an entry) need the parallelism.
-_MIN_THREADS = 256
 
 _SOURCE = r"""
 #define NBINS 2048
@@ -216,11 +213,6 @@ extern "C" __global__ void __launch_bounds__(1024) sb_topk_lists(
 """
 
 
-def cuda_topk_unavailable_reason() -> str | None:
-    """Why the CUDA top-k cannot run here (no CUDA device, no NVRTC in this torch), else None."""
-    return nvrtc_unavailable_reason()
-
-
 def source(*, items: int, dtype_code: int, per_row_k: bool, keep_last: bool, last_in_budget: bool) -> str:
     """The kernel source for one specialisation (also what the CPU tests compile with NVRTC when they can)."""
     return specialise(COMMON_SOURCE + _SOURCE, ITEMS=items, MAX_ITEMS=MAX_ITEMS, PAIRWISE_MAX=PAIRWISE_MAX,
@@ -239,10 +231,8 @@ def launch_shape(n: int, rows: int = 1, sms: int = 132) -> tuple[int, int]:
     """``(threads, items)`` for ``rows`` rows of ``n`` entries on ``sms`` multiprocessors: about 8 entries a
     thread, 256 to 1024 threads; 16 entries a thread instead when there are more rows than multiprocessors (a
     1024-thread block fills an SM's registers, so many rows, e.g. every layer's at once, would take two waves)."""
-    threads = _MIN_THREADS
-    while threads < _MAX_THREADS and threads * 8 < n:  # a power of two: the 2048 bins split evenly
-        threads *= 2
-    if rows > sms and threads > _MIN_THREADS and -(-n // (threads // 2)) <= MAX_ITEMS:
+    threads = block_threads(n)
+    if rows > sms and threads > MIN_THREADS and -(-n // (threads // 2)) <= MAX_ITEMS:
         threads //= 2
     return threads, max(1, -(-n // threads))
 

@@ -50,15 +50,14 @@ from typing import Any
 
 import torch
 
-from sparsebench.kernels.nvrtc import COMMON_SOURCE, DTYPE_CODES, compile_kernel, nvrtc_unavailable_reason, specialise
+from sparsebench.kernels.nvrtc import COMMON_SOURCE, DTYPE_CODES, block_threads, compile_kernel, specialise
 
-__all__ = ["MAX_N", "PAIRWISE_MAX", "cuda_topp_unavailable_reason", "launch_shape", "launch_topp", "source"]
+__all__ = ["MAX_N", "PAIRWISE_MAX", "launch_shape", "launch_topp", "source"]
 
 #: Longest row the kernel holds in registers (32 entries a thread, 1024 threads).
 MAX_N = 32768
 #: Largest bracket resolved by pairwise sums instead of another histogram pass.
 PAIRWISE_MAX = 64
-_MIN_THREADS, _MAX_THREADS = 256, 1024
 
 _SOURCE = r"""
 #define NBINS 2048
@@ -201,11 +200,6 @@ extern "C" __global__ void __launch_bounds__(1024, 1) sb_topp_mask(
 """
 
 
-def cuda_topp_unavailable_reason() -> str | None:
-    """Why the CUDA top-p cannot run here (no CUDA device, no NVRTC in this torch), else None."""
-    return nvrtc_unavailable_reason()
-
-
 def source(*, items: int, dtype_code: int, write_passes: bool) -> str:
     """The kernel source for one specialisation (the CPU tests compile it with NVRTC when they can)."""
     return specialise(COMMON_SOURCE + _SOURCE, ITEMS=items, PAIRWISE_MAX=PAIRWISE_MAX, IN_DTYPE=dtype_code,
@@ -221,9 +215,7 @@ def _compiled(items: int, dtype_code: int, write_passes: bool) -> Any:
 def launch_shape(n: int) -> tuple[int, int]:
     """``(threads, items)`` for rows of ``n`` entries: about 8 entries a thread, a power of two from 256 to 1024
     threads (the 2048 bins split evenly, and the pairwise step has four or more threads an entry)."""
-    threads = _MIN_THREADS
-    while threads < _MAX_THREADS and threads * 8 < n:
-        threads *= 2
+    threads = block_threads(n)
     return threads, max(1, -(-n // threads))
 
 

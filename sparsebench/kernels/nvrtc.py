@@ -15,8 +15,20 @@ import torch
 
 from sparsebench.errors import DependencyError
 
-__all__ = ["COMMON_SOURCE", "DTYPE_CODES", "compile_kernel", "nvrtc_unavailable_reason", "specialise"]
+__all__ = [
+    "COMMON_SOURCE",
+    "DTYPE_CODES",
+    "MAX_THREADS",
+    "MIN_THREADS",
+    "block_threads",
+    "compile_kernel",
+    "nvrtc_unavailable_reason",
+    "specialise",
+]
 
+#: Block sizes of the row-per-block selection kernels: at least 256 threads (2048 histogram bins split evenly, and
+#: four or more threads per pairwise candidate), at most 1024.
+MIN_THREADS, MAX_THREADS = 256, 1024
 #: ``IN_DTYPE`` values of :data:`COMMON_SOURCE`'s ``load_value``.
 DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
@@ -108,6 +120,15 @@ def nvrtc_unavailable_reason() -> str | None:
     if getattr(torch.cuda, "_compile_kernel", None) is None:
         return f"torch {torch.__version__} has no torch.cuda._compile_kernel (NVRTC); torch >= 2.9 has"
     return None
+
+
+def block_threads(n: int, per_thread: int = 8) -> int:
+    """Threads of a block that holds a row of ``n`` entries, about ``per_thread`` a thread: a power of two from
+    :data:`MIN_THREADS` to :data:`MAX_THREADS`."""
+    threads = MIN_THREADS
+    while threads < MAX_THREADS and threads * per_thread < n:
+        threads *= 2
+    return threads
 
 
 def specialise(source: str, **defines: int) -> str:

@@ -405,14 +405,14 @@ def _resolve(config: TopKConfig | None, n_cols: int) -> tuple[int, int]:
 def _use_cuda(config: TopKConfig | None, scores: torch.Tensor, n: int) -> bool:
     """Whether :func:`topk_select` runs the CUDA radix kernel (``TopKConfig.kernel``); ``"cuda"`` where it cannot
     run is an error that says why."""
-    from sparsebench.kernels.cuda_topk import cuda_topk_unavailable_reason
+    from sparsebench.kernels.nvrtc import nvrtc_unavailable_reason
 
     choice = config.kernel if config is not None else "auto"
     if choice not in ("auto", "triton", "cuda"):
         raise UsageError(f"TopKConfig.kernel must be 'auto', 'triton' or 'cuda', got {choice!r}")
     if choice == "triton":
         return False
-    why = cuda_topk_unavailable_reason() if scores.is_cuda else "the scores are not on a CUDA device"
+    why = nvrtc_unavailable_reason() if scores.is_cuda else "the scores are not on a CUDA device"
     if choice == "cuda" and why is not None:
         raise UsageError(f"the CUDA top-k kernel cannot run here: {why}; use TopKConfig(kernel='triton')")
     return why is None and (choice == "cuda" or n >= CUDA_FROM_N)

@@ -826,10 +826,11 @@ def _launch(probs: torch.Tensor, pf: float, cfg: TopPConfig, passes_out: torch.T
 def cuda_unusable_reason(probs: torch.Tensor) -> str | None:
     """Why :func:`topp_mask_cuda` cannot take ``probs`` (device, NVRTC, dtype, row length), or None."""
     from sparsebench.kernels import cuda_topp
+    from sparsebench.kernels.nvrtc import nvrtc_unavailable_reason
 
     if not (isinstance(probs, torch.Tensor) and probs.is_cuda):
         return "the probabilities are not on a CUDA device"
-    why = cuda_topp.cuda_topp_unavailable_reason()
+    why = nvrtc_unavailable_reason()
     if why is not None:
         return why
     if probs.dtype not in _KERNEL_DTYPES:
