@@ -3,7 +3,8 @@
 Why this exists: Quest scores every block in every sparse layer, then keeps the top ``k``. On the H200 the
 Triton threshold search (:mod:`sparsebench.kernels.topk`) took 28 µs for 8 rows of 8192 blocks under Nsight
 Compute (128K context), twice the 13 µs of the scoring kernel that reads 33.5 MB before it; one program per row
-issues ~5,500 instructions a thread, mostly the per-candidate reduction trees of its 4-5 search passes. A
+issues, by the profile's cycles and issue rate, about 5,500 instructions a thread (an estimate), mostly, by the
+kernel's structure, the per-candidate reduction trees of its 4-5 search passes. A
 histogram needs no per-candidate reduction: every entry adds one to a shared-memory bin, and one block-wide scan
 of the bins places the k-th largest key. This kernel is that, written in CUDA because Triton exposes neither
 shared-memory atomics on a computed address nor the block scan it needs.
