@@ -102,6 +102,10 @@ def make_cases(gen: torch.Generator) -> list[dict]:
     for q_rows, per_row, mode in ((1, False, "indices"), (3, True, "bitmap")):
         cases.append(make_case(gen, b=2, hkv=2, group=2, d=64, n_tokens=80, mode=mode, kv_len=True, q_rows=q_rows,
                                per_row=per_row, config=dict(blocks_per_tile=1, splits=3, fused_merge=True)))
+    # The two-launch merge with each row's head dim split over several programs (KernelConfig.merge_d_parts).
+    for q_rows, d_parts in ((1, 4), (3, 2)):
+        cases.append(make_case(gen, b=2, hkv=2, group=2, d=64, n_tokens=80, mode="indices", kv_len=True,
+                               q_rows=q_rows, config=dict(blocks_per_tile=1, splits=3, merge_d_parts=d_parts)))
     # Several query rows: (rows, per-row selection, GQA group, mode, splits, blocks per tile, softcap, layout).
     multi = [(2, False, 1, "indices", None, 2, None, "contiguous"), (2, True, 4, "bitmap", 3, 1, None, "capacity"),
              (4, True, 1, "indices", 2, 1, None, "contiguous"), (4, False, 4, "bitmap", 2, 2, 20.0, "bthd"),
@@ -219,7 +223,7 @@ def test_interpreted_compaction(interpreted: tuple[list[dict], list[dict], str])
 @pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")
 def test_interpreted_multi_row_rows_mismatch(interpreted: tuple[list[dict], list[dict], str]) -> None:
     """A per-row selection whose row count is not the query's is a one-line UsageError, not a wrong answer."""
-    assert sum(c["q"].shape[2] > 1 for c in interpreted[0]) == 6  # the multi-row cases are compared above
+    assert sum(c["q"].shape[2] > 1 for c in interpreted[0]) == 7  # the multi-row cases are compared above
     bad_rows = interpreted[2]
     assert bad_rows.startswith("UsageError") and "2 rows for 3 query rows" in bad_rows, bad_rows
 

@@ -50,6 +50,7 @@ from typing import Any
 
 import torch
 
+from sparsebench.errors import UsageError
 from sparsebench.kernels.nvrtc import COMMON_SOURCE, DTYPE_CODES, block_threads, compile_kernel, specialise
 
 __all__ = ["MAX_N", "PAIRWISE_MAX", "launch_shape", "launch_topp", "source"]
@@ -58,13 +59,13 @@ __all__ = ["MAX_N", "PAIRWISE_MAX", "launch_shape", "launch_topp", "source"]
 MAX_N = 32768
 #: Largest bracket resolved by pairwise sums instead of another histogram pass.
 PAIRWISE_MAX = 64
+#: Histogram bins a pass (the launch may ask for fewer: :func:`launch_topp`).
+DEFAULT_BINS = 2048
 
 _SOURCE = r"""
-#define NBINS 2048
-#define BIN_BITS 11
 #define MAX_PASSES 6
 
-extern "C" __global__ void __launch_bounds__(1024, 1) sb_topp_mask(
+extern "C" __global__ void __launch_bounds__(THREADS, 1) sb_topp_mask(
     const void* __restrict__ x, unsigned char* __restrict__ out, int* __restrict__ passes_out,
     int n, int stride_x, int stride_out, double p)
 {
@@ -128,11 +129,27 @@ extern "C" __global__ void __launch_bounds__(1024, 1) sb_topp_mask(
             #pragma unroll
             for (int i = 0; i < ITEMS; ++i) {
                 const u32 k = key[i];
-                if (k >= lo && k <= hi) {  // padding has key 0 < lo
+                const bool in = k >= lo && k <= hi;  // padding has key 0 < lo
+#if AGGREGATE
+                // Lanes landing in one bin add once: 21-bit limbs of the mass are summed across the group
+                // (32 x 2**21 cannot overflow 32 bits), and its first lane does the two shared atomics.
+                const u32 b = in ? (k - lo) >> shift : NBINS + (t & 31);  // outsiders: a group of their own
+                const u32 peers = __match_any_sync(FULL, b);
+                const u64 m = in ? __double2ull_rz((double)__uint_as_float(k) * scale) : 0ull;
+                const u64 s0 = __reduce_add_sync(peers, (u32)(m & 0x1fffffull));
+                const u64 s1 = __reduce_add_sync(peers, (u32)((m >> 21) & 0x1fffffull));
+                const u64 s2 = __reduce_add_sync(peers, (u32)(m >> 42));
+                if (in && (t & 31) == __ffs(peers) - 1) {
+                    atomicAdd(&hmass[b], s0 + (s1 << 21) + (s2 << 42));
+                    atomicAdd(&hcnt[b], (u32)__popc(peers));
+                }
+#else
+                if (in) {
                     const u32 b = (k - lo) >> shift;
                     atomicAdd(&hmass[b], __double2ull_rz((double)__uint_as_float(k) * scale));
                     atomicAdd(&hcnt[b], 1u);
                 }
+#endif
             }
             __syncthreads();
             const int per = NBINS / nt;
@@ -200,16 +217,20 @@ extern "C" __global__ void __launch_bounds__(1024, 1) sb_topp_mask(
 """
 
 
-def source(*, items: int, dtype_code: int, write_passes: bool) -> str:
-    """The kernel source for one specialisation (the CPU tests compile it with NVRTC when they can)."""
+def source(*, items: int, dtype_code: int, write_passes: bool, bins: int = DEFAULT_BINS, threads: int = 1024,
+           aggregate: bool = False) -> str:
+    """The kernel source for one specialisation (the CPU tests compile it with NVRTC when they can). ``threads``
+    is the block size it is launched with at most (its register budget follows from it); ``aggregate``: lanes of
+    a warp that hit one histogram bin add their mass once (warp match and reductions) instead of one atomic each."""
     return specialise(COMMON_SOURCE + _SOURCE, ITEMS=items, PAIRWISE_MAX=PAIRWISE_MAX, IN_DTYPE=dtype_code,
-                      WRITE_PASSES=int(write_passes))
+                      WRITE_PASSES=int(write_passes), NBINS=bins, BIN_BITS=bins.bit_length() - 1, THREADS=threads,
+                      AGGREGATE=int(aggregate))
 
 
 @functools.cache
-def _compiled(items: int, dtype_code: int, write_passes: bool) -> Any:
-    return compile_kernel(source(items=items, dtype_code=dtype_code, write_passes=write_passes), "sb_topp_mask",
-                          "the CUDA top-p kernel")
+def _compiled(items: int, dtype_code: int, write_passes: bool, bins: int, threads: int, aggregate: bool) -> Any:
+    return compile_kernel(source(items=items, dtype_code=dtype_code, write_passes=write_passes, bins=bins,
+                                 threads=threads, aggregate=aggregate), "sb_topp_mask", "the CUDA top-p kernel")
 
 
 def launch_shape(n: int) -> tuple[int, int]:
@@ -219,12 +240,32 @@ def launch_shape(n: int) -> tuple[int, int]:
     return threads, max(1, -(-n // threads))
 
 
-def launch_topp(x: torch.Tensor, p: float, out: torch.Tensor, passes_out: torch.Tensor | None = None) -> None:
+def check_shape(n: int, threads: int, bins: int) -> str | None:
+    """Why ``threads`` and ``bins`` cannot serve rows of ``n`` entries, or None: both powers of two, 64 to 1024
+    threads (the pairwise step gives each of its 64 candidates a thread or more), at most 32 entries a thread
+    (held in registers), and from ``threads`` to 2048 bins (each thread scans one or more)."""
+    if not (threads & (threads - 1) == 0 and 64 <= threads <= 1024):
+        return f"threads must be a power of two from 64 to 1024, got {threads}"
+    if -(-n // threads) > 32:
+        return f"{threads} threads hold at most {32 * threads} entries, got rows of {n}"
+    if not (bins & (bins - 1) == 0 and threads <= bins <= 2048):
+        return f"bins must be a power of two from the thread count ({threads}) to 2048, got {bins}"
+    return None
+
+
+def launch_topp(x: torch.Tensor, p: float, out: torch.Tensor, passes_out: torch.Tensor | None = None, *,
+                threads: int | None = None, bins: int | None = None, aggregate: bool = False) -> None:
     """Write the top-p mask of ``x`` ``[rows, n]`` (float32/bfloat16/float16, last dim contiguous, ``n <=
     MAX_N``, values validated by the caller) into ``out`` (uint8 ``[rows, n]``); ``passes_out`` (int32
-    ``[rows]``) gets each row's histogram passes. :func:`sparsebench.kernels.topp.topp_mask` validates."""
+    ``[rows]``) gets each row's histogram passes. :func:`sparsebench.kernels.topp.topp_mask` validates.
+    ``threads``, ``bins`` and ``aggregate`` override the launch shape, the histogram size and how entries are added
+    to it (for the benchmark's sweep; :func:`source`)."""
     rows, n = x.shape
-    threads, items = launch_shape(n)
-    kernel = _compiled(items, DTYPE_CODES[x.dtype], passes_out is not None)
+    threads = threads or launch_shape(n)[0]
+    bins = bins or DEFAULT_BINS
+    why = check_shape(n, threads, bins)
+    if why is not None:
+        raise UsageError(f"CUDA top-p launch: {why}")
+    kernel = _compiled(-(-n // threads), DTYPE_CODES[x.dtype], passes_out is not None, bins, threads, aggregate)
     kernel(grid=(rows, 1, 1), block=(threads, 1, 1), args=[
         x, out, passes_out if passes_out is not None else out, n, x.stride(0), out.stride(0), float(p)])

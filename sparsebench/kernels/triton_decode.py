@@ -124,6 +124,10 @@ class KernelConfig:
     """Merge the split partials in the split kernel itself (the last program of each (sequence, kv head)
     to finish does it, found by an atomic ticket) instead of a second launch; None means no: on the H200
     the one-launch merge measured slower (8K context, 22% kept: 20.5 µs against 13.5 µs)."""
+    merge_d_parts: int | None = None
+    """Programs per merged query row in the two-launch merge, each merging ``head_dim / merge_d_parts`` of the
+    row's values (a power of two). Why: the merge is latency-bound (a few hundred KB from L2 at 128K), so more,
+    smaller programs may finish sooner. None means 1."""
     pdl: bool | None = None
     """Programmatic dependent launch: the split kernel waits for its predecessor with ``griddepcontrol`` instead
     of at its launch, and lets the merge launch while it still runs (the merge then waits for it), so the two
@@ -196,12 +200,16 @@ def resolve_config(config: KernelConfig | None, *, head_dim: int, dtype: torch.d
     if not 1 <= splits <= MAX_SPLITS:
         raise UsageError(f"splits must be in [1, {MAX_SPLITS}], got {splits}")
     fused = bool(given.fused_merge)  # None: the two-launch merge, measured faster (see fused_merge)
+    d_parts = given.merge_d_parts or 1
+    if not (_is_pow2(d_parts) and head_dim // d_parts >= 16):
+        raise UsageError(f"merge_d_parts must be a power of two leaving at least 16 of the head dim ({head_dim}) "
+                         f"a program, got {d_parts}")
     pdl = pdl_supported(device) if given.pdl is None else bool(given.pdl)
     if pdl and not pdl_supported(device):
         raise UsageError("programmatic dependent launch (pdl=True) needs a CUDA device of compute capability 9.0 "
                          "or newer and Triton >= 3.4; leave pdl unset to use it where it can run")
     return KernelConfig(blocks_per_tile=bpt, num_warps=warps, num_stages=stages, splits=splits, fused_merge=fused,
-                        pdl=pdl)
+                        merge_d_parts=d_parts, pdl=pdl)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -476,11 +484,13 @@ if _HAVE_TRITON:
         Q_ROWS: tl.constexpr,
         HEAD_DIM: tl.constexpr,
         SPLITS_PAD: tl.constexpr,
+        BLOCK_D: tl.constexpr,
         PDL: tl.constexpr = False,
     ):
         """Combine the partials of row ``program_id(1)`` (query head major, query row minor) of group
-        ``program_id(0)`` (:func:`_merge_row`): the two-launch path (``fused_merge=False``). Query head 0 of
-        each group also writes the group's token count (int64, as the torch backend returns it). ``PDL``:
+        ``program_id(0)`` (:func:`_merge_row`), its values from ``program_id(2) * BLOCK_D`` on: the two-launch path
+        (``fused_merge=False``). Query head 0 of each group also writes the group's token count (int64, as the
+        torch backend returns it). ``PDL``:
         launched while the split kernel runs, so first wait until it has finished and its partials are visible.
         """
         if PDL:
@@ -488,7 +498,7 @@ if _HAVE_TRITON:
         bh = tl.program_id(0)
         g = tl.program_id(1)
         s = tl.arange(0, SPLITS_PAD)
-        dims = tl.arange(0, HEAD_DIM)
+        dims = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
         s_ok = s < n_splits
         ROWS: tl.constexpr = GROUP * Q_ROWS
         parts = bh.to(tl.int64) * n_splits + s
@@ -499,7 +509,7 @@ if _HAVE_TRITON:
         _store_rows(out_ptr, stride_ob, stride_oh, stride_oq, stride_od, b, one + (h * GROUP + g // Q_ROWS),
                     one + g % Q_ROWS, dims, res[None, :], one == 0)
         n = tl.sum(tl.load(n_part_ptr + parts, mask=s_ok, other=0), axis=0)
-        tl.store(tokens_ptr + bh, n.to(tl.int64), mask=g == 0)
+        tl.store(tokens_ptr + bh, n.to(tl.int64), mask=(g == 0) & (tl.program_id(2) == 0))
 
 else:  # pragma: no cover
     _compact_kernel = _split_kernel = _merge_kernel = _merge_row = _store_rows = None
@@ -707,7 +717,7 @@ def sparse_decode(
     )
     if merge == MERGE_SEPARATE:
         merge_partials(o_part, m_part, l_part, n_part, out, tokens_read, hkv=hkv, splits=splits, group=group,
-                       q_rows=q_rows, pdl=bool(cfg.pdl))
+                       q_rows=q_rows, pdl=bool(cfg.pdl), d_parts=int(cfg.merge_d_parts or 1))
     return out, tokens_read
 
 
@@ -730,21 +740,24 @@ def score_scales(scaling: float, softcap: float | None) -> tuple[float, float]:
 
 def merge_partials(o_part: torch.Tensor, m_part: torch.Tensor, l_part: torch.Tensor, n_part: torch.Tensor,
                    out: torch.Tensor, tokens_read: torch.Tensor, *, hkv: int, splits: int, group: int,
-                   q_rows: int, pdl: bool = False) -> None:
+                   q_rows: int, pdl: bool = False, d_parts: int = 1) -> None:
     """Merge split-K partials into ``out`` ``[B, Hq, Q, D]`` and ``tokens_read`` ``[B, Hkv]`` (one launch).
 
     The partials' layout is the split kernel's: ``o_part`` ``[B * Hkv * splits, group * Q, D]`` float32
     (unnormalised), ``m_part``/``l_part`` ``[B * Hkv * splits, group * Q]`` (base-2 running max and sum),
     ``n_part`` ``[B * Hkv * splits]`` int32 tokens read. Shared with the CUDA kernel
     (:mod:`sparsebench.kernels.cuda_decode`), which writes the same layout. ``pdl``: launched as a programmatic
-    dependent of the split kernel (launched with ``PDL`` too; see :attr:`KernelConfig.pdl`).
+    dependent of the split kernel (launched with ``PDL`` too; see :attr:`KernelConfig.pdl`). ``d_parts``: programs
+    per row (:attr:`KernelConfig.merge_d_parts`).
     """
     heads = o_part.shape[0] // splits
-    _jit(_merge_kernel)[(heads, group * q_rows)](
+    block_d = out.shape[-1] // d_parts
+    splits_pad = triton.next_power_of_2(splits)
+    _jit(_merge_kernel)[(heads, group * q_rows, d_parts)](
         o_part, m_part, l_part, n_part, out, tokens_read,
         *out.stride(), hkv, splits,
-        GROUP=group, Q_ROWS=q_rows, HEAD_DIM=out.shape[-1], SPLITS_PAD=triton.next_power_of_2(splits),
-        num_warps=4 if out.shape[-1] * triton.next_power_of_2(splits) >= 4096 else 2, **_pdl_args(pdl),
+        GROUP=group, Q_ROWS=q_rows, HEAD_DIM=out.shape[-1], SPLITS_PAD=splits_pad, BLOCK_D=block_d,
+        num_warps=4 if block_d * splits_pad >= 4096 else 2, **_pdl_args(pdl),
     )
 
 

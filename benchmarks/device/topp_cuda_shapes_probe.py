@@ -1,0 +1,81 @@
+"""The CUDA radix top-p kernel's launch shape (threads a row), histogram size (bins a pass) and
+histogram adds (one atomic an entry, or one a warp's group of entries in a bin), swept.
+
+Why: the first version used 2048 bins and at least 256 threads for every row, with a 64-register budget
+(``__launch_bounds__(1024)``) at every block size. Short rows paid for zeroing and scanning 2048 bins per pass,
+and long rows spilled registers. Each variant is checked against the exact reference before it is timed.
+
+    python3 benchmarks/device/topp_cuda_shapes_probe.py --out DIR
+Timing as ``bench topp``'s steady state: 20 calls a CUDA-graph replay, no flush, median of 30 replays; 32 rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import json
+import statistics
+from pathlib import Path
+
+import torch
+
+from sparsebench.bench.topp import make_probs, sort_topp, time_gpu
+from sparsebench.kernels import topp
+from sparsebench.kernels.cuda_topp import check_shape, launch_shape, launch_topp
+
+
+def _ints(v: str) -> list[int]:
+    return [int(x) for x in v.split(",")]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--sizes", default="1024,2048,4096,8192,16384,32768")
+    ap.add_argument("--temperatures", default="1.0,4.0")
+    ap.add_argument("--threads", type=_ints, default=[64, 128, 256, 512, 1024])
+    ap.add_argument("--bins", type=_ints, default=[128, 256, 512, 1024, 2048])
+    ap.add_argument("--aggregate", type=lambda v: [bool(int(x)) for x in v.split(",")], default=[False],
+                    help="comma-separated 0/1: warp-aggregated histogram adds")
+    args = ap.parse_args()
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    for n in (int(s) for s in args.sizes.split(",")):
+        for temp in (float(t) for t in args.temperatures.split(",")):
+            probs = make_probs(32, n, temperature=temp, dtype=torch.float32, device="cuda", gen=gen)
+            ref = topp.topp_mask_torch(probs, 0.95)
+            t_sort = statistics.median(time_gpu(functools.partial(sort_topp, probs, 0.95), warmup=3, repeats=20,
+                                                flush=None, calls=20))
+            t_triton = statistics.median(time_gpu(functools.partial(topp.topp_mask_triton, probs, 0.95, check=False),
+                                                  warmup=3, repeats=30, flush=None, calls=20))
+            default_threads = launch_shape(n)[0]
+            for threads, bins, aggregate in itertools.product(args.threads, args.bins, args.aggregate):
+                if check_shape(n, threads, bins) is not None:
+                    continue
+                out = torch.empty(probs.shape, dtype=torch.uint8, device="cuda")
+                call = functools.partial(launch_topp, probs, 0.95, out, threads=threads, bins=bins,
+                                         aggregate=aggregate)
+                call()
+                bad = int((out.bool() != ref).any(-1).sum())
+                us = statistics.median(time_gpu(call, warmup=3, repeats=30, flush=None, calls=20))
+                rows.append(dict(n=n, temperature=temp, threads=threads, bins=bins, aggregate=aggregate, us=us,
+                                 rows_differing=bad, sort_us=t_sort, triton_us=t_triton, speedup_vs_sort=t_sort / us,
+                                 is_old_default=threads == default_threads and bins == 2048 and not aggregate))
+                print(f"N={n:>6} T={temp:3.1f} threads {threads:>4} bins {bins:>4} aggregate {int(aggregate)}: "
+                      f"{us:6.2f} us (x{t_sort / us:4.1f} sort {t_sort:6.1f}; triton {t_triton:5.1f})  bad rows {bad}",
+                      flush=True)
+            best = min((r for r in rows if r["n"] == n and r["temperature"] == temp and not r["rows_differing"]),
+                       key=lambda r: r["us"])
+            print(f"  best N={n} T={temp}: {best['threads']} threads, {best['bins']} bins, aggregate "
+                  f"{int(best['aggregate'])}, {best['us']:.2f} us, "
+                  f"x{best['speedup_vs_sort']:.1f} vs sort", flush=True)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "topp_cuda_shapes.json").write_text(json.dumps(dict(
+            torch=torch.__version__, gpu=torch.cuda.get_device_name(), rows=rows,
+            method="20 calls a CUDA-graph replay, no flush, median of 30 replays; 32 rows; p = 0.95"), indent=1))
+
+
+if __name__ == "__main__":
+    main()
