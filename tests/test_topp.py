@@ -543,7 +543,7 @@ def test_cuda_radix_scope() -> None:
     assert "not on a CUDA device" in (cuda_unusable_reason(torch.zeros(2, 8)) or "")
     for n in (1, 8, 2048, 2049, 8192, MAX_N):
         threads, items = launch_shape(n)
-        assert threads & (threads - 1) == 0 and 256 <= threads <= 1024 and threads * items >= n and items <= 32, n
+        assert threads & (threads - 1) == 0 and 512 <= threads <= 1024 and threads * items >= n and items <= 32, n
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""The CUDA radix top-p kernel's launch shape (threads a row), histogram size (bins a pass) and
-histogram adds (one atomic an entry, or one a warp's group of entries in a bin), swept.
+"""The CUDA radix top-p kernel's launch shape (threads a row) and histogram size (bins a pass),
+swept. (Session 9 also tried warp-aggregated histogram adds, at commit e88a985: 1.4-12x slower; removed.)
 
 Why: the first version used 2048 bins and at least 256 threads for every row, with a 64-register budget
 (``__launch_bounds__(1024)``) at every block size. Short rows paid for zeroing and scanning 2048 bins per pass,
@@ -36,8 +36,6 @@ def main() -> None:
     ap.add_argument("--temperatures", default="1.0,4.0")
     ap.add_argument("--threads", type=_ints, default=[64, 128, 256, 512, 1024])
     ap.add_argument("--bins", type=_ints, default=[128, 256, 512, 1024, 2048])
-    ap.add_argument("--aggregate", type=lambda v: [bool(int(x)) for x in v.split(",")], default=[False],
-                    help="comma-separated 0/1: warp-aggregated histogram adds")
     args = ap.parse_args()
     gen = torch.Generator().manual_seed(0)
     rows = []
@@ -50,25 +48,23 @@ def main() -> None:
             t_triton = statistics.median(time_gpu(functools.partial(topp.topp_mask_triton, probs, 0.95, check=False),
                                                   warmup=3, repeats=30, flush=None, calls=20))
             default_threads = launch_shape(n)[0]
-            for threads, bins, aggregate in itertools.product(args.threads, args.bins, args.aggregate):
+            for threads, bins in itertools.product(args.threads, args.bins):
                 if check_shape(n, threads, bins) is not None:
                     continue
                 out = torch.empty(probs.shape, dtype=torch.uint8, device="cuda")
-                call = functools.partial(launch_topp, probs, 0.95, out, threads=threads, bins=bins,
-                                         aggregate=aggregate)
+                call = functools.partial(launch_topp, probs, 0.95, out, threads=threads, bins=bins)
                 call()
                 bad = int((out.bool() != ref).any(-1).sum())
                 us = statistics.median(time_gpu(call, warmup=3, repeats=30, flush=None, calls=20))
-                rows.append(dict(n=n, temperature=temp, threads=threads, bins=bins, aggregate=aggregate, us=us,
+                rows.append(dict(n=n, temperature=temp, threads=threads, bins=bins, us=us,
                                  rows_differing=bad, sort_us=t_sort, triton_us=t_triton, speedup_vs_sort=t_sort / us,
-                                 is_old_default=threads == default_threads and bins == 2048 and not aggregate))
-                print(f"N={n:>6} T={temp:3.1f} threads {threads:>4} bins {bins:>4} aggregate {int(aggregate)}: "
+                                 is_default=threads == default_threads and bins == 2048))
+                print(f"N={n:>6} T={temp:3.1f} threads {threads:>4} bins {bins:>4}: "
                       f"{us:6.2f} us (x{t_sort / us:4.1f} sort {t_sort:6.1f}; triton {t_triton:5.1f})  bad rows {bad}",
                       flush=True)
             best = min((r for r in rows if r["n"] == n and r["temperature"] == temp and not r["rows_differing"]),
                        key=lambda r: r["us"])
-            print(f"  best N={n} T={temp}: {best['threads']} threads, {best['bins']} bins, aggregate "
-                  f"{int(best['aggregate'])}, {best['us']:.2f} us, "
+            print(f"  best N={n} T={temp}: {best['threads']} threads, {best['bins']} bins, {best['us']:.2f} us, "
                   f"x{best['speedup_vs_sort']:.1f} vs sort", flush=True)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

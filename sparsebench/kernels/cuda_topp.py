@@ -35,12 +35,14 @@ Algorithm (one thread block per row, entries ``t, t + blockDim, ...`` in registe
 
 Rows of up to :data:`MAX_N` entries (32 a thread at 1024 threads). No host synchronisation: CUDA-graph safe.
 
-Measured on the H200 (``sparsebench bench topp``, 32 rows, ``benchmarks/RESULTS.md``): exact on every row (0 rows
-differing from the reference; 1-2 passes), but not the step past the Triton kernel it was meant to be. In steady
-state (20 calls a replay) 6.8 / 9.2 / 10.6 / 18.8 / 31.4 / 64.0 µs at 1K-32K entries against Triton's 8.6 / 8.6 /
-12.4 / 18.2 / 30.1 / 39.7: the fixed cost of its block-wide steps (about ten barriers) keeps short rows near 7 µs,
-and one block per row leaves long rows on 32 SMs with float64 conversions and 64-bit shared atomics per entry and
-pass. So ``topp_mask(backend="auto")`` keeps the Triton kernel; this one is ``backend="cuda"``.
+Measured on the H200 (``sparsebench bench topp``, 32 rows, steady state of 20 calls a replay;
+``benchmarks/RESULTS.md``, ninth session): exact on every row (0 rows differing from the reference; 1-2 passes).
+6.2 / 7.7 / 10.7 / 18.0 / 29.6 / 64.2 µs at 1K-32K entries, against the Triton kernel's 8.6 / 8.6 / 12.4 / 18.2 /
+30.6 / 40.3 and sort's 39.9-208 µs (3.2-6.5x faster than sort). What the time is *not*: the launch (an empty
+kernel costs under 1 µs a call there), the histogram size (fewer bins were slower), or atomic contention
+(warp-aggregated adds were 1.4-12x slower). Fewer threads a row were slower at every length, so the per-entry work
+of each pass (float64 scaling, 64-bit shared atomics) is what costs; long rows also run one block per row on 32
+SMs. So ``topp_mask(backend="auto")`` keeps the Triton kernel; this one is ``backend="cuda"``.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from typing import Any
 import torch
 
 from sparsebench.errors import UsageError
-from sparsebench.kernels.nvrtc import COMMON_SOURCE, DTYPE_CODES, block_threads, compile_kernel, specialise
+from sparsebench.kernels.nvrtc import COMMON_SOURCE, DTYPE_CODES, MAX_THREADS, compile_kernel, specialise
 
 __all__ = ["MAX_N", "PAIRWISE_MAX", "launch_shape", "launch_topp", "source"]
 
@@ -129,27 +131,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sb_topp_mask(
             #pragma unroll
             for (int i = 0; i < ITEMS; ++i) {
                 const u32 k = key[i];
-                const bool in = k >= lo && k <= hi;  // padding has key 0 < lo
-#if AGGREGATE
-                // Lanes landing in one bin add once: 21-bit limbs of the mass are summed across the group
-                // (32 x 2**21 cannot overflow 32 bits), and its first lane does the two shared atomics.
-                const u32 b = in ? (k - lo) >> shift : NBINS + (t & 31);  // outsiders: a group of their own
-                const u32 peers = __match_any_sync(FULL, b);
-                const u64 m = in ? __double2ull_rz((double)__uint_as_float(k) * scale) : 0ull;
-                const u64 s0 = __reduce_add_sync(peers, (u32)(m & 0x1fffffull));
-                const u64 s1 = __reduce_add_sync(peers, (u32)((m >> 21) & 0x1fffffull));
-                const u64 s2 = __reduce_add_sync(peers, (u32)(m >> 42));
-                if (in && (t & 31) == __ffs(peers) - 1) {
-                    atomicAdd(&hmass[b], s0 + (s1 << 21) + (s2 << 42));
-                    atomicAdd(&hcnt[b], (u32)__popc(peers));
-                }
-#else
-                if (in) {
+                if (k >= lo && k <= hi) {  // padding has key 0 < lo
                     const u32 b = (k - lo) >> shift;
                     atomicAdd(&hmass[b], __double2ull_rz((double)__uint_as_float(k) * scale));
                     atomicAdd(&hcnt[b], 1u);
                 }
-#endif
             }
             __syncthreads();
             const int per = NBINS / nt;
@@ -217,26 +203,26 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sb_topp_mask(
 """
 
 
-def source(*, items: int, dtype_code: int, write_passes: bool, bins: int = DEFAULT_BINS, threads: int = 1024,
-           aggregate: bool = False) -> str:
+def source(*, items: int, dtype_code: int, write_passes: bool, bins: int = DEFAULT_BINS, threads: int = 1024) -> str:
     """The kernel source for one specialisation (the CPU tests compile it with NVRTC when they can). ``threads``
-    is the block size it is launched with at most (its register budget follows from it); ``aggregate``: lanes of
-    a warp that hit one histogram bin add their mass once (warp match and reductions) instead of one atomic each."""
+    is the block size it is launched with at most: its register budget follows from it (a 64-register budget for
+    every block size made rows of 16 or 32 entries a thread spill)."""
     return specialise(COMMON_SOURCE + _SOURCE, ITEMS=items, PAIRWISE_MAX=PAIRWISE_MAX, IN_DTYPE=dtype_code,
-                      WRITE_PASSES=int(write_passes), NBINS=bins, BIN_BITS=bins.bit_length() - 1, THREADS=threads,
-                      AGGREGATE=int(aggregate))
+                      WRITE_PASSES=int(write_passes), NBINS=bins, BIN_BITS=bins.bit_length() - 1, THREADS=threads)
 
 
 @functools.cache
-def _compiled(items: int, dtype_code: int, write_passes: bool, bins: int, threads: int, aggregate: bool) -> Any:
+def _compiled(items: int, dtype_code: int, write_passes: bool, bins: int, threads: int) -> Any:
     return compile_kernel(source(items=items, dtype_code=dtype_code, write_passes=write_passes, bins=bins,
-                                 threads=threads, aggregate=aggregate), "sb_topp_mask", "the CUDA top-p kernel")
+                                 threads=threads), "sb_topp_mask", "the CUDA top-p kernel")
 
 
 def launch_shape(n: int) -> tuple[int, int]:
-    """``(threads, items)`` for rows of ``n`` entries: about 8 entries a thread, a power of two from 256 to 1024
-    threads (the 2048 bins split evenly, and the pairwise step has four or more threads an entry)."""
-    threads = block_threads(n)
+    """``(threads, items)`` for rows of ``n`` entries: 512 threads up to 16384 entries, 1024 above (at most 32
+    entries a thread). Measured on the H200 (``benchmarks/device/topp_cuda_shapes_probe.py``, 32 rows, 256 to 1024
+    threads, 1024 or 2048 bins): 512 threads with 2048 bins was the fastest at every length from 1K to 16K, by
+    10-25% over the 256 threads that about 8 entries a thread gave to rows of 1K-2K."""
+    threads = 512 if n <= 512 * 32 else MAX_THREADS
     return threads, max(1, -(-n // threads))
 
 
@@ -254,18 +240,17 @@ def check_shape(n: int, threads: int, bins: int) -> str | None:
 
 
 def launch_topp(x: torch.Tensor, p: float, out: torch.Tensor, passes_out: torch.Tensor | None = None, *,
-                threads: int | None = None, bins: int | None = None, aggregate: bool = False) -> None:
+                threads: int | None = None, bins: int | None = None) -> None:
     """Write the top-p mask of ``x`` ``[rows, n]`` (float32/bfloat16/float16, last dim contiguous, ``n <=
     MAX_N``, values validated by the caller) into ``out`` (uint8 ``[rows, n]``); ``passes_out`` (int32
     ``[rows]``) gets each row's histogram passes. :func:`sparsebench.kernels.topp.topp_mask` validates.
-    ``threads``, ``bins`` and ``aggregate`` override the launch shape, the histogram size and how entries are added
-    to it (for the benchmark's sweep; :func:`source`)."""
+    ``threads`` and ``bins`` override the launch shape and the histogram size (for the benchmark's sweep)."""
     rows, n = x.shape
     threads = threads or launch_shape(n)[0]
     bins = bins or DEFAULT_BINS
     why = check_shape(n, threads, bins)
     if why is not None:
         raise UsageError(f"CUDA top-p launch: {why}")
-    kernel = _compiled(-(-n // threads), DTYPE_CODES[x.dtype], passes_out is not None, bins, threads, aggregate)
+    kernel = _compiled(-(-n // threads), DTYPE_CODES[x.dtype], passes_out is not None, bins, threads)
     kernel(grid=(rows, 1, 1), block=(threads, 1, 1), args=[
         x, out, passes_out if passes_out is not None else out, n, x.stride(0), out.stride(0), float(p)])

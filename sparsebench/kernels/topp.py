@@ -868,8 +868,9 @@ def topp_mask(probs: torch.Tensor, p: float, backend: Backend = "auto", *, check
 
     ``backend="auto"`` uses the Triton kernel where :func:`triton_usable` says so and the dtype suits it, else
     the exact torch reference. ``"cuda"`` runs the radix-selection CUDA kernel (:func:`topp_mask_cuda`), a
-    measured alternative: on the H200 it was 10-20% faster at 1K and 4K entries and up to 1.6x slower at 16K-32K
-    (``benchmarks/RESULTS.md``), so ``auto`` keeps Triton. All follow the semantics in the module docstring.
+    measured alternative: on the H200 it was 10-28% faster up to 4K entries and 1.6x slower at 32K
+    (``benchmarks/RESULTS.md``, ninth session), so ``auto`` keeps Triton. All follow the semantics in the module
+    docstring.
     """
     if backend not in ("auto", "cuda", "triton", "torch"):
         raise UsageError(f"unknown top-p backend {backend!r}; choose 'auto', 'cuda', 'triton' or 'torch'")

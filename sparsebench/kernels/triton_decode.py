@@ -127,7 +127,8 @@ class KernelConfig:
     merge_d_parts: int | None = None
     """Programs per merged query row in the two-launch merge, each merging ``head_dim / merge_d_parts`` of the
     row's values (a power of two). Why: the merge is latency-bound (a few hundred KB from L2 at 128K), so more,
-    smaller programs may finish sooner. None means 1."""
+    smaller programs may finish sooner. None means 1: at 128K on the H200 (22% kept) 2, 4 and 8 parts gave steps of
+    38.8-39.5 µs against 39.4 µs, within the run-to-run spread (``benchmarks/RESULTS.md``, ninth session)."""
     pdl: bool | None = None
     """Programmatic dependent launch: the split kernel waits for its predecessor with ``griddepcontrol`` instead
     of at its launch, and lets the merge launch while it still runs (the merge then waits for it), so the two
