@@ -1,0 +1,195 @@
+"""How fast can a kernel gather the kept 16-token blocks at 128K, with pointer loads or with TMA, on scattered or on
+consecutive blocks?
+
+Why: the split kernel reads the kept blocks at about 3.1 TB/s, dense FlashInfer its contiguous pages at about 4 TB/s.
+If a copy-only gather of *consecutive* blocks also stalls near 3.1 TB/s, the load path (how the kernel issues its
+copies) is the limit and TMA bulk copies may lift it; if consecutive blocks reach ~4 TB/s and scattered ones do not,
+the DRAM access pattern is the limit and no load path will fix it. Each kernel sums K + V of its blocks (no
+attention math) over the split kernel's grid: (B * Hkv, splits) programs, each a contiguous share of a list.
+
+    python3 benchmarks/device/gather_bandwidth_probe.py --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import json
+import statistics
+from pathlib import Path
+
+import torch
+import triton
+import triton.language as tl
+
+from sparsebench.bench.topp import time_gpu
+
+
+@triton.jit
+def _gather_ptr(k_ptr, v_ptr, idx_ptr, cnt_ptr, out_ptr, n_tokens, n_blocks, BS: tl.constexpr, D: tl.constexpr,
+                BPT: tl.constexpr):
+    bh = tl.program_id(0)
+    split = tl.program_id(1)
+    n_splits = tl.num_programs(1)
+    count = tl.load(cnt_ptr + bh)
+    lo = (count * split) // n_splits
+    hi = (count * (split + 1)) // n_splits
+    t = tl.arange(0, BPT * BS)
+    dims = tl.arange(0, D)
+    k_base = k_ptr + bh.to(tl.int64) * n_tokens * D
+    v_base = v_ptr + bh.to(tl.int64) * n_tokens * D
+    acc = tl.zeros([BPT * BS, D], dtype=tl.float32)
+    for start in range(lo, hi, BPT):
+        slot = start + t // BS
+        ok = slot < hi
+        blk = tl.load(idx_ptr + bh * n_blocks + slot, mask=ok, other=0)
+        tok = (blk * BS + t % BS).to(tl.int64)
+        k = tl.load(k_base + tok[:, None] * D + dims[None, :], mask=ok[:, None], other=0.0)
+        v = tl.load(v_base + tok[:, None] * D + dims[None, :], mask=ok[:, None], other=0.0)
+        acc += k.to(tl.float32) + v.to(tl.float32)
+    tl.store(out_ptr + (bh * n_splits + split) * D + dims, tl.sum(acc, axis=0))
+
+
+@triton.jit
+def _gather_tma(k_desc, v_desc, idx_ptr, cnt_ptr, out_ptr, n_tokens, n_blocks, BS: tl.constexpr, D: tl.constexpr):
+    bh = tl.program_id(0)
+    split = tl.program_id(1)
+    n_splits = tl.num_programs(1)
+    count = tl.load(cnt_ptr + bh)
+    lo = (count * split) // n_splits
+    hi = (count * (split + 1)) // n_splits
+    dims = tl.arange(0, D)
+    acc = tl.zeros([BS, D], dtype=tl.float32)
+    for j in range(lo, hi):
+        row = bh * n_tokens + tl.load(idx_ptr + bh * n_blocks + j) * BS
+        acc += k_desc.load([row, 0]).to(tl.float32) + v_desc.load([row, 0]).to(tl.float32)
+    tl.store(out_ptr + (bh * n_splits + split) * D + dims, tl.sum(acc, axis=0))
+
+
+@triton.jit
+def _attend(q_ptr, k_ptr, v_ptr, idx_ptr, cnt_ptr, out_ptr, n_tokens, n_blocks, scale, BS: tl.constexpr,
+            D: tl.constexpr, BPT: tl.constexpr, GROUP: tl.constexpr, PREFETCH: tl.constexpr, MATH: tl.constexpr):
+    """The split kernel's loop reduced to its parts: ``PREFETCH`` loads the next tile's block ids one iteration
+    ahead (as the split kernel does); ``MATH`` adds the scores, online softmax and ``P V`` (else K + V summed)."""
+    bh = tl.program_id(0)
+    split = tl.program_id(1)
+    n_splits = tl.num_programs(1)
+    count = tl.load(cnt_ptr + bh)
+    lo = (count * split) // n_splits
+    hi = (count * (split + 1)) // n_splits
+    t = tl.arange(0, BPT * BS)
+    t_slot = t // BS
+    dims = tl.arange(0, D)
+    rows = tl.arange(0, 16)
+    q = tl.load(q_ptr + (bh * GROUP + rows)[:, None] * D + dims[None, :], mask=rows[:, None] < GROUP, other=0.0)
+    k_base = k_ptr + bh.to(tl.int64) * n_tokens * D
+    v_base = v_ptr + bh.to(tl.int64) * n_tokens * D
+    m_i = tl.full([16], -1.0e30, dtype=tl.float32)
+    l_i = tl.zeros([16], dtype=tl.float32)
+    acc = tl.zeros([16, D], dtype=tl.float32)
+    nxt = tl.load(idx_ptr + bh * n_blocks + lo + t_slot, mask=lo + t_slot < hi, other=0)
+    for start in range(lo, hi, BPT):
+        slot = start + t_slot
+        ok = slot < hi
+        if PREFETCH:
+            blk = nxt
+            nxt = tl.load(idx_ptr + bh * n_blocks + slot + BPT, mask=slot + BPT < hi, other=0)
+        else:
+            blk = tl.load(idx_ptr + bh * n_blocks + slot, mask=ok, other=0)
+        tok = (blk * BS + t % BS).to(tl.int64)
+        k = tl.load(k_base + tok[:, None] * D + dims[None, :], mask=ok[:, None], other=0.0)
+        if MATH:
+            sc = tl.dot(q, tl.trans(k)) * scale
+            sc = tl.where(ok[None, :], sc, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(sc, axis=1))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(sc - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            v = tl.load(v_base + tok[:, None] * D + dims[None, :], mask=ok[:, None], other=0.0)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m_i = m_new
+        else:
+            v = tl.load(v_base + tok[:, None] * D + dims[None, :], mask=ok[:, None], other=0.0)
+            acc += tl.sum(k.to(tl.float32) + v.to(tl.float32), axis=0)[None, :]
+    res = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    tl.store(out_ptr + ((bh * n_splits + split) * 16 + rows)[:, None] * D + dims[None, :], res)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--context", type=int, default=131072)
+    ap.add_argument("--splits", default="33")
+    ap.add_argument("--repeats", type=int, default=50)
+    args = ap.parse_args()
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    dev, dt, bs, hkv, d, keep = "cuda", torch.bfloat16, 16, 8, 128, 0.22
+    n = args.context // bs
+    k_keep = round(keep * n)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    k = torch.randn(1, hkv, args.context, d, device=dev, dtype=dt, generator=gen)
+    v = torch.randn(1, hkv, args.context, d, device=dev, dtype=dt, generator=gen)
+    flush = torch.empty(256 * 2**20 // 4, dtype=torch.float32, device=dev)
+    scattered = torch.rand(hkv, n, device=dev, generator=gen).topk(k_keep, -1).indices.sort(-1).values
+    consecutive = torch.arange(k_keep, device=dev).expand(hkv, k_keep)
+    cnt = torch.full((hkv,), k_keep, dtype=torch.int32, device=dev)
+    k2, v2 = k.view(-1, d), v.view(-1, d)
+    k_desc = TensorDescriptor(k2, list(k2.shape), list(k2.stride()), [bs, d])
+    v_desc = TensorDescriptor(v2, list(v2.shape), list(v2.stride()), [bs, d])
+    mb = 2 * hkv * k_keep * bs * d * 2 / 1e6
+    rows = []
+    for pattern, blocks in (("scattered", scattered), ("consecutive", consecutive)):
+        idx = torch.zeros(hkv, n, dtype=torch.int32, device=dev)
+        idx[:, :k_keep] = blocks.to(torch.int32)
+        for splits in (int(s) for s in args.splits.split(",")):
+            out = torch.empty(hkv * splits, d, device=dev)
+            variants = [(f"pointer bpt{bpt} st{st}", functools.partial(
+                _gather_ptr[(hkv, splits)], k, v, idx, cnt, out, args.context, n, BS=bs, D=d, BPT=bpt, num_warps=4,
+                num_stages=st)) for bpt, st in itertools.product((1, 4), (3, 4))]
+            variants += [(f"tma st{st}", functools.partial(
+                _gather_tma[(hkv, splits)], k_desc, v_desc, idx, cnt, out, args.context, n, BS=bs, D=d, num_warps=4,
+                num_stages=st)) for st in (3, 5, 8)]
+            if splits == int(args.splits.split(",")[0]):
+                q = torch.randn(hkv * 4, d, device=dev, dtype=dt, generator=gen)
+                out16 = torch.empty(hkv * splits * 16, d, device=dev)
+                for (prefetch, math), st, warps in itertools.product(
+                        ((False, False), (True, False), (False, True), (True, True)), (3, 4), (4, 8)):
+                    fn = functools.partial(_attend[(hkv, splits)], q, k, v, idx, cnt, out16, args.context, n,
+                                           d**-0.5 * 1.4426950408889634, BS=bs, D=d, BPT=4, GROUP=4,
+                                           PREFETCH=prefetch, MATH=math, num_warps=warps, num_stages=st)
+                    ids = "prefetch" if prefetch else "in-loop ids"
+                    name = f"loop {'math' if math else 'copy'} {ids} st{st} w{warps}"
+                    us = statistics.median(time_gpu(fn, warmup=5, repeats=args.repeats, flush=flush,
+                                                    flush_by_reading=True))
+                    rows.append(dict(pattern=pattern, splits=splits, variant=name, us=us, mb=mb, tb_per_s=mb / us))
+                    print(f"{pattern:<11} splits {splits:>3} {name:<34} {us:6.1f} us  {mb / us:5.2f} TB/s", flush=True)
+            ref = None
+            for name, fn in variants:
+                try:
+                    fn()
+                    torch.cuda.synchronize()
+                    got = out.clone()
+                    ok = ref is None or torch.allclose(got, ref, rtol=1e-3, atol=1e-2)
+                    ref = got if ref is None else ref
+                    us = statistics.median(time_gpu(fn, warmup=5, repeats=args.repeats, flush=flush,
+                                                    flush_by_reading=True))
+                except Exception as exc:
+                    print(f"{pattern:<11} splits {splits:>3} {name:<18} FAILED {type(exc).__name__}: {exc}"[:300])
+                    rows.append(dict(pattern=pattern, splits=splits, variant=name, error=str(exc)[:500]))
+                    continue
+                rows.append(dict(pattern=pattern, splits=splits, variant=name, us=us, mb=mb, tb_per_s=mb / us,
+                                 matches_first=ok))
+                print(f"{pattern:<11} splits {splits:>3} {name:<18} {us:6.1f} us  {mb / us:5.2f} TB/s  "
+                      f"{'ok' if ok else 'DIFFERS'}", flush=True)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "gather_bandwidth.json").write_text(json.dumps(dict(
+            torch=torch.__version__, triton=triton.__version__, gpu=torch.cuda.get_device_name(), rows=rows,
+            method="CUDA-graph replays, L2 flushed by reading 256 MB, median; K + V of 22% of 16-token blocks, "
+                   "8 kv heads x 128, bf16"), indent=1))
+
+
+if __name__ == "__main__":
+    main()
