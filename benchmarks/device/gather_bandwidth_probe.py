@@ -8,6 +8,10 @@ the DRAM access pattern is the limit and no load path will fix it. Each kernel s
 attention math) over the split kernel's grid: (B * Hkv, splits) programs, each a contiguous share of a list.
 
     python3 benchmarks/device/gather_bandwidth_probe.py --out DIR
+
+The copy-only kernels are the fourth session's (``sparse_layout.py``: ``_gather_sum``, ``_gather_sum_tma``), which
+found the layout did not matter (write flush). The ninth session's raw files (``results/h200_2026-11-29_s9/gather_*``)
+were taken at commit eb2329f with equivalent local copies of them; this probe's own part is ``_attend``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import functools
 import itertools
 import json
 import statistics
+import sys
 from pathlib import Path
 
 import torch
@@ -25,46 +30,8 @@ import triton.language as tl
 
 from sparsebench.bench.topp import time_gpu
 
-
-@triton.jit
-def _gather_ptr(k_ptr, v_ptr, idx_ptr, cnt_ptr, out_ptr, n_tokens, n_blocks, BS: tl.constexpr, D: tl.constexpr,
-                BPT: tl.constexpr):
-    bh = tl.program_id(0)
-    split = tl.program_id(1)
-    n_splits = tl.num_programs(1)
-    count = tl.load(cnt_ptr + bh)
-    lo = (count * split) // n_splits
-    hi = (count * (split + 1)) // n_splits
-    t = tl.arange(0, BPT * BS)
-    dims = tl.arange(0, D)
-    k_base = k_ptr + bh.to(tl.int64) * n_tokens * D
-    v_base = v_ptr + bh.to(tl.int64) * n_tokens * D
-    acc = tl.zeros([BPT * BS, D], dtype=tl.float32)
-    for start in range(lo, hi, BPT):
-        slot = start + t // BS
-        ok = slot < hi
-        blk = tl.load(idx_ptr + bh * n_blocks + slot, mask=ok, other=0)
-        tok = (blk * BS + t % BS).to(tl.int64)
-        k = tl.load(k_base + tok[:, None] * D + dims[None, :], mask=ok[:, None], other=0.0)
-        v = tl.load(v_base + tok[:, None] * D + dims[None, :], mask=ok[:, None], other=0.0)
-        acc += k.to(tl.float32) + v.to(tl.float32)
-    tl.store(out_ptr + (bh * n_splits + split) * D + dims, tl.sum(acc, axis=0))
-
-
-@triton.jit
-def _gather_tma(k_desc, v_desc, idx_ptr, cnt_ptr, out_ptr, n_tokens, n_blocks, BS: tl.constexpr, D: tl.constexpr):
-    bh = tl.program_id(0)
-    split = tl.program_id(1)
-    n_splits = tl.num_programs(1)
-    count = tl.load(cnt_ptr + bh)
-    lo = (count * split) // n_splits
-    hi = (count * (split + 1)) // n_splits
-    dims = tl.arange(0, D)
-    acc = tl.zeros([BS, D], dtype=tl.float32)
-    for j in range(lo, hi):
-        row = bh * n_tokens + tl.load(idx_ptr + bh * n_blocks + j) * BS
-        acc += k_desc.load([row, 0]).to(tl.float32) + v_desc.load([row, 0]).to(tl.float32)
-    tl.store(out_ptr + (bh * n_splits + split) * D + dims, tl.sum(acc, axis=0))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sparse_layout import _gather_sum, _gather_sum_tma, _split_range
 
 
 @triton.jit
@@ -72,12 +39,7 @@ def _attend(q_ptr, k_ptr, v_ptr, idx_ptr, cnt_ptr, out_ptr, n_tokens, n_blocks, 
             D: tl.constexpr, BPT: tl.constexpr, GROUP: tl.constexpr, PREFETCH: tl.constexpr, MATH: tl.constexpr):
     """The split kernel's loop reduced to its parts: ``PREFETCH`` loads the next tile's block ids one iteration
     ahead (as the split kernel does); ``MATH`` adds the scores, online softmax and ``P V`` (else K + V summed)."""
-    bh = tl.program_id(0)
-    split = tl.program_id(1)
-    n_splits = tl.num_programs(1)
-    count = tl.load(cnt_ptr + bh)
-    lo = (count * split) // n_splits
-    hi = (count * (split + 1)) // n_splits
+    bh, split, n_splits, lo, hi = _split_range(cnt_ptr)
     t = tl.arange(0, BPT * BS)
     t_slot = t // BS
     dims = tl.arange(0, D)
@@ -146,11 +108,11 @@ def main() -> None:
         for splits in (int(s) for s in args.splits.split(",")):
             out = torch.empty(hkv * splits, d, device=dev)
             variants = [(f"pointer bpt{bpt} st{st}", functools.partial(
-                _gather_ptr[(hkv, splits)], k, v, idx, cnt, out, args.context, n, BS=bs, D=d, BPT=bpt, num_warps=4,
-                num_stages=st)) for bpt, st in itertools.product((1, 4), (3, 4))]
+                _gather_sum[(hkv, splits)], k, v, idx, cnt, out, n, k.stride(1), k.stride(2), BS=bs, D=d, BPT=bpt,
+                num_warps=4, num_stages=st)) for bpt, st in itertools.product((1, 4), (3, 4))]
             variants += [(f"tma st{st}", functools.partial(
-                _gather_tma[(hkv, splits)], k_desc, v_desc, idx, cnt, out, args.context, n, BS=bs, D=d, num_warps=4,
-                num_stages=st)) for st in (3, 5, 8)]
+                _gather_sum_tma[(hkv, splits)], k_desc, v_desc, idx, cnt, out, n, args.context, BS=bs, D=d,
+                num_warps=4, num_stages=st)) for st in (3, 5, 8)]
             if splits == int(args.splits.split(",")[0]):
                 q = torch.randn(hkv * 4, d, device=dev, dtype=dt, generator=gen)
                 out16 = torch.empty(hkv * splits * 16, d, device=dev)
