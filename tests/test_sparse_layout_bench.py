@@ -1,6 +1,8 @@
 """The instruments of benchmarks/device/sparse_layout.py (issue 5's layout experiment) measure what they claim: the
 run-length selections keep the asked number of blocks in runs of the asked length, and both gather-read kernels
-(pointer loads and TMA tensor descriptors) sum exactly the K and V rows of the listed blocks (Triton's interpreter)."""
+(pointer loads and TMA tensor descriptors) sum exactly the K and V rows of the listed blocks (Triton's interpreter).
+So does gather_bandwidth_probe.py's reduced split loop (scores, online softmax, ``P V``): it gives exact attention
+over the listed blocks with and without its block-id prefetch. And a probe's saved JSON carries its provenance."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ CHILD = textwrap.dedent(
     import sys, torch
     sys.path.insert(0, "benchmarks/device")
     import sparse_layout as sl
+    import gather_bandwidth_probe as gb
     from triton.tools.tensor_descriptor import TensorDescriptor
     from sparsebench.kernels.triton_backend import TritonBackend
     from sparsebench.selection import Selection
@@ -33,7 +36,15 @@ CHILD = textwrap.dedent(
         kd = TensorDescriptor.from_tensor(k.reshape(-1, d), [16, d])
         vd = TensorDescriptor.from_tensor(v.reshape(-1, d), [16, d])
         sl._gather_sum_tma[(heads, splits)](kd, vd, idx, cnt, tma, idx.shape[-1], n_tokens, BS=16, D=d)
-        out.append(dict(pointer=res.view(heads, splits, d).sum(1), tma=tma.view(heads, splits, d).sum(1)))
+        entry = dict(pointer=res.view(heads, splits, d).sum(1), tma=tma.view(heads, splits, d).sum(1))
+        if d >= 16:  # gather_bandwidth_probe's reduced split loop: one split, so its rows are the whole answer
+            q = c["q"]
+            for prefetch in (False, True):
+                o = torch.empty(heads * 16, d)
+                gb._attend[(heads, 1)](q, k, v, idx, cnt, o, n_tokens, idx.shape[-1], d**-0.5 * 1.4426950408889634,
+                                       BS=16, D=d, BPT=2, GROUP=4, PREFETCH=prefetch, MATH=True)
+                entry[f"attend_prefetch{int(prefetch)}"] = o.view(heads, 16, d)[:, :4]
+        out.append(entry)
     torch.save(out, sys.argv[2])
     """
 )
@@ -59,7 +70,8 @@ def test_gather_read_kernels_sum_the_listed_blocks_interpreted(tmp_path) -> None
     for heads, n_blocks, keep, run, splits in ((2, 10, 3, 1, 2), (1, 12, 8, 4, 3)):
         cases.append(dict(k=torch.randn(1, heads, 16 * n_blocks, 16, generator=gen),
                           v=torch.randn(1, heads, 16 * n_blocks, 16, generator=gen),
-                          mask=runs_mask(n_blocks, heads, keep, run, gen), splits=splits))
+                          mask=runs_mask(n_blocks, heads, keep, run, gen), splits=splits,
+                          q=torch.randn(heads * 4, 16, generator=gen)))
     outs = run_interpreted(CHILD, cases, tmp_path)
     for case, got in zip(cases, outs, strict=True):
         k, v, mask = case["k"][0], case["v"][0], case["mask"][0]
@@ -67,3 +79,22 @@ def test_gather_read_kernels_sum_the_listed_blocks_interpreted(tmp_path) -> None
         want = torch.stack([(k[h][rows[h]] + v[h][rows[h]]).sum(0) for h in range(k.shape[0])])
         torch.testing.assert_close(got["pointer"], want, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(got["tma"], want, rtol=1e-4, atol=1e-4)
+        for h in range(k.shape[0]):  # four query rows a kv head, attending over the listed blocks only
+            keys, vals = k[h][rows[h]], v[h][rows[h]]
+            ref = torch.softmax(case["q"][4 * h: 4 * h + 4] @ keys.T * 16**-0.5, -1) @ vals
+            for prefetch in (0, 1):
+                torch.testing.assert_close(got[f"attend_prefetch{prefetch}"][h], ref, rtol=1e-4, atol=1e-4)
+
+
+def test_save_probe_records_provenance(tmp_path) -> None:
+    """``save_probe`` writes the rows with the versions and the timing method, and nothing without a folder."""
+    import json
+
+    from sparsebench.bench.common import save_probe
+
+    save_probe(None, "x.json", [dict(a=1)], "nothing")
+    assert not list(tmp_path.iterdir())
+    save_probe(tmp_path / "sub", "x.json", [dict(a=1)], "CUDA-graph replays", contexts=[8])
+    got = json.loads((tmp_path / "sub" / "x.json").read_text())
+    assert got["rows"] == [dict(a=1)] and got["method"] == "CUDA-graph replays" and got["contexts"] == [8]
+    assert got["torch"] == torch.__version__ and "gpu" in got and "driver" in got

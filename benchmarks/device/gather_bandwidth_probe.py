@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import functools
 import itertools
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
+from sparsebench.bench.common import save_probe
 from sparsebench.bench.topp import time_gpu
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -145,12 +145,9 @@ def main() -> None:
                                  matches_first=ok))
                 print(f"{pattern:<11} splits {splits:>3} {name:<18} {us:6.1f} us  {mb / us:5.2f} TB/s  "
                       f"{'ok' if ok else 'DIFFERS'}", flush=True)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "gather_bandwidth.json").write_text(json.dumps(dict(
-            torch=torch.__version__, triton=triton.__version__, gpu=torch.cuda.get_device_name(), rows=rows,
-            method="CUDA-graph replays, L2 flushed by reading 256 MB, median; K + V of 22% of 16-token blocks, "
-                   "8 kv heads x 128, bf16"), indent=1))
+    save_probe(args.out, "gather_bandwidth.json", rows,
+               "CUDA-graph replays, L2 flushed by reading 256 MB, median; K + V of 22% of 16-token blocks, 8 kv heads "
+               "x 128, bf16")
 
 
 if __name__ == "__main__":

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import statistics
 from pathlib import Path
 
 import torch
 
+from sparsebench.bench.common import save_probe
 from sparsebench.bench.topp import time_gpu
 from sparsebench.kernels.triton_decode import compact_selection, sparse_decode
 
@@ -68,11 +68,8 @@ def main() -> None:
                              max_abs_diff_vs_separate=err))
             print(f"{t:>7} {name:<30} {us:6.1f} us  {mb:6.1f} MB  {mb / us:5.2f} TB/s  (max |diff| {err:.1e})",
                   flush=True)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "kv_layout.json").write_text(json.dumps(dict(
-            torch=torch.__version__, gpu=torch.cuda.get_device_name(), rows=rows,
-            method="split + merge kernels, CUDA-graph replays, L2 flushed by reading 256 MB, median"), indent=1))
+    save_probe(args.out, "kv_layout.json", rows,
+               "split + merge kernels, CUDA-graph replays, L2 flushed by reading 256 MB, median")
 
 
 if __name__ == "__main__":

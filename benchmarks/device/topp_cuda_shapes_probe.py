@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import functools
 import itertools
-import json
 import statistics
 from pathlib import Path
 
 import torch
 
+from sparsebench.bench.common import save_probe
 from sparsebench.bench.topp import make_probs, sort_topp, time_gpu
 from sparsebench.kernels import topp
 from sparsebench.kernels.cuda_topp import check_shape, launch_shape, launch_topp
@@ -66,11 +66,8 @@ def main() -> None:
                        key=lambda r: r["us"])
             print(f"  best N={n} T={temp}: {best['threads']} threads, {best['bins']} bins, {best['us']:.2f} us, "
                   f"x{best['speedup_vs_sort']:.1f} vs sort", flush=True)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "topp_cuda_shapes.json").write_text(json.dumps(dict(
-            torch=torch.__version__, gpu=torch.cuda.get_device_name(), rows=rows,
-            method="20 calls a CUDA-graph replay, no flush, median of 30 replays; 32 rows; p = 0.95"), indent=1))
+    save_probe(args.out, "topp_cuda_shapes.json", rows,
+               "20 calls a CUDA-graph replay, no flush, median of 30 replays; 32 rows; p = 0.95")
 
 
 if __name__ == "__main__":

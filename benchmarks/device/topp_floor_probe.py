@@ -10,7 +10,6 @@ Steady state is the benchmark's: 20 calls a CUDA-graph replay, no flush, median 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
+from sparsebench.bench.common import save_probe
 from sparsebench.bench.topp import make_probs, time_gpu
 from sparsebench.kernels import topp
 
@@ -80,11 +80,7 @@ def main() -> None:
             us = statistics.median(time_gpu(fn, warmup=5, repeats=30, flush=None, calls=20))
             results.append(dict(n=n, call=name, steady_us=us))
             print(f"N={n:>6} {name:>20} {us:7.2f} us", flush=True)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "topp_floor.json").write_text(json.dumps(dict(
-            torch=torch.__version__, triton=triton.__version__, gpu=torch.cuda.get_device_name(),
-            method="20 calls a CUDA-graph replay, no flush, median of 30 replays", results=results), indent=1))
+    save_probe(args.out, "topp_floor.json", results, "20 calls a CUDA-graph replay, no flush, median of 30 replays")
 
 
 if __name__ == "__main__":

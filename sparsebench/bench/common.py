@@ -38,6 +38,26 @@ def report_saver(out: Path, name: str,
     return save
 
 
+def save_probe(out: Path | None, filename: str, rows: list[dict[str, Any]], method: str, **extra: Any) -> None:
+    """Write a device probe's rows as ``out/filename`` (JSON) with the GPU, driver and package versions and how it
+    timed (``method``); nothing when ``out`` is None. Why one helper: every probe under ``benchmarks/device``
+    records the same provenance, so a committed result says where and how it was measured."""
+    if out is None:
+        return
+    import torch
+
+    out.mkdir(parents=True, exist_ok=True)
+    env: dict[str, Any] = dict(torch=torch.__version__, driver=driver_version(),
+                               gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None)
+    try:
+        import triton
+
+        env["triton"] = triton.__version__
+    except ImportError:
+        pass
+    (out / filename).write_text(json.dumps(dict(**env, method=method, **extra, rows=rows), indent=1, default=str))
+
+
 def table_then_notes(table: Callable[[dict[str, Any]], str],
                      notes: Callable[[dict[str, Any]], str]) -> Callable[[dict[str, Any]], str]:
     """The markdown of a benchmark whose report is a table followed by its explanatory notes."""
