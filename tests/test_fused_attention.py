@@ -469,3 +469,7 @@ def test_pdl_variants_compile_for_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     assert triton_decode.resolve_config(None, **shape).pdl is False  # on where it can run: not on a CPU
     with pytest.raises(UsageError, match="programmatic dependent launch"):
         triton_decode.resolve_config(triton_decode.KernelConfig(pdl=True), **shape)
+    assert triton_decode.resolve_config(triton_decode.KernelConfig(merge_d_parts=8), **shape).merge_d_parts == 8
+    for bad in (3, 16):  # not a power of two; fewer than 16 of the 128 values a program
+        with pytest.raises(UsageError, match="merge_d_parts"):
+            triton_decode.resolve_config(triton_decode.KernelConfig(merge_d_parts=bad), **shape)

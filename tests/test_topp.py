@@ -537,13 +537,19 @@ def test_cuda_radix_kernel_in_a_graph() -> None:
 
 def test_cuda_radix_scope() -> None:
     """What the CUDA kernel refuses says why; its launch shape covers every entry with a power-of-two block."""
-    from sparsebench.kernels.cuda_topp import MAX_N, launch_shape
+    from sparsebench.kernels.cuda_topp import MAX_N, check_shape, launch_shape
     from sparsebench.kernels.topp import cuda_unusable_reason
 
     assert "not on a CUDA device" in (cuda_unusable_reason(torch.zeros(2, 8)) or "")
     for n in (1, 8, 2048, 2049, 8192, MAX_N):
         threads, items = launch_shape(n)
         assert threads & (threads - 1) == 0 and 512 <= threads <= 1024 and threads * items >= n and items <= 32, n
+        assert check_shape(n, threads, 2048) is None, n
+    # The sweep's overrides are checked before a launch: block size, entries a thread, bins.
+    assert "power of two from 64 to 1024" in (check_shape(100, 96, 2048) or "")
+    assert "at most 2048 entries" in (check_shape(4096, 64, 2048) or "")
+    assert "from the thread count (512)" in (check_shape(1024, 512, 256) or "")
+    assert check_shape(1024, 128, 128) is None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -221,7 +221,7 @@ def launch_shape(n: int) -> tuple[int, int]:
     """``(threads, items)`` for rows of ``n`` entries: 512 threads up to 16384 entries, 1024 above (at most 32
     entries a thread). Measured on the H200 (``benchmarks/device/topp_cuda_shapes_probe.py``, 32 rows, 256 to 1024
     threads, 1024 or 2048 bins): 512 threads with 2048 bins was the fastest at every length from 1K to 16K, by
-    10-25% over the 256 threads that about 8 entries a thread gave to rows of 1K-2K."""
+    9-16% over the 256 threads that about 8 entries a thread gave to rows of 1K-2K."""
     threads = 512 if n <= 512 * 32 else MAX_THREADS
     return threads, max(1, -(-n // threads))
 
