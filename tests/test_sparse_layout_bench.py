@@ -2,7 +2,8 @@
 run-length selections keep the asked number of blocks in runs of the asked length, and both gather-read kernels
 (pointer loads and TMA tensor descriptors) sum exactly the K and V rows of the listed blocks (Triton's interpreter).
 So does gather_bandwidth_probe.py's reduced split loop (scores, online softmax, ``P V``): it gives exact attention
-over the listed blocks with and without its block-id prefetch. And a probe's saved JSON carries its provenance."""
+over the listed blocks with and without its block-id prefetch. The probes' shared inputs keep 22% of the blocks as
+ascending lists, and a probe's saved JSON carries its provenance."""
 
 from __future__ import annotations
 
@@ -45,6 +46,9 @@ CHILD = textwrap.dedent(
                                        BS=16, D=d, BPT=2, GROUP=4, PREFETCH=prefetch, MATH=True)
                 entry[f"attend_prefetch{int(prefetch)}"] = o.view(heads, 16, d)[:, :4]
         out.append(entry)
+    import probe_inputs
+    pb, sel, idx, cnt = probe_inputs.decode_problem(300, device="cpu")  # 19 blocks, 4 kept a kv head
+    out.append(dict(problem=(tuple(pb.k.shape), sel, idx, cnt)))
     torch.save(out, sys.argv[2])
     """
 )
@@ -73,6 +77,10 @@ def test_gather_read_kernels_sum_the_listed_blocks_interpreted(tmp_path) -> None
                           mask=runs_mask(n_blocks, heads, keep, run, gen), splits=splits,
                           q=torch.randn(heads * 4, 16, generator=gen)))
     outs = run_interpreted(CHILD, cases, tmp_path)
+    shape, sel, idx, cnt = outs.pop()["problem"]  # probe_inputs.decode_problem: bench attention's shapes, 22% kept
+    assert shape == (1, 8, 300, 128) and sel.shape == (1, 8, 19) and (sel.sum(-1) == 4).all() and (cnt == 4).all()
+    for h in range(8):
+        assert torch.equal(idx[0, h, :4].long(), sel[0, h].nonzero().flatten()), h
     for case, got in zip(cases, outs, strict=True):
         k, v, mask = case["k"][0], case["v"][0], case["mask"][0]
         rows = mask.repeat_interleave(16, dim=-1)  # [heads, tokens]

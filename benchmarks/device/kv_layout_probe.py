@@ -18,6 +18,7 @@ import statistics
 from pathlib import Path
 
 import torch
+from probe_inputs import decode_problem
 
 from sparsebench.bench.common import save_probe
 from sparsebench.bench.topp import time_gpu
@@ -30,20 +31,14 @@ def main() -> None:
     ap.add_argument("--contexts", default="32768,131072")
     ap.add_argument("--repeats", type=int, default=50)
     args = ap.parse_args()
-    dev, dt, bs, hq, hkv, d, keep = "cuda", torch.bfloat16, 16, 32, 8, 128, 0.22
+    dev, bs = "cuda", 16
     flush = torch.empty(256 * 2**20 // 4, dtype=torch.float32, device=dev)
-    gen = torch.Generator(device=dev).manual_seed(0)
     rows = []
     for t in (int(c) for c in args.contexts.split(",")):
-        n = t // bs
-        k_keep = round(keep * n)
-        q = torch.randn(1, hq, 1, d, device=dev, dtype=dt, generator=gen)
-        sel = torch.zeros(1, hkv, n, dtype=torch.bool, device=dev)
-        sel.scatter_(-1, torch.rand(1, hkv, n, device=dev, generator=gen).topk(k_keep, -1).indices, True)
-        # separate caches
-        k = torch.randn(1, hkv, t, d, device=dev, dtype=dt, generator=gen)
-        v = torch.randn(1, hkv, t, d, device=dev, dtype=dt, generator=gen)
-        idx, cnt = compact_selection(sel)
+        pb, sel, idx, cnt = decode_problem(t, device=dev)
+        q, k, v = pb.q, pb.k, pb.v
+        _, hkv, _, d = k.shape
+        n, dt, k_keep = pb.n_blocks, k.dtype, int(cnt[0, 0])
         # interleaved: [1, Hkv, N, 2, bs, D] plus one spare block, viewed as 2N + 1 virtual blocks
         kv = torch.empty(1, hkv, 2 * n + 1, bs, d, device=dev, dtype=dt)
         kv[:, :, 0:2 * n:2] = k.view(1, hkv, n, bs, d)

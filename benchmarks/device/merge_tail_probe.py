@@ -12,11 +12,12 @@ import statistics
 from pathlib import Path
 
 import torch
+from probe_inputs import decode_problem
 
 from sparsebench.bench.common import save_probe
 from sparsebench.bench.topp import time_gpu
 from sparsebench.kernels import triton_decode
-from sparsebench.kernels.triton_decode import compact_selection, sparse_decode
+from sparsebench.kernels.triton_decode import sparse_decode
 
 
 def main() -> None:
@@ -25,20 +26,13 @@ def main() -> None:
     ap.add_argument("--contexts", default="32768,131072")
     ap.add_argument("--repeats", type=int, default=50)
     args = ap.parse_args()
-    dev, dt, bs, hq, hkv, d, keep = "cuda", torch.bfloat16, 16, 32, 8, 128, 0.22
+    dev, bs = "cuda", 16
     flush = torch.empty(256 * 2**20 // 4, dtype=torch.float32, device=dev)
-    gen = torch.Generator(device=dev).manual_seed(0)
     merge = triton_decode.merge_partials
     rows = []
     for t in (int(c) for c in args.contexts.split(",")):
-        n = t // bs
-        q = torch.randn(1, hq, 1, d, device=dev, dtype=dt, generator=gen)
-        k = torch.randn(1, hkv, t, d, device=dev, dtype=dt, generator=gen)
-        v = torch.randn(1, hkv, t, d, device=dev, dtype=dt, generator=gen)
-        sel = torch.zeros(1, hkv, n, dtype=torch.bool, device=dev)
-        sel.scatter_(-1, torch.rand(1, hkv, n, device=dev, generator=gen).topk(round(keep * n), -1).indices, True)
-        idx, cnt = compact_selection(sel)
-
+        pb, sel, idx, cnt = decode_problem(t, device=dev)
+        q, k, v, d = pb.q, pb.k, pb.v, pb.q.shape[-1]
         step = functools.partial(sparse_decode, q, k, v, sel, block_size=bs, scaling=d**-0.5, indices=idx,
                                  counts=cnt)
 
