@@ -12,27 +12,18 @@ same list (``2b``) finds ``V`` of block ``b`` at ``2b + 1``. Same selection, sam
 
 from __future__ import annotations
 
-import argparse
 import functools
-import statistics
-from pathlib import Path
 
 import torch
-from probe_inputs import decode_problem
+from probe_inputs import decode_problem, flushed_us, probe_args
 
 from sparsebench.bench.common import save_probe
-from sparsebench.bench.topp import time_gpu
 from sparsebench.kernels.triton_decode import compact_selection, sparse_decode
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", type=Path)
-    ap.add_argument("--contexts", default="32768,131072")
-    ap.add_argument("--repeats", type=int, default=50)
-    args = ap.parse_args()
+    args = probe_args(__doc__)
     dev, bs = "cuda", 16
-    flush = torch.empty(256 * 2**20 // 4, dtype=torch.float32, device=dev)
     rows = []
     for t in (int(c) for c in args.contexts.split(",")):
         pb, sel, idx, cnt = decode_problem(t, device=dev)
@@ -57,7 +48,7 @@ def main() -> None:
             ("K and V of a block adjacent", functools.partial(sparse_decode, q, k2, v2, sel2, block_size=bs,
                                                               scaling=d**-0.5, indices=idx2, counts=cnt2)),
         ):
-            us = statistics.median(time_gpu(fn, warmup=5, repeats=args.repeats, flush=flush, flush_by_reading=True))
+            us = flushed_us(fn, args.repeats)
             mb = 2 * hkv * k_keep * bs * d * 2 / 1e6
             rows.append(dict(context=t, layout=name, kernel_us=us, mb_read=mb, tb_per_s=mb / us,
                              max_abs_diff_vs_separate=err))

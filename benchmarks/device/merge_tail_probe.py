@@ -6,28 +6,18 @@ output is not finished: a timing experiment only) against split + merge, same pr
 
 from __future__ import annotations
 
-import argparse
 import functools
-import statistics
-from pathlib import Path
 
-import torch
-from probe_inputs import decode_problem
+from probe_inputs import decode_problem, flushed_us, probe_args
 
 from sparsebench.bench.common import save_probe
-from sparsebench.bench.topp import time_gpu
 from sparsebench.kernels import triton_decode
 from sparsebench.kernels.triton_decode import sparse_decode
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", type=Path)
-    ap.add_argument("--contexts", default="32768,131072")
-    ap.add_argument("--repeats", type=int, default=50)
-    args = ap.parse_args()
+    args = probe_args(__doc__)
     dev, bs = "cuda", 16
-    flush = torch.empty(256 * 2**20 // 4, dtype=torch.float32, device=dev)
     merge = triton_decode.merge_partials
     rows = []
     for t in (int(c) for c in args.contexts.split(",")):
@@ -39,8 +29,7 @@ def main() -> None:
         for label, merge_fn in (("split + merge", merge), ("split kernel alone", lambda *a, **kw: None)):
             triton_decode.merge_partials = merge_fn
             try:
-                us = statistics.median(time_gpu(step, warmup=5, repeats=args.repeats, flush=flush,
-                                                flush_by_reading=True))
+                us = flushed_us(step, args.repeats)
             finally:
                 triton_decode.merge_partials = merge
             rows.append(dict(context=t, what=label, us=us))

@@ -6,12 +6,38 @@ shapes (commit 7639f96); the kernels' speed does not depend on the values."""
 
 from __future__ import annotations
 
+import argparse
+import functools
+import statistics
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from sparsebench.bench.attention import make_problem, parse_args
+from sparsebench.bench.topp import time_gpu
 from sparsebench.kernels.triton_decode import compact_selection
+
+
+def probe_args(doc: str | None) -> argparse.Namespace:
+    """``--out`` (JSON folder), ``--contexts`` (comma-separated tokens) and ``--repeats`` of a probe."""
+    ap = argparse.ArgumentParser(description=doc)
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--contexts", default="32768,131072")
+    ap.add_argument("--repeats", type=int, default=50)
+    return ap.parse_args()
+
+
+@functools.cache
+def _flush_buffer() -> torch.Tensor:
+    return torch.empty(256 * 2**20 // 4, dtype=torch.float32, device="cuda")
+
+
+def flushed_us(fn: Callable[[], Any], repeats: int) -> float:
+    """Median µs of ``fn`` over CUDA-graph replays, the L2 flushed before each by reading 256 MB (as
+    ``bench attention --flush read``)."""
+    return statistics.median(time_gpu(fn, warmup=5, repeats=repeats, flush=_flush_buffer(), flush_by_reading=True))
 
 
 def decode_problem(n_tokens: int, *, keep: float = 0.22, device: str = "cuda",
