@@ -3,6 +3,8 @@
 # splits, against the default at 128K (22% kept, top-k over every layer, L2 flushed by reading); (2) where the
 # top-p kernels' steady-state time goes (launch floor with and without PDL, kernel bodies under Nsight Compute).
 #   bash benchmarks/device/session9_probe.sh   (writes $OUT/results.tar.gz)
+# The wide-load merge of (1) was measured slower and reverted before any commit, so
+# today this script's triton-fused rows time the earlier one-launch merge.
 R=/tmp/s9; rm -rf $R; mkdir -p $R
 . benchmarks/device/device_env.sh $R/env.txt
 timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_fused_attention.py -k "fused or graph" \

@@ -47,14 +47,13 @@ def save_probe(out: Path | None, filename: str, rows: list[dict[str, Any]], meth
     import torch
 
     out.mkdir(parents=True, exist_ok=True)
-    env: dict[str, Any] = dict(torch=torch.__version__, driver=driver_version(),
-                               gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None)
     try:
         import triton
-
-        env["triton"] = triton.__version__
-    except ImportError:
-        pass
+    except ImportError:  # the torch-only probes run without it
+        triton = None
+    env: dict[str, Any] = dict(torch=torch.__version__, triton=getattr(triton, "__version__", None),
+                               driver=driver_version(),
+                               gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None)
     (out / filename).write_text(json.dumps(dict(**env, method=method, **extra, rows=rows), indent=1, default=str))
 
 
