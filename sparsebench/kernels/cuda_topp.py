@@ -39,7 +39,7 @@ Measured on the H200 (``sparsebench bench topp``, 32 rows, steady state of 20 ca
 ``benchmarks/RESULTS.md``, ninth session): exact on every row (0 rows differing from the reference; 1-2 passes).
 6.2 / 7.7 / 10.7 / 18.0 / 29.6 / 64.2 µs at 1K-32K entries, against the Triton kernel's 8.6 / 8.6 / 12.4 / 18.2 /
 30.6 / 40.3 and sort's 39.9-208 µs (3.2-6.5x faster than sort). What the time is *not*: the launch (an empty
-kernel costs under 1 µs a call there), the histogram size (fewer bins were slower), or atomic contention
+kernel costs 0.7-1.0 µs a call there), the histogram size (fewer bins were slower), or atomic contention
 (warp-aggregated adds were 1.4-12x slower). Fewer threads a row were slower at every length, so the per-entry work
 of each pass (float64 scaling, 64-bit shared atomics) is what costs; long rows also run one block per row on 32
 SMs. So ``topp_mask(backend="auto")`` keeps the Triton kernel; this one is ``backend="cuda"``.
