@@ -106,6 +106,12 @@ def make_cases(gen: torch.Generator) -> list[dict]:
     for q_rows, d_parts in ((1, 4), (3, 2)):
         cases.append(make_case(gen, b=2, hkv=2, group=2, d=64, n_tokens=80, mode="indices", kv_len=True,
                                q_rows=q_rows, config=dict(blocks_per_tile=1, splits=3, merge_d_parts=d_parts)))
+    # The two-launch merge waiting on per-head counters (KernelConfig.head_counters), with one program a row and
+    # several: every program of a head must count itself done before the counters are reset.
+    for q_rows, d_parts in ((1, 1), (3, 2)):
+        cases.append(make_case(gen, b=2, hkv=2, group=2, d=64, n_tokens=80, mode="indices", kv_len=True,
+                               q_rows=q_rows, config=dict(blocks_per_tile=1, splits=3, merge_d_parts=d_parts,
+                                                          head_counters=True)))
     # Several query rows: (rows, per-row selection, GQA group, mode, splits, blocks per tile, softcap, layout).
     multi = [(2, False, 1, "indices", None, 2, None, "contiguous"), (2, True, 4, "bitmap", 3, 1, None, "capacity"),
              (4, True, 1, "indices", 2, 1, None, "contiguous"), (4, False, 4, "bitmap", 2, 2, 20.0, "bthd"),
@@ -175,7 +181,9 @@ CHILD = textwrap.dedent(
         bad_rows = "no error"
     except Exception as e:
         bad_rows = f"{type(e).__name__}: {e}"
-    torch.save(dict(outs=out, bad_rows=bad_rows), sys.argv[2])
+    from sparsebench.kernels import triton_decode
+    tickets = {str(dev): int(buf.count_nonzero()) for dev, buf in triton_decode._TICKETS.items()}
+    torch.save(dict(outs=out, bad_rows=bad_rows, tickets=tickets), sys.argv[2])
     """
 )
 
@@ -186,6 +194,8 @@ def interpreted(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], l
     selection of the wrong row count raised)."""
     cases = make_cases(torch.Generator().manual_seed(SEED))
     res = run_interpreted(CHILD, cases, tmp_path_factory.mktemp("triton_decode"))
+    # The merge counters (one-launch merge, head_counters) are left at zero for the next launch.
+    assert res["tickets"] and all(n == 0 for n in res["tickets"].values()), res["tickets"]
     return cases, res["outs"], res["bad_rows"]
 
 
@@ -223,7 +233,7 @@ def test_interpreted_compaction(interpreted: tuple[list[dict], list[dict], str])
 @pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")
 def test_interpreted_multi_row_rows_mismatch(interpreted: tuple[list[dict], list[dict], str]) -> None:
     """A per-row selection whose row count is not the query's is a one-line UsageError, not a wrong answer."""
-    assert sum(c["q"].shape[2] > 1 for c in interpreted[0]) == 7  # the multi-row cases are compared above
+    assert sum(c["q"].shape[2] > 1 for c in interpreted[0]) == 8  # the multi-row cases are compared above
     bad_rows = interpreted[2]
     assert bad_rows.startswith("UsageError") and "2 rows for 3 query rows" in bad_rows, bad_rows
 

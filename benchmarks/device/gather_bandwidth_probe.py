@@ -35,11 +35,25 @@ from sparse_layout import _gather_sum, _gather_sum_tma, _split_range
 
 
 @triton.jit
+def _clock(like):
+    """The GPU's global nanosecond timer (%globaltimer), and this program's multiprocessor (%smid); ``like`` (a
+    scalar) only gives the results their shape."""
+    now = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l,r", [like], dtype=tl.int64, is_pure=False,
+                                    pack=1)
+    sm = tl.inline_asm_elementwise("mov.u32 $0, %smid;", "=r,r", [like], dtype=tl.int32, is_pure=False, pack=1)
+    return now, sm
+
+
+@triton.jit
 def _attend(q_ptr, k_ptr, v_ptr, idx_ptr, cnt_ptr, out_ptr, n_tokens, n_blocks, scale, BS: tl.constexpr,
-            D: tl.constexpr, BPT: tl.constexpr, GROUP: tl.constexpr, PREFETCH: tl.constexpr, MATH: tl.constexpr):
+            D: tl.constexpr, BPT: tl.constexpr, GROUP: tl.constexpr, PREFETCH: tl.constexpr, MATH: tl.constexpr,
+            times_ptr=None, TIMES: tl.constexpr = False):
     """The split kernel's loop reduced to its parts: ``PREFETCH`` loads the next tile's block ids one iteration
-    ahead (as the split kernel does); ``MATH`` adds the scores, online softmax and ``P V`` (else K + V summed)."""
+    ahead (as the split kernel does); ``MATH`` adds the scores, online softmax and ``P V`` (else K + V summed).
+    ``TIMES``: write (start ns, end ns, multiprocessor) of each program to ``times_ptr`` (int64 ``[programs, 3]``)."""
     bh, split, n_splits, lo, hi = _split_range(cnt_ptr)
+    if TIMES:
+        t_start, sm = _clock(bh)
     t = tl.arange(0, BPT * BS)
     t_slot = t // BS
     dims = tl.arange(0, D)
@@ -76,6 +90,12 @@ def _attend(q_ptr, k_ptr, v_ptr, idx_ptr, cnt_ptr, out_ptr, n_tokens, n_blocks, 
             acc += tl.sum(k.to(tl.float32) + v.to(tl.float32), axis=0)[None, :]
     res = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     tl.store(out_ptr + ((bh * n_splits + split) * 16 + rows)[:, None] * D + dims[None, :], res)
+    if TIMES:
+        t_end, _ = _clock(bh)
+        slot = times_ptr + (bh * n_splits + split) * 3
+        tl.store(slot, t_start)
+        tl.store(slot + 1, t_end)
+        tl.store(slot + 2, sm.to(tl.int64))
 
 
 def main() -> None:

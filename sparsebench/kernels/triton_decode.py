@@ -96,7 +96,8 @@ MAX_QUERY_ROWS = 16
 _LOG2E = 1.4426950408889634
 #: Who finishes a launch (the split kernel's ``MERGE``): one split writes the output itself; a second
 #: kernel merges the partials; the last split program to finish merges them in the same launch.
-MERGE_NONE, MERGE_SEPARATE, MERGE_LAST = 0, 1, 2
+#: ``MERGE_SIGNAL`` is the second kernel again, its programs waiting on per-head counters the split programs raise.
+MERGE_NONE, MERGE_SEPARATE, MERGE_LAST, MERGE_SIGNAL = 0, 1, 2, 3
 #: Device functions the kernels call: the compiler resolves them by global name (see :func:`_jit`).
 _HELPERS = ("_merge_row", "_store_rows")
 
@@ -129,6 +130,13 @@ class KernelConfig:
     row's values (a power of two). Why: the merge is latency-bound (a few hundred KB from L2 at 128K), so more,
     smaller programs may finish sooner. None means 1: at 128K on the H200 (22% kept) 2, 4 and 8 parts gave steps of
     38.8-39.5 µs against 39.4 µs, within the run-to-run spread (``benchmarks/RESULTS.md``, ninth session)."""
+    head_counters: bool | None = None
+    """Two-launch merge only: each split program raises its (sequence, kv head)'s counter after storing its partial,
+    and each merge program waits for its own head's counter to reach the split count, instead of waiting
+    (``griddepcontrol.wait``) for the whole split grid to finish. Why: with programmatic dependent launch the merge
+    programs are resident while the split kernel runs, so a head whose splits are done can merge while other heads'
+    splits still read, and the last head's merge starts one L2 round trip after its last split stores. The counters
+    are reset by the last merge program of each head, so CUDA-graph replays need no memset. None means off."""
     pdl: bool | None = None
     """Programmatic dependent launch: the split kernel waits for its predecessor with ``griddepcontrol`` instead
     of at its launch, and lets the merge launch while it still runs (the merge then waits for it), so the two
@@ -201,6 +209,9 @@ def resolve_config(config: KernelConfig | None, *, head_dim: int, dtype: torch.d
     if not 1 <= splits <= MAX_SPLITS:
         raise UsageError(f"splits must be in [1, {MAX_SPLITS}], got {splits}")
     fused = bool(given.fused_merge)  # None: the two-launch merge, measured faster (see fused_merge)
+    counters = bool(given.head_counters)
+    if fused and counters:
+        raise UsageError("head_counters applies to the two-launch merge; it cannot be combined with fused_merge")
     d_parts = given.merge_d_parts or 1
     if not (_is_pow2(d_parts) and head_dim // d_parts >= 16):
         raise UsageError(f"merge_d_parts must be a power of two leaving at least 16 of the head dim ({head_dim}) "
@@ -210,7 +221,7 @@ def resolve_config(config: KernelConfig | None, *, head_dim: int, dtype: torch.d
         raise UsageError("programmatic dependent launch (pdl=True) needs a CUDA device of compute capability 9.0 "
                          "or newer and Triton >= 3.4; leave pdl unset to use it where it can run")
     return KernelConfig(blocks_per_tile=bpt, num_warps=warps, num_stages=stages, splits=splits, fused_merge=fused,
-                        merge_d_parts=d_parts, pdl=pdl)
+                        merge_d_parts=d_parts, head_counters=counters, pdl=pdl)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -328,7 +339,9 @@ if _HAVE_TRITON:
 
         ``MERGE`` says who finishes: ``MERGE_SEPARATE`` leaves the partials to :func:`_merge_kernel`;
         ``MERGE_LAST`` has the last program of the group to finish merge them (module docstring, "One
-        launch"); ``MERGE_NONE`` (one split) writes the normalised output and token count directly.
+        launch"); ``MERGE_SIGNAL`` leaves them to the merge kernel too, then raises the group's counter at
+        ``ticket_ptr`` (:attr:`KernelConfig.head_counters`); ``MERGE_NONE`` (one split) writes the normalised
+        output and token count directly.
         ``PDL`` (launched as a programmatic dependent): wait for the previous kernel's writes (the lists) here,
         and let the next kernel (the merge) launch at once.
         """
@@ -428,13 +441,14 @@ if _HAVE_TRITON:
             tl.store(m_part_ptr + part * ROWS + rows, m_i, mask=row_ok)
             tl.store(l_part_ptr + part * ROWS + rows, l_i, mask=row_ok)
             tl.store(n_part_ptr + part, n_here)
-            if MERGE == 2:  # MERGE_LAST
+            if MERGE >= 2:  # MERGE_LAST or MERGE_SIGNAL
                 # Every thread's partial stores precede the ticket (barrier, then a release at GPU scope); the
-                # program drawing the last ticket acquires them all and merges. It also resets the ticket, so
-                # the next launch (a CUDA-graph replay) starts from zero with no memset.
+                # program drawing the last ticket (MERGE_LAST), or the merge programs (MERGE_SIGNAL), acquire
+                # them all. Whoever merges last resets the ticket, so the next launch (a CUDA-graph replay)
+                # starts from zero with no memset.
                 tl.debug_barrier()
                 ticket = tl.atomic_add(ticket_ptr + bh, 1, sem="acq_rel", scope="gpu")
-                if ticket == n_splits - 1:
+                if MERGE == 2 and ticket == n_splits - 1:
                     s = tl.arange(0, SPLITS_PAD)
                     s_ok = s < n_splits
                     parts = bh.to(tl.int64) * n_splits + s
@@ -455,11 +469,13 @@ if _HAVE_TRITON:
         ``m = -1e30, l = 0`` and weigh nothing. Loads bypass L1 (``.cg``): in the one-launch merge the
         partials were written by other multiprocessors during this launch.
         """
+        # All three loads are issued before any arithmetic, so their L2 round trips overlap (the merge is
+        # latency-bound: it adds its serial round trips to the step's tail).
+        o = tl.load(o_part_ptr + (parts * ROWS + g)[:, None] * HEAD_DIM + dims[None, :], mask=s_ok[:, None],
+                    other=0.0, cache_modifier=".cg")
         m = tl.load(m_part_ptr + parts * ROWS + g, mask=s_ok, other=float("-inf"), cache_modifier=".cg")
         lsum = tl.load(l_part_ptr + parts * ROWS + g, mask=s_ok, other=0.0, cache_modifier=".cg")
         w = tl.exp2(m - tl.max(m, axis=0))
-        o = tl.load(o_part_ptr + (parts * ROWS + g)[:, None] * HEAD_DIM + dims[None, :], mask=s_ok[:, None],
-                    other=0.0, cache_modifier=".cg")
         return tl.sum(o * w[:, None], axis=0) / tl.sum(lsum * w, axis=0)
 
     def _store_rows(out_ptr, stride_ob, stride_oh, stride_oq, stride_od, b, head, q_row, dims, res, ok):
@@ -475,6 +491,8 @@ if _HAVE_TRITON:
         n_part_ptr,
         out_ptr,
         tokens_ptr,
+        ticket_ptr,
+        done_ptr,
         stride_ob,
         stride_oh,
         stride_oq,
@@ -486,6 +504,7 @@ if _HAVE_TRITON:
         HEAD_DIM: tl.constexpr,
         SPLITS_PAD: tl.constexpr,
         BLOCK_D: tl.constexpr,
+        HEAD_WAIT: tl.constexpr,
         PDL: tl.constexpr = False,
     ):
         """Combine the partials of row ``program_id(1)`` (query head major, query row minor) of group
@@ -493,10 +512,17 @@ if _HAVE_TRITON:
         (``fused_merge=False``). Query head 0 of each group also writes the group's token count (int64, as the
         torch backend returns it). ``PDL``:
         launched while the split kernel runs, so first wait until it has finished and its partials are visible.
+        ``HEAD_WAIT`` (:attr:`KernelConfig.head_counters`): wait instead until this group's counter at ``ticket_ptr``
+        shows every split's partial stored (an acquire at GPU scope), and count this program done at ``done_ptr``;
+        the group's last program resets both counters.
         """
-        if PDL:
-            gdc_wait()
         bh = tl.program_id(0)
+        if HEAD_WAIT:
+            seen = tl.atomic_add(ticket_ptr + bh, 0, sem="acquire", scope="gpu")
+            while seen < n_splits:
+                seen = tl.atomic_add(ticket_ptr + bh, 0, sem="acquire", scope="gpu")
+        elif PDL:
+            gdc_wait()
         g = tl.program_id(1)
         s = tl.arange(0, SPLITS_PAD)
         dims = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -511,6 +537,12 @@ if _HAVE_TRITON:
                     one + g % Q_ROWS, dims, res[None, :], one == 0)
         n = tl.sum(tl.load(n_part_ptr + parts, mask=s_ok, other=0), axis=0)
         tl.store(tokens_ptr + bh, n.to(tl.int64), mask=(g == 0) & (tl.program_id(2) == 0))
+        if HEAD_WAIT:
+            # Every program of the group has passed its wait once all have counted themselves done.
+            done = tl.atomic_add(done_ptr + bh, 1, sem="acq_rel", scope="gpu")
+            if done == tl.num_programs(1) * tl.num_programs(2) - 1:
+                tl.store(ticket_ptr + bh, 0)
+                tl.store(done_ptr + bh, 0)
 
 else:  # pragma: no cover
     _compact_kernel = _split_kernel = _merge_kernel = _merge_row = _store_rows = None
@@ -696,13 +728,15 @@ def sparse_decode(
     tokens_read = torch.empty((b, hkv), dtype=torch.int64, device=query.device)
     if heads == 0:
         return out, tokens_read
-    merge = MERGE_NONE if splits == 1 else MERGE_LAST if cfg.fused_merge else MERGE_SEPARATE
+    merge = (MERGE_NONE if splits == 1 else MERGE_LAST if cfg.fused_merge
+             else MERGE_SIGNAL if cfg.head_counters else MERGE_SEPARATE)
     o_part, m_part, l_part, n_part = split_partials(heads * splits if merge != MERGE_NONE else 1, rows, d,
                                                     query.device)
     score_scale, cap_scale = score_scales(scaling, softcap)
     lists = indices.view(torch.int32) if use_indices else sel
     dummy = n_part  # stands in for absent optional pointers; never read
-    tickets = _tickets(query.device, heads) if merge == MERGE_LAST else dummy
+    # MERGE_SIGNAL: the split programs' counters, then the merge programs' (see merge_partials).
+    tickets = _tickets(query.device, 2 * heads) if merge in (MERGE_LAST, MERGE_SIGNAL) else dummy
     splits_pad = triton.next_power_of_2(splits)
     _jit(_split_kernel)[(heads, splits)](
         query, key, value, lists, counts if use_indices else dummy, kv_len if kv_len is not None else dummy,
@@ -716,9 +750,10 @@ def sparse_decode(
         SOFTCAP=softcap is not None, DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
         MERGE=merge, SPLITS_PAD=splits_pad, num_warps=warps, num_stages=stages, **_pdl_args(bool(cfg.pdl)),
     )
-    if merge == MERGE_SEPARATE:
+    if merge in (MERGE_SEPARATE, MERGE_SIGNAL):
         merge_partials(o_part, m_part, l_part, n_part, out, tokens_read, hkv=hkv, splits=splits, group=group,
-                       q_rows=q_rows, pdl=bool(cfg.pdl), d_parts=int(cfg.merge_d_parts or 1))
+                       q_rows=q_rows, pdl=bool(cfg.pdl), d_parts=int(cfg.merge_d_parts or 1),
+                       counters=tickets[:2 * heads] if merge == MERGE_SIGNAL else None)
     return out, tokens_read
 
 
@@ -741,7 +776,8 @@ def score_scales(scaling: float, softcap: float | None) -> tuple[float, float]:
 
 def merge_partials(o_part: torch.Tensor, m_part: torch.Tensor, l_part: torch.Tensor, n_part: torch.Tensor,
                    out: torch.Tensor, tokens_read: torch.Tensor, *, hkv: int, splits: int, group: int,
-                   q_rows: int, pdl: bool = False, d_parts: int = 1) -> None:
+                   q_rows: int, pdl: bool = False, d_parts: int = 1,
+                   counters: torch.Tensor | None = None) -> None:
     """Merge split-K partials into ``out`` ``[B, Hq, Q, D]`` and ``tokens_read`` ``[B, Hkv]`` (one launch).
 
     The partials' layout is the split kernel's: ``o_part`` ``[B * Hkv * splits, group * Q, D]`` float32
@@ -749,16 +785,18 @@ def merge_partials(o_part: torch.Tensor, m_part: torch.Tensor, l_part: torch.Ten
     ``n_part`` ``[B * Hkv * splits]`` int32 tokens read. Shared with the CUDA kernel
     (:mod:`sparsebench.kernels.cuda_decode`), which writes the same layout. ``pdl``: launched as a programmatic
     dependent of the split kernel (launched with ``PDL`` too; see :attr:`KernelConfig.pdl`). ``d_parts``: programs
-    per row (:attr:`KernelConfig.merge_d_parts`).
+    per row (:attr:`KernelConfig.merge_d_parts`). ``counters`` (int32 ``[2 * B * Hkv]``, zero; the split kernel
+    raised the first half): wait on them per head instead of on the split grid (:attr:`KernelConfig.head_counters`).
     """
     heads = o_part.shape[0] // splits
     block_d = out.shape[-1] // d_parts
     splits_pad = triton.next_power_of_2(splits)
+    ticket, done = (counters[:heads], counters[heads:]) if counters is not None else (n_part, n_part)
     _jit(_merge_kernel)[(heads, group * q_rows, d_parts)](
-        o_part, m_part, l_part, n_part, out, tokens_read,
+        o_part, m_part, l_part, n_part, out, tokens_read, ticket, done,
         *out.stride(), hkv, splits,
         GROUP=group, Q_ROWS=q_rows, HEAD_DIM=out.shape[-1], SPLITS_PAD=splits_pad, BLOCK_D=block_d,
-        num_warps=4 if block_d * splits_pad >= 4096 else 2, **_pdl_args(pdl),
+        HEAD_WAIT=counters is not None, num_warps=4 if block_d * splits_pad >= 4096 else 2, **_pdl_args(pdl),
     )
 
 
