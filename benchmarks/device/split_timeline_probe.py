@@ -12,7 +12,9 @@ run, the kernel's span, how spread the starts and ends are, and the programs' ow
 
 from __future__ import annotations
 
+import functools
 import statistics
+from collections.abc import Callable
 
 import torch
 from gather_bandwidth_probe import _attend
@@ -24,7 +26,7 @@ from sparsebench.bench.common import save_probe
 RUNS = 20
 
 
-def timeline(fn, times: torch.Tensor, raw: list | None = None) -> dict[str, float]:  # noqa: ANN001 - a closure
+def timeline(fn: Callable[[], None], times: torch.Tensor, raw: list | None = None) -> dict[str, float]:
     """One flushed launch of ``fn`` (which writes ``times`` [programs, 3]); its spans in µs from the first start.
     ``raw`` gets each program's (start µs, end µs, multiprocessor), programs in (kv head, split) order."""
     _flush_buffer().sum()
@@ -76,11 +78,10 @@ def main() -> None:
             out = torch.empty(hkv * splits * 16, d, device=dev)
             times = torch.zeros(hkv * splits, 3, dtype=torch.int64, device=dev)
             for math in (False, True):
-                def launch(math: bool = math, splits: int = splits, out: torch.Tensor = out,
-                           times: torch.Tensor = times) -> None:
-                    _attend[(hkv, splits)](q, k, v, idx, cnt, out, n_tokens, idx.shape[-1], d**-0.5 * 1.4427,
-                                           BS=bs, D=d, BPT=4, GROUP=group, PREFETCH=True, MATH=math,
-                                           times_ptr=times, TIMES=True, num_warps=4, num_stages=3)
+                launch = functools.partial(
+                    _attend[(hkv, splits)], q, k, v, idx, cnt, out, n_tokens, idx.shape[-1], d**-0.5 * 1.4427, BS=bs,
+                    D=d, BPT=4, GROUP=group, PREFETCH=True, MATH=math, times_ptr=times, TIMES=True, num_warps=4,
+                    num_stages=3)
                 launch()  # compile
                 raw: list = []
                 runs = [timeline(launch, times, raw if math and splits == 33 else None) for _ in range(RUNS)]
