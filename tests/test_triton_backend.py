@@ -106,12 +106,6 @@ def make_cases(gen: torch.Generator) -> list[dict]:
     for q_rows, d_parts in ((1, 4), (3, 2)):
         cases.append(make_case(gen, b=2, hkv=2, group=2, d=64, n_tokens=80, mode="indices", kv_len=True,
                                q_rows=q_rows, config=dict(blocks_per_tile=1, splits=3, merge_d_parts=d_parts)))
-    # The tail pool (KernelConfig.tail_pool): the last half of each list claimed in chunks, with the two-launch
-    # merge and with the one-launch merge (each resets the claim counters), one query row and several.
-    for q_rows, per_row, fused, chunk in ((1, False, False, 1), (3, True, True, 3)):
-        cases.append(make_case(gen, b=2, hkv=2, group=2, d=64, n_tokens=200, mode="indices", kv_len=True,
-                               q_rows=q_rows, per_row=per_row, config=dict(
-                                   blocks_per_tile=2, splits=3, fused_merge=fused, tail_pool=50, pool_chunk=chunk)))
     # Several query rows: (rows, per-row selection, GQA group, mode, splits, blocks per tile, softcap, layout).
     multi = [(2, False, 1, "indices", None, 2, None, "contiguous"), (2, True, 4, "bitmap", 3, 1, None, "capacity"),
              (4, True, 1, "indices", 2, 1, None, "contiguous"), (4, False, 4, "bitmap", 2, 2, 20.0, "bthd"),
@@ -194,7 +188,7 @@ def interpreted(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], l
     selection of the wrong row count raised)."""
     cases = make_cases(torch.Generator().manual_seed(SEED))
     res = run_interpreted(CHILD, cases, tmp_path_factory.mktemp("triton_decode"))
-    # The merge and pool counters (one-launch merge, tail pool) are left at zero for the next launch.
+    # The one-launch merge's tickets are left at zero for the next launch.
     assert res["tickets"] and all(n == 0 for n in res["tickets"].values()), res["tickets"]
     return cases, res["outs"], res["bad_rows"]
 
@@ -233,7 +227,7 @@ def test_interpreted_compaction(interpreted: tuple[list[dict], list[dict], str])
 @pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")
 def test_interpreted_multi_row_rows_mismatch(interpreted: tuple[list[dict], list[dict], str]) -> None:
     """A per-row selection whose row count is not the query's is a one-line UsageError, not a wrong answer."""
-    assert sum(c["q"].shape[2] > 1 for c in interpreted[0]) == 8  # the multi-row cases are compared above
+    assert sum(c["q"].shape[2] > 1 for c in interpreted[0]) == 7  # the multi-row cases are compared above
     bad_rows = interpreted[2]
     assert bad_rows.startswith("UsageError") and "2 rows for 3 query rows" in bad_rows, bad_rows
 

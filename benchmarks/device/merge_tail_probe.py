@@ -1,6 +1,5 @@
 """How much of the 128K step is the merge? The split kernel timed alone (the merge launch replaced by nothing, so the
-output is not finished: a timing experiment only) against split + merge, same problem, selection and timer; and
-split + merge with the merge waiting on per-head counters (``KernelConfig(head_counters=True)``, tenth session).
+output is not finished: a timing experiment only) against split + merge, same problem, selection and timer.
 
     python3 benchmarks/device/merge_tail_probe.py --out DIR
 """
@@ -27,16 +26,14 @@ def main() -> None:
         step = functools.partial(sparse_decode, q, k, v, sel, block_size=bs, scaling=d**-0.5, indices=idx,
                                  counts=cnt)
 
-        counted = functools.partial(step, config=triton_decode.KernelConfig(head_counters=True))
-        for label, merge_fn, fn in (("split + merge", merge, step), ("split kernel alone", lambda *a, **kw: None, step),
-                                    ("split + merge, head counters", merge, counted)):
+        for label, merge_fn in (("split + merge", merge), ("split kernel alone", lambda *a, **kw: None)):
             triton_decode.merge_partials = merge_fn
             try:
-                us = flushed_us(fn, args.repeats)
+                us = flushed_us(step, args.repeats)
             finally:
                 triton_decode.merge_partials = merge
             rows.append(dict(context=t, what=label, us=us))
-            print(f"{t:>7} {label:<30} {us:6.1f} us", flush=True)
+            print(f"{t:>7} {label:<20} {us:6.1f} us", flush=True)
     save_probe(args.out, "merge_tail.json", rows,
                "CUDA-graph replays, L2 flushed by reading 256 MB, median; 22% of 16-token blocks, 32 q / 8 kv heads "
                "x 128, bf16, default kernel configuration")

@@ -98,7 +98,7 @@ _LOG2E = 1.4426950408889634
 #: kernel merges the partials; the last split program to finish merges them in the same launch.
 MERGE_NONE, MERGE_SEPARATE, MERGE_LAST = 0, 1, 2
 #: Device functions the kernels call: the compiler resolves them by global name (see :func:`_jit`).
-_HELPERS = ("_attend_span", "_merge_row", "_store_rows")
+_HELPERS = ("_merge_row", "_store_rows")
 
 
 def _is_pow2(v: int) -> bool:
@@ -129,15 +129,6 @@ class KernelConfig:
     row's values (a power of two). Why: the merge is latency-bound (a few hundred KB from L2 at 128K), so more,
     smaller programs may finish sooner. None means 1: at 128K on the H200 (22% kept) 2, 4 and 8 parts gave steps of
     38.8-39.5 µs against 39.4 µs, within the run-to-run spread (``benchmarks/RESULTS.md``, ninth session)."""
-    tail_pool: int | None = None
-    """Percent of each (sequence, kv head)'s block list (``indices`` mode, several splits) that no program owns:
-    each program walks its even share of the rest, then claims chunks of :attr:`pool_chunk` blocks from this pool
-    with an atomic counter until it is empty. Why: at 128K on the H200 the programs' durations spread by about
-    20% (24.6-30.3 µs for equal shares, ``benchmarks/device/split_timeline_probe.py``), mostly by where a program
-    runs, and the kernel waits for its slowest; with a pool the fast programs take the tail's work. None means 0
-    (off); the counters are reset by the merge, so CUDA-graph replays need no memset."""
-    pool_chunk: int | None = None
-    """Blocks a pool claim takes (None: two tiles, ``2 * blocks_per_tile``)."""
     pdl: bool | None = None
     """Programmatic dependent launch: the split kernel waits for its predecessor with ``griddepcontrol`` instead
     of at its launch, and lets the merge launch while it still runs (the merge then waits for it), so the two
@@ -210,11 +201,6 @@ def resolve_config(config: KernelConfig | None, *, head_dim: int, dtype: torch.d
     if not 1 <= splits <= MAX_SPLITS:
         raise UsageError(f"splits must be in [1, {MAX_SPLITS}], got {splits}")
     fused = bool(given.fused_merge)  # None: the two-launch merge, measured faster (see fused_merge)
-    pool = given.tail_pool or 0
-    chunk = given.pool_chunk or 2 * bpt
-    if not (0 <= pool <= 50 and chunk >= 1):
-        raise UsageError(f"tail_pool must be a percentage from 0 to 50 and pool_chunk at least one block, got "
-                         f"{given.tail_pool} and {given.pool_chunk}")
     d_parts = given.merge_d_parts or 1
     if not (_is_pow2(d_parts) and head_dim // d_parts >= 16):
         raise UsageError(f"merge_d_parts must be a power of two leaving at least 16 of the head dim ({head_dim}) "
@@ -224,7 +210,7 @@ def resolve_config(config: KernelConfig | None, *, head_dim: int, dtype: torch.d
         raise UsageError("programmatic dependent launch (pdl=True) needs a CUDA device of compute capability 9.0 "
                          "or newer and Triton >= 3.4; leave pdl unset to use it where it can run")
     return KernelConfig(blocks_per_tile=bpt, num_warps=warps, num_stages=stages, splits=splits, fused_merge=fused,
-                        merge_d_parts=d_parts, tail_pool=pool, pool_chunk=chunk, pdl=pdl)
+                        merge_d_parts=d_parts, pdl=pdl)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -285,7 +271,6 @@ if _HAVE_TRITON:
         out_ptr,
         tokens_ptr,
         ticket_ptr,
-        claim_ptr,
         stride_qb,
         stride_qh,
         stride_qq,
@@ -328,8 +313,6 @@ if _HAVE_TRITON:
         DOT_PRECISION: tl.constexpr,
         MERGE: tl.constexpr,
         SPLITS_PAD: tl.constexpr,
-        POOL_PCT: tl.constexpr,
-        POOL_CHUNK: tl.constexpr,
         PDL: tl.constexpr = False,
     ):
         """Partial attention of one GQA group over one share of its selected blocks.
@@ -346,9 +329,6 @@ if _HAVE_TRITON:
         ``MERGE`` says who finishes: ``MERGE_SEPARATE`` leaves the partials to :func:`_merge_kernel`;
         ``MERGE_LAST`` has the last program of the group to finish merge them (module docstring, "One
         launch"); ``MERGE_NONE`` (one split) writes the normalised output and token count directly.
-        ``POOL_PCT`` (indices mode, several splits; :attr:`KernelConfig.tail_pool`): the last ``POOL_PCT``% of the
-        group's list is claimed in chunks of ``POOL_CHUNK`` blocks through the counter at ``claim_ptr`` by whichever
-        programs finish their share first; whoever merges the group resets the counter.
         ``PDL`` (launched as a programmatic dependent): wait for the previous kernel's writes (the lists) here,
         and let the next kernel (the merge) launch at once.
         """
@@ -358,6 +338,7 @@ if _HAVE_TRITON:
         TILE: tl.constexpr = BLOCKS_PER_TILE * BLOCK_SIZE
         # A finite "minus infinity" for the running max: an all-masked tile then gives 2^(m - m) = 1, not NaN.
         NEG_BIG: tl.constexpr = -1.0e30
+        TWO_LOG2E: tl.constexpr = 2.8853900817779268
         bh = tl.program_id(0)
         split = tl.program_id(1)
         n_splits = tl.num_programs(1)  # a launch argument, not a constant: no recompilation per context length
@@ -368,6 +349,7 @@ if _HAVE_TRITON:
         head = rows // Q_ROWS  # query head within the group; with one query row these fold to rows and 0
         q_row = rows % Q_ROWS
         dims = tl.arange(0, HEAD_DIM)
+        t = tl.arange(0, TILE)
 
         q_base = q_ptr + b.to(tl.int64) * stride_qb + (h * GROUP).to(tl.int64) * stride_qh
         q = tl.load(q_base + (head * stride_qh + q_row * stride_qq)[:, None] + dims[None, :] * stride_qd,
@@ -382,9 +364,8 @@ if _HAVE_TRITON:
             limit = tl.minimum(tl.load(kvlen_ptr + b), n_tokens)
         if USE_INDICES:
             count = tl.load(cnt_ptr + bh)
-            owned = count - (count * POOL_PCT) // 100  # list positions [owned, count) are the shared pool
-            lo = (owned * split) // n_splits
-            hi = (owned * (split + 1)) // n_splits
+            lo = (count * split) // n_splits
+            hi = (count * (split + 1)) // n_splits
         else:
             live_blocks = tl.minimum(n_blocks, (limit + BLOCK_SIZE - 1) // BLOCK_SIZE)
             lo = split * blocks_per_split
@@ -394,66 +375,6 @@ if _HAVE_TRITON:
         l_i = tl.zeros([GROUP_PAD], dtype=tl.float32)
         acc = tl.zeros([GROUP_PAD, HEAD_DIM], dtype=tl.float32)
         n_read = tl.zeros([TILE], dtype=tl.int32)
-        m_i, l_i, acc, n_read = _attend_span(
-            q, k_base, v_base, sel_row, rowsel, lo, hi, limit, m_i, l_i, acc, n_read, score_scale, cap_scale,
-            stride_kt, stride_kd, stride_vt, stride_vd, stride_sn, stride_rn, q_row, dims, BLOCK_SIZE,
-            BLOCKS_PER_TILE, USE_INDICES, SOFTCAP, Q_ROWS, PER_ROW, DOT_PRECISION)
-        if POOL_PCT > 0:
-            # The pool, a chunk at a time, to whoever asks first (a relaxed add: the chunk's data is read-only).
-            pos = owned + tl.atomic_add(claim_ptr + bh, 1, sem="relaxed", scope="gpu") * POOL_CHUNK
-            while pos < count:
-                m_i, l_i, acc, n_read = _attend_span(
-                    q, k_base, v_base, sel_row, rowsel, pos, tl.minimum(pos + POOL_CHUNK, count), limit, m_i, l_i,
-                    acc, n_read, score_scale, cap_scale, stride_kt, stride_kd, stride_vt, stride_vd, stride_sn,
-                    stride_rn, q_row, dims, BLOCK_SIZE, BLOCKS_PER_TILE, USE_INDICES, SOFTCAP, Q_ROWS, PER_ROW,
-                    DOT_PRECISION)
-                pos = owned + tl.atomic_add(claim_ptr + bh, 1, sem="relaxed", scope="gpu") * POOL_CHUNK
-
-        row_ok = rows < ROWS
-        n_here = tl.sum(n_read, axis=0)
-        if MERGE == 0:  # MERGE_NONE: the only split holds the whole result
-            _store_rows(out_ptr, stride_ob, stride_oh, stride_oq, stride_od, b, h * GROUP + head, q_row, dims,
-                        acc / l_i[:, None], row_ok)
-            tl.store(tokens_ptr + bh, n_here.to(tl.int64))
-        else:
-            part = bh.to(tl.int64) * n_splits + split
-            tl.store(o_part_ptr + (part * ROWS + rows)[:, None] * HEAD_DIM + dims[None, :], acc,
-                     mask=row_ok[:, None])
-            tl.store(m_part_ptr + part * ROWS + rows, m_i, mask=row_ok)
-            tl.store(l_part_ptr + part * ROWS + rows, l_i, mask=row_ok)
-            tl.store(n_part_ptr + part, n_here)
-            if MERGE == 2:  # MERGE_LAST
-                # Every thread's partial stores precede the ticket (barrier, then a release at GPU scope); the
-                # program drawing the last ticket acquires them all and merges. It also resets the ticket (and the
-                # pool's counter: every program has finished claiming), so the next launch (a CUDA-graph replay)
-                # starts from zero with no memset.
-                tl.debug_barrier()
-                ticket = tl.atomic_add(ticket_ptr + bh, 1, sem="acq_rel", scope="gpu")
-                if ticket == n_splits - 1:
-                    s = tl.arange(0, SPLITS_PAD)
-                    s_ok = s < n_splits
-                    parts = bh.to(tl.int64) * n_splits + s
-                    one = tl.zeros([1], dtype=tl.int32)
-                    for g in range(ROWS):
-                        res = _merge_row(o_part_ptr, m_part_ptr, l_part_ptr, parts, s_ok, g, dims, ROWS, HEAD_DIM)
-                        _store_rows(out_ptr, stride_ob, stride_oh, stride_oq, stride_od, b,
-                                    one + (h * GROUP + g // Q_ROWS), one + g % Q_ROWS, dims, res[None, :], one == 0)
-                    n_all = tl.sum(tl.load(n_part_ptr + parts, mask=s_ok, other=0, cache_modifier=".cg"), axis=0)
-                    tl.store(tokens_ptr + bh, n_all.to(tl.int64))
-                    tl.store(ticket_ptr + bh, 0)
-                    if POOL_PCT > 0:
-                        tl.store(claim_ptr + bh, 0)
-
-    def _attend_span(q, k_base, v_base, sel_row, rowsel, lo, hi, limit, m_i, l_i, acc, n_read, score_scale,
-                     cap_scale, stride_kt, stride_kd, stride_vt, stride_vd, stride_sn, stride_rn, q_row, dims,
-                     BLOCK_SIZE: tl.constexpr, BLOCKS_PER_TILE: tl.constexpr, USE_INDICES: tl.constexpr,
-                     SOFTCAP: tl.constexpr, Q_ROWS: tl.constexpr, PER_ROW: tl.constexpr,
-                     DOT_PRECISION: tl.constexpr):
-        """The split kernel's loop: list positions (or blocks) ``[lo, hi)`` in tiles of ``BLOCKS_PER_TILE`` blocks
-        folded into the running max ``m_i``, sum ``l_i``, accumulator ``acc`` and per-slot tokens read ``n_read``
-        (see :func:`_split_kernel` for the arguments); returns the four updated."""
-        TWO_LOG2E: tl.constexpr = 2.8853900817779268
-        t = tl.arange(0, BLOCKS_PER_TILE * BLOCK_SIZE)
         t_slot = t // BLOCK_SIZE
         # The tile's selection entries (bitmap flags or block ids) are loaded one iteration ahead, so their
         # latency overlaps the previous tile's work instead of stalling the K/V loads that depend on them.
@@ -493,7 +414,38 @@ if _HAVE_TRITON:
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
             m_i = m_new
             n_read += ok.to(tl.int32)
-        return m_i, l_i, acc, n_read
+
+        row_ok = rows < ROWS
+        n_here = tl.sum(n_read, axis=0)
+        if MERGE == 0:  # MERGE_NONE: the only split holds the whole result
+            _store_rows(out_ptr, stride_ob, stride_oh, stride_oq, stride_od, b, h * GROUP + head, q_row, dims,
+                        acc / l_i[:, None], row_ok)
+            tl.store(tokens_ptr + bh, n_here.to(tl.int64))
+        else:
+            part = bh.to(tl.int64) * n_splits + split
+            tl.store(o_part_ptr + (part * ROWS + rows)[:, None] * HEAD_DIM + dims[None, :], acc,
+                     mask=row_ok[:, None])
+            tl.store(m_part_ptr + part * ROWS + rows, m_i, mask=row_ok)
+            tl.store(l_part_ptr + part * ROWS + rows, l_i, mask=row_ok)
+            tl.store(n_part_ptr + part, n_here)
+            if MERGE == 2:  # MERGE_LAST
+                # Every thread's partial stores precede the ticket (barrier, then a release at GPU scope); the
+                # program drawing the last ticket acquires them all and merges. It also resets the ticket, so
+                # the next launch (a CUDA-graph replay) starts from zero with no memset.
+                tl.debug_barrier()
+                ticket = tl.atomic_add(ticket_ptr + bh, 1, sem="acq_rel", scope="gpu")
+                if ticket == n_splits - 1:
+                    s = tl.arange(0, SPLITS_PAD)
+                    s_ok = s < n_splits
+                    parts = bh.to(tl.int64) * n_splits + s
+                    one = tl.zeros([1], dtype=tl.int32)
+                    for g in range(ROWS):
+                        res = _merge_row(o_part_ptr, m_part_ptr, l_part_ptr, parts, s_ok, g, dims, ROWS, HEAD_DIM)
+                        _store_rows(out_ptr, stride_ob, stride_oh, stride_oq, stride_od, b,
+                                    one + (h * GROUP + g // Q_ROWS), one + g % Q_ROWS, dims, res[None, :], one == 0)
+                    n_all = tl.sum(tl.load(n_part_ptr + parts, mask=s_ok, other=0, cache_modifier=".cg"), axis=0)
+                    tl.store(tokens_ptr + bh, n_all.to(tl.int64))
+                    tl.store(ticket_ptr + bh, 0)
 
     def _merge_row(o_part_ptr, m_part_ptr, l_part_ptr, parts, s_ok, g, dims, ROWS: tl.constexpr,
                    HEAD_DIM: tl.constexpr):
@@ -504,7 +456,8 @@ if _HAVE_TRITON:
         partials were written by other multiprocessors during this launch.
         """
         # All three loads are issued before any arithmetic, so their L2 round trips overlap (the merge is
-        # latency-bound: it adds its serial round trips to the step's tail).
+        # latency-bound). Measured on the H200 at 128K: no change in the step (38.7-38.9 against 38.7-39.0 µs,
+        # benchmarks/RESULTS.md, tenth session); kept for the shorter dependency chain.
         o = tl.load(o_part_ptr + (parts * ROWS + g)[:, None] * HEAD_DIM + dims[None, :], mask=s_ok[:, None],
                     other=0.0, cache_modifier=".cg")
         m = tl.load(m_part_ptr + parts * ROWS + g, mask=s_ok, other=float("-inf"), cache_modifier=".cg")
@@ -525,7 +478,6 @@ if _HAVE_TRITON:
         n_part_ptr,
         out_ptr,
         tokens_ptr,
-        claim_ptr,
         stride_ob,
         stride_oh,
         stride_oq,
@@ -537,7 +489,6 @@ if _HAVE_TRITON:
         HEAD_DIM: tl.constexpr,
         SPLITS_PAD: tl.constexpr,
         BLOCK_D: tl.constexpr,
-        RESET_CLAIMS: tl.constexpr,
         PDL: tl.constexpr = False,
     ):
         """Combine the partials of row ``program_id(1)`` (query head major, query row minor) of group
@@ -545,8 +496,6 @@ if _HAVE_TRITON:
         (``fused_merge=False``). Query head 0 of each group also writes the group's token count (int64, as the
         torch backend returns it). ``PDL``:
         launched while the split kernel runs, so first wait until it has finished and its partials are visible.
-        ``RESET_CLAIMS``: the split kernel used a tail pool (:attr:`KernelConfig.tail_pool`); the group's first
-        program sets its claim counter at ``claim_ptr`` back to zero for the next launch.
         """
         if PDL:
             gdc_wait()
@@ -564,13 +513,10 @@ if _HAVE_TRITON:
         _store_rows(out_ptr, stride_ob, stride_oh, stride_oq, stride_od, b, one + (h * GROUP + g // Q_ROWS),
                     one + g % Q_ROWS, dims, res[None, :], one == 0)
         n = tl.sum(tl.load(n_part_ptr + parts, mask=s_ok, other=0), axis=0)
-        first = (g == 0) & (tl.program_id(2) == 0)
-        tl.store(tokens_ptr + bh, n.to(tl.int64), mask=first)
-        if RESET_CLAIMS:
-            tl.store(claim_ptr + bh, 0, mask=first)
+        tl.store(tokens_ptr + bh, n.to(tl.int64), mask=(g == 0) & (tl.program_id(2) == 0))
 
 else:  # pragma: no cover
-    _compact_kernel = _split_kernel = _merge_kernel = _attend_span = _merge_row = _store_rows = None
+    _compact_kernel = _split_kernel = _merge_kernel = _merge_row = _store_rows = None
     HAVE_PDL = False
 
 
@@ -587,8 +533,7 @@ _TICKETS: dict[torch.device, torch.Tensor] = {}
 
 
 def _tickets(device: torch.device, n: int) -> torch.Tensor:
-    """``n`` zeroed int32 counters for the one-launch merge and the tail pool, kept per device and reused by every
-    launch.
+    """``n`` zeroed int32 counters for the one-launch merge, kept per device and reused by every launch.
 
     Why persistent: the kernel leaves them at zero (the merging program resets its counter), so no memset
     launch is needed, and a CUDA graph replays with the same address. A buffer too small is replaced by a
@@ -760,14 +705,11 @@ def sparse_decode(
     score_scale, cap_scale = score_scales(scaling, softcap)
     lists = indices.view(torch.int32) if use_indices else sel
     dummy = n_part  # stands in for absent optional pointers; never read
-    # The pool needs lists and a merge (which resets its counters); one split owns its whole list anyway.
-    pool = int(cfg.tail_pool or 0) if use_indices and merge != MERGE_NONE else 0
-    counters = _tickets(query.device, 2 * heads) if merge == MERGE_LAST or pool else dummy
-    tickets, claims = (counters[:heads], counters[heads:2 * heads]) if counters is not dummy else (dummy, dummy)
+    tickets = _tickets(query.device, heads) if merge == MERGE_LAST else dummy
     splits_pad = triton.next_power_of_2(splits)
     _jit(_split_kernel)[(heads, splits)](
         query, key, value, lists, counts if use_indices else dummy, kv_len if kv_len is not None else dummy,
-        rows_sel if per_row else dummy, o_part, m_part, l_part, n_part, out, tokens_read, tickets, claims,
+        rows_sel if per_row else dummy, o_part, m_part, l_part, n_part, out, tokens_read, tickets,
         *query.stride(), *key.stride(), *value.stride(), *lists.stride(),
         *(rows_sel.stride() if per_row else (0, 0, 0, 0)), *out.stride(),
         hkv, n_tokens, n_blocks, -(-n_blocks // splits), float(score_scale), float(cap_scale),
@@ -775,13 +717,11 @@ def sparse_decode(
         HEAD_DIM=d, BLOCK_SIZE=block_size,
         BLOCKS_PER_TILE=bpt, USE_INDICES=use_indices, HAS_KV_LEN=kv_len is not None,
         SOFTCAP=softcap is not None, DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
-        MERGE=merge, SPLITS_PAD=splits_pad, POOL_PCT=pool, POOL_CHUNK=int(cfg.pool_chunk or 2 * bpt),
-        num_warps=warps, num_stages=stages, **_pdl_args(bool(cfg.pdl)),
+        MERGE=merge, SPLITS_PAD=splits_pad, num_warps=warps, num_stages=stages, **_pdl_args(bool(cfg.pdl)),
     )
     if merge == MERGE_SEPARATE:
         merge_partials(o_part, m_part, l_part, n_part, out, tokens_read, hkv=hkv, splits=splits, group=group,
-                       q_rows=q_rows, pdl=bool(cfg.pdl), d_parts=int(cfg.merge_d_parts or 1),
-                       claims=claims if pool else None)
+                       q_rows=q_rows, pdl=bool(cfg.pdl), d_parts=int(cfg.merge_d_parts or 1))
     return out, tokens_read
 
 
@@ -804,8 +744,7 @@ def score_scales(scaling: float, softcap: float | None) -> tuple[float, float]:
 
 def merge_partials(o_part: torch.Tensor, m_part: torch.Tensor, l_part: torch.Tensor, n_part: torch.Tensor,
                    out: torch.Tensor, tokens_read: torch.Tensor, *, hkv: int, splits: int, group: int,
-                   q_rows: int, pdl: bool = False, d_parts: int = 1,
-                   claims: torch.Tensor | None = None) -> None:
+                   q_rows: int, pdl: bool = False, d_parts: int = 1) -> None:
     """Merge split-K partials into ``out`` ``[B, Hq, Q, D]`` and ``tokens_read`` ``[B, Hkv]`` (one launch).
 
     The partials' layout is the split kernel's: ``o_part`` ``[B * Hkv * splits, group * Q, D]`` float32
@@ -813,17 +752,16 @@ def merge_partials(o_part: torch.Tensor, m_part: torch.Tensor, l_part: torch.Ten
     ``n_part`` ``[B * Hkv * splits]`` int32 tokens read. Shared with the CUDA kernel
     (:mod:`sparsebench.kernels.cuda_decode`), which writes the same layout. ``pdl``: launched as a programmatic
     dependent of the split kernel (launched with ``PDL`` too; see :attr:`KernelConfig.pdl`). ``d_parts``: programs
-    per row (:attr:`KernelConfig.merge_d_parts`). ``claims``: the split kernel's tail-pool counters (int32
-    ``[B * Hkv]``, :attr:`KernelConfig.tail_pool`), set back to zero here.
+    per row (:attr:`KernelConfig.merge_d_parts`).
     """
     heads = o_part.shape[0] // splits
     block_d = out.shape[-1] // d_parts
     splits_pad = triton.next_power_of_2(splits)
     _jit(_merge_kernel)[(heads, group * q_rows, d_parts)](
-        o_part, m_part, l_part, n_part, out, tokens_read, claims if claims is not None else n_part,
+        o_part, m_part, l_part, n_part, out, tokens_read,
         *out.stride(), hkv, splits,
         GROUP=group, Q_ROWS=q_rows, HEAD_DIM=out.shape[-1], SPLITS_PAD=splits_pad, BLOCK_D=block_d,
-        RESET_CLAIMS=claims is not None, num_warps=4 if block_d * splits_pad >= 4096 else 2, **_pdl_args(pdl),
+        num_warps=4 if block_d * splits_pad >= 4096 else 2, **_pdl_args(pdl),
     )
 
 
