@@ -498,7 +498,7 @@ def test_triton_cuda_split(kw: dict) -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("n", [1, 7, 100, 1000, 1024, 4097, 8192, 32768])
+@pytest.mark.parametrize("n", [1, 7, 100, 1000, 1024, 4097, 8192, 32768, 65536, 131072])
 def test_cuda_radix_kernel(n: int) -> None:
     """The CUDA radix kernel (``backend="cuda"``) on every row kind, dtype and p,
     against the exact reference (near-ties aside), with its pass count bounded."""
@@ -515,6 +515,33 @@ def test_cuda_radix_kernel(n: int) -> None:
         check_against_reference(x.cpu(), mask.cpu(), p, f"cuda radix n={n} {dtype} p={p}")
         assert int(passes.max()) <= 3, (n, dtype, p, passes.tolist())
         assert torch.equal(topp_mask(x, p, backend="cuda"), mask)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("cluster", [2, 4, 8])
+def test_cuda_radix_kernel_clusters(cluster: int) -> None:
+    """Rows split over a thread-block cluster (sm_90): the same masks as the exact reference (near-ties aside) for
+    rows shorter than the cluster, uneven slices and rows only a cluster holds, over every row kind, dtype and p,
+    twice in a row (the cluster's shared state must not leak into the next launch)."""
+    from sparsebench.kernels.cuda_topp import clusters_supported, launch_topp
+
+    if not clusters_supported(torch.cuda.current_device()):
+        pytest.skip("thread-block clusters need compute capability 9.0")
+    gen = torch.Generator().manual_seed(SEED)
+    for n in (3, 100, 1000, 4097, 32768, 16384 * cluster + 5):
+        probs = torch.cat([torch.stack(list(row_kinds(n, gen).values())),
+                           torch.softmax(4 * torch.randn(8, n, generator=gen), -1)])
+        for dtype, p in itertools.product((torch.float32, torch.bfloat16), PS):
+            x = probs.to(dtype).cuda()
+            passes = torch.zeros(x.shape[0], dtype=torch.int32, device="cuda")
+            for _ in range(2):
+                out = torch.empty(x.shape, dtype=torch.uint8, device="cuda")
+                launch_topp(x, p, out, passes, cluster=cluster)
+            mask = out.bool()
+            check_mask(x.cpu(), mask.cpu(), p, f"cuda radix cluster {cluster} n={n} {dtype} p={p}")
+            check_against_reference(x.cpu(), mask.cpu(), p, f"cuda radix cluster {cluster} n={n} {dtype} p={p}")
+            assert int(passes.max()) <= 3, (n, cluster, dtype, p, passes.tolist())
 
 
 @pytest.mark.gpu
@@ -537,19 +564,31 @@ def test_cuda_radix_kernel_in_a_graph() -> None:
 
 def test_cuda_radix_scope() -> None:
     """What the CUDA kernel refuses says why; its launch shape covers every entry with a power-of-two block."""
-    from sparsebench.kernels.cuda_topp import MAX_N, check_shape, launch_shape
+    from sparsebench.kernels.cuda_topp import MAX_N, check_shape, launch_shape, max_row
     from sparsebench.kernels.topp import cuda_unusable_reason
 
     assert "not on a CUDA device" in (cuda_unusable_reason(torch.zeros(2, 8)) or "")
-    for n in (1, 8, 2048, 2049, 8192, MAX_N):
-        threads, items = launch_shape(n)
-        assert threads & (threads - 1) == 0 and 512 <= threads <= 1024 and threads * items >= n and items <= 32, n
-        assert check_shape(n, threads, 2048) is None, n
+    for n, clusters in itertools.product((1, 8, 2048, 2049, 8192, MAX_N, MAX_N + 1, 100_000, max_row(True)),
+                                         (False, True)):
+        if n > max_row(clusters):
+            continue
+        threads, items, cluster = launch_shape(n, clusters)
+        assert threads & (threads - 1) == 0 and 512 <= threads <= 1024 and items <= 32, n
+        assert threads * items * cluster >= n and -(-n // cluster) <= threads * items, n
+        assert cluster == 1 or clusters, n
+        assert check_shape(n, threads, 2048, cluster) is None, n
+    assert max_row(False) == MAX_N and launch_shape(MAX_N + 1)[2] == 2
     # The sweep's overrides are checked before a launch: block size, entries a thread, bins.
     assert "power of two from 64 to 1024" in (check_shape(100, 96, 2048) or "")
     assert "at most 2048 entries" in (check_shape(4096, 64, 2048) or "")
     assert "from the thread count (512)" in (check_shape(1024, 512, 256) or "")
     assert check_shape(1024, 128, 128) is None
+    # Clusters: a power of two up to 8 CTAs a row, each CTA's slice in its registers, a range of bins a CTA.
+    assert "cluster must be a power of two" in (check_shape(1024, 128, 128, 3) or "")
+    assert "cluster must be a power of two" in (check_shape(1024, 128, 128, 16) or "")
+    assert "hold at most 65536 entries" in (check_shape(70000, 1024, 2048, 2) or "")
+    assert "from the cluster size (8)" in (check_shape(8192, 512, 4, 8) or "")
+    assert check_shape(8192, 512, 8, 8) is None
 
 
 # ---------------------------------------------------------------------------------------------

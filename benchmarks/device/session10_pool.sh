@@ -2,7 +2,7 @@
 # Session 10, third call: the split kernel's tail pool (KernelConfig.tail_pool percent of each list, claimed in
 # chunks of pool_chunk blocks) against the default, interleaved, at 128K (22% kept, top-k over every layer, L2
 # flushed by reading); a --check run at 8K-128K; the GPU tests of the kernels.   bash benchmarks/device/session10_pool.sh
-# Ran at commit ff578a3; KernelConfig.tail_pool was removed after this call (both measured slower; benchmarks/RESULTS.md, tenth session).
+# Ran at commit ff578a3; KernelConfig.tail_pool was removed after this call (measured slower; benchmarks/RESULTS.md, tenth session).
 R=/tmp/s10p; rm -rf $R; mkdir -p $R
 . benchmarks/device/device_env.sh $R/env.txt
 timeout 170 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_triton_backend.py tests/test_fused_attention.py \

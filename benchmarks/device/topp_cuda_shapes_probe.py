@@ -1,5 +1,6 @@
-"""The CUDA radix top-p kernel's launch shape (threads a row) and histogram size (bins a pass),
-swept. (Session 9 also tried warp-aggregated histogram adds, at commit e88a985: 1.4-12x slower; removed.)
+"""The CUDA radix top-p kernel's launch shape (threads a CTA, CTAs a row as a thread-block cluster) and histogram
+size (bins a pass), swept. (Session 9 also tried warp-aggregated histogram adds, at commit e88a985: 1.4-12x slower;
+removed. Session 10 added the clusters.)
 
 Why: the first version used 2048 bins and at least 256 threads for every row, with a 64-register budget
 (``__launch_bounds__(1024)``) at every block size. Short rows paid for zeroing and scanning 2048 bins per pass,
@@ -22,7 +23,7 @@ import torch
 from sparsebench.bench.common import save_probe
 from sparsebench.bench.topp import make_probs, sort_topp, time_gpu
 from sparsebench.kernels import topp
-from sparsebench.kernels.cuda_topp import check_shape, launch_shape, launch_topp
+from sparsebench.kernels.cuda_topp import check_shape, launch_shape, launch_topp, max_row
 
 
 def _ints(v: str) -> list[int]:
@@ -36,6 +37,7 @@ def main() -> None:
     ap.add_argument("--temperatures", default="1.0,4.0")
     ap.add_argument("--threads", type=_ints, default=[64, 128, 256, 512, 1024])
     ap.add_argument("--bins", type=_ints, default=[128, 256, 512, 1024, 2048])
+    ap.add_argument("--clusters", type=_ints, default=[1])
     args = ap.parse_args()
     gen = torch.Generator().manual_seed(0)
     rows = []
@@ -47,24 +49,28 @@ def main() -> None:
                                                 flush=None, calls=20))
             t_triton = statistics.median(time_gpu(functools.partial(topp.topp_mask_triton, probs, 0.95, check=False),
                                                   warmup=3, repeats=30, flush=None, calls=20))
-            default_threads = launch_shape(n)[0]
-            for threads, bins in itertools.product(args.threads, args.bins):
-                if check_shape(n, threads, bins) is not None:
+            default = launch_shape(n)
+            for threads, bins, cluster in itertools.product(args.threads, args.bins, args.clusters):
+                if check_shape(n, threads, bins, cluster) is not None or n > max_row(True):
                     continue
                 out = torch.empty(probs.shape, dtype=torch.uint8, device="cuda")
-                call = functools.partial(launch_topp, probs, 0.95, out, threads=threads, bins=bins)
+                call = functools.partial(launch_topp, probs, 0.95, out, threads=threads, bins=bins, cluster=cluster)
                 call()
                 bad = int((out.bool() != ref).any(-1).sum())
                 us = statistics.median(time_gpu(call, warmup=3, repeats=30, flush=None, calls=20))
-                rows.append(dict(n=n, temperature=temp, threads=threads, bins=bins, us=us,
+                rows.append(dict(n=n, temperature=temp, threads=threads, bins=bins, cluster=cluster, us=us,
                                  rows_differing=bad, sort_us=t_sort, triton_us=t_triton, speedup_vs_sort=t_sort / us,
-                                 is_default=threads == default_threads and bins == 2048))
-                print(f"N={n:>6} T={temp:3.1f} threads {threads:>4} bins {bins:>4}: "
+                                 is_default=(threads, cluster) == (default[0], default[2]) and bins == 2048))
+                print(f"N={n:>6} T={temp:3.1f} cluster {cluster} threads {threads:>4} bins {bins:>4}: "
                       f"{us:6.2f} us (x{t_sort / us:4.1f} sort {t_sort:6.1f}; triton {t_triton:5.1f})  bad rows {bad}",
                       flush=True)
             best = min((r for r in rows if r["n"] == n and r["temperature"] == temp and not r["rows_differing"]),
-                       key=lambda r: r["us"])
-            print(f"  best N={n} T={temp}: {best['threads']} threads, {best['bins']} bins, {best['us']:.2f} us, "
+                       key=lambda r: r["us"], default=None)
+            if best is None:
+                print(f"  N={n} T={temp}: no exact variant", flush=True)
+                continue
+            print(f"  best N={n} T={temp}: cluster {best['cluster']}, {best['threads']} threads, {best['bins']} bins, "
+                  f"{best['us']:.2f} us, "
                   f"x{best['speedup_vs_sort']:.1f} vs sort", flush=True)
     save_probe(args.out, "topp_cuda_shapes.json", rows,
                "20 calls a CUDA-graph replay, no flush, median of 30 replays; 32 rows; p = 0.95")

@@ -10,18 +10,27 @@ fail here as they would on the device.
 
 Usage (tests): replace a kernel module's ``_jit`` with a :class:`LaunchRecorder`, call the wrapper, then
 :func:`compile_launch` each recorded launch.
+
+The NVRTC-compiled CUDA kernels (:mod:`sparsebench.kernels.nvrtc`) get the same check from
+:func:`nvrtc_compile`, through the NVRTC library of the ``nvidia-cuda-nvrtc-cu12`` wheel (a dev dependency): the
+device compiles them only when first launched, so without this a syntax or PTX error costs a GPU run.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import importlib.util
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["Launch", "LaunchRecorder", "compile_launch", "nvidia_compiler_available"]
+__all__ = ["Launch", "LaunchRecorder", "compile_launch", "nvidia_compiler_available", "nvrtc_compile",
+           "nvrtc_library"]
 
 _POINTER_TYPES = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.float64: "*fp64",
                   torch.int8: "*i8", torch.uint8: "*u8", torch.int16: "*i16", torch.int32: "*i32",
@@ -104,3 +113,41 @@ def compile_launch(launch: Launch, capability: int = 90) -> Any:
     options = {k: v for k, v in launch.kwargs.items() if k in _OPTIONS}
     source = ASTSource(fn=jit, signature=signature, constexprs=constexprs)
     return triton.compile(source, target=GPUTarget("cuda", capability, 32), options=options)
+
+
+@functools.cache
+def nvrtc_library() -> Any:
+    """The NVRTC shared library of the installed ``nvidia-cuda-nvrtc-cu12`` wheel (``ctypes``), or None."""
+    spec = importlib.util.find_spec("nvidia")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        for lib in sorted((Path(root) / "cuda_nvrtc" / "lib").glob("libnvrtc.so*")):
+            try:
+                return ctypes.CDLL(str(lib))
+            except OSError:
+                continue
+    return None
+
+
+def nvrtc_compile(source: str, *, arch: str = "sm_90", options: tuple[str, ...] = ("-std=c++17",)) -> str:
+    """Compile CUDA ``source`` to ``arch`` machine code (through ``ptxas``) with the wheel's NVRTC; return the
+    compiler log (``ptxas -v``: registers, spills, shared memory). Raises ``RuntimeError`` with the log on a compile
+    error, and when no NVRTC library is installed."""
+    lib = nvrtc_library()
+    if lib is None:
+        raise RuntimeError("no NVRTC library: pip install nvidia-cuda-nvrtc-cu12")
+    prog = ctypes.c_void_p()
+    if lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), b"kernel.cu", 0, None, None) != 0:
+        raise RuntimeError("nvrtcCreateProgram failed")
+    try:
+        opts = [f"--gpu-architecture={arch}".encode(), b"--ptxas-options=-v", *(o.encode() for o in options)]
+        status = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
+        size = ctypes.c_size_t()
+        lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+        log = ctypes.create_string_buffer(size.value)
+        lib.nvrtcGetProgramLog(prog, log)
+    finally:
+        lib.nvrtcDestroyProgram(ctypes.byref(prog))
+    text = log.value.decode(errors="replace")
+    if status != 0:
+        raise RuntimeError(f"NVRTC compile failed:\n{text}")
+    return text

@@ -427,15 +427,24 @@ def _smem_bytes(group: int, head_dim: int, block_size: int, tile_blocks: int, st
     return stages * tt * head_dim * 2 * 2 + warps * (128 * 2 + 16 * 4) + 4 * (MAX_IDS + 1)
 
 
+#: NVRTC options of the decode kernel.
+OPTIONS = ("--use_fast_math", "-std=c++17")
+
+
+def source(group: int, head_dim: int, block_size: int, tile_blocks: int, stages: int, bf16: bool,
+           has_kv_len: bool, softcap: bool, copies_only: bool = False) -> str:
+    """The kernel source for one shape family (the CPU tests compile it with NVRTC for sm_90)."""
+    return specialise(_SOURCE, MAX_IDS=MAX_IDS, GROUP=group, HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
+                      TILE_BLOCKS=tile_blocks, STAGES=stages, IS_BF16=int(bf16), HAS_KV_LEN=int(has_kv_len),
+                      SOFTCAP=int(softcap), COPIES_ONLY=int(copies_only))
+
+
 @functools.cache
 def _compiled(group: int, head_dim: int, block_size: int, tile_blocks: int, stages: int, bf16: bool,
               has_kv_len: bool, softcap: bool, copies_only: bool = False) -> Any:
     """The kernel for one shape family, compiled once by NVRTC (about a second) with its shared memory set."""
-    defines = dict(MAX_IDS=MAX_IDS, GROUP=group, HEAD_DIM=head_dim, BLOCK_SIZE=block_size, TILE_BLOCKS=tile_blocks,
-                   STAGES=stages, IS_BF16=int(bf16), HAS_KV_LEN=int(has_kv_len), SOFTCAP=int(softcap),
-                   COPIES_ONLY=int(copies_only))
-    kernel = compile_kernel(specialise(_SOURCE, **defines), "sb_sparse_decode", "the CUDA decode kernel",
-                            options=("--use_fast_math", "-std=c++17"))
+    kernel = compile_kernel(source(group, head_dim, block_size, tile_blocks, stages, bf16, has_kv_len, softcap,
+                                   copies_only), "sb_sparse_decode", "the CUDA decode kernel", options=OPTIONS)
     smem = _smem_bytes(group, head_dim, block_size, tile_blocks, stages)
     _set_smem(kernel, smem)
     return kernel, smem

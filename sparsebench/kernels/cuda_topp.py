@@ -55,10 +55,17 @@ import torch
 from sparsebench.errors import UsageError
 from sparsebench.kernels.nvrtc import COMMON_SOURCE, DTYPE_CODES, MAX_THREADS, compile_kernel, specialise
 
-__all__ = ["MAX_N", "PAIRWISE_MAX", "launch_shape", "launch_topp", "source"]
+__all__ = ["MAX_CLUSTER", "MAX_N", "PAIRWISE_MAX", "check_shape", "clusters_supported", "launch_shape", "launch_topp",
+           "max_row", "source"]
 
-#: Longest row the kernel holds in registers (32 entries a thread, 1024 threads).
+#: Longest row one CTA holds in registers (32 entries a thread, 1024 threads).
 MAX_N = 32768
+#: Most CTAs a row (a thread-block cluster of the portable size): rows of up to ``MAX_CLUSTER * MAX_N`` entries.
+MAX_CLUSTER = 8
+#: Rows longer than this are split over a cluster (where the device runs clusters) ...
+CLUSTER_FROM = 32768
+#: ... of CTAs holding at most this many entries each.
+CLUSTER_SLICE = 32768
 #: Largest bracket resolved by pairwise sums instead of another histogram pass.
 PAIRWISE_MAX = 64
 #: Histogram bins a pass (the launch may ask for fewer: :func:`launch_topp`).
@@ -66,8 +73,54 @@ DEFAULT_BINS = 2048
 
 _SOURCE = r"""
 #define MAX_PASSES 6
+//: Histogram bins each CTA of a cluster reduces over the cluster (all of them with one CTA a row).
+#define RANGE_BINS (NBINS / CLUSTER)
 
-extern "C" __global__ void __launch_bounds__(THREADS, 1) sb_topp_mask(
+#if CLUSTER > 1
+// Thread-block clusters (sm_90): the CTAs of a row meet at cluster barriers and read each other's shared memory.
+#define CLUSTER_ATTR __cluster_dims__(CLUSTER, 1, 1)
+__device__ __forceinline__ void cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+__device__ __forceinline__ u32 cluster_rank() {
+    u32 r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+}
+// The address of this CTA's shared variable `local` in the shared memory of the cluster's CTA `rank`.
+__device__ __forceinline__ u32 peer(const void* local, u32 rank) {
+    unsigned long long s;
+    asm("cvta.to.shared.u64 %0, %1;" : "=l"(s) : "l"(local));
+    u32 a;
+    asm("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(a) : "r"((u32)s), "r"(rank));
+    return a;
+}
+__device__ __forceinline__ u64 peer_u64(u32 a) {
+    u64 v;
+    asm volatile("ld.shared::cluster.u64 %0, [%1];" : "=l"(v) : "r"(a) : "memory");
+    return v;
+}
+__device__ __forceinline__ u32 peer_u32(u32 a) {
+    u32 v;
+    asm volatile("ld.shared::cluster.u32 %0, [%1];" : "=r"(v) : "r"(a) : "memory");
+    return v;
+}
+__device__ __forceinline__ double peer_f64(u32 a) {
+    double v;
+    asm volatile("ld.shared::cluster.f64 %0, [%1];" : "=d"(v) : "r"(a) : "memory");
+    return v;
+}
+__device__ __forceinline__ void peer_store_u32(u32 a, u32 v) {
+    asm volatile("st.shared::cluster.u32 [%0], %1;" :: "r"(a), "r"(v) : "memory");
+}
+__device__ __forceinline__ void peer_store_u64(u32 a, u64 v) {
+    asm volatile("st.shared::cluster.u64 [%0], %1;" :: "r"(a), "l"(v) : "memory");
+}
+#else
+#define CLUSTER_ATTR
+#endif
+
+extern "C" __global__ void CLUSTER_ATTR __launch_bounds__(THREADS, 1) sb_topp_mask(
     const void* __restrict__ x, unsigned char* __restrict__ out, int* __restrict__ passes_out,
     int n, int stride_x, int stride_out, double p)
 {
@@ -81,16 +134,36 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sb_topp_mask(
     __shared__ u32 s_lo, s_hi, s_active, s_npair, s_tstar;
     __shared__ u64 s_above;
 
-    const int row = blockIdx.x, t = threadIdx.x, nt = blockDim.x;
+    const int t = threadIdx.x, nt = blockDim.x;
+#if CLUSTER > 1
+    // This CTA's slice of the row; the cluster's values (sums, histograms, candidates) are combined in rank order,
+    // so every CTA computes bit-identical totals and takes the same branches (and so the same cluster barriers).
+    // c_*: this CTA's part, read by the others; *_all: the cluster's value, combined by thread 0 and broadcast
+    // (one remote read a CTA per value, not one a thread).
+    __shared__ double c_tot, tot_all;
+    __shared__ u32 c_kmax, kmax_all, c_npair;
+    __shared__ u64 c_ftot, ftot_all, c_range, higher_all;
+    __shared__ u64 gmass[RANGE_BINS];
+    __shared__ u32 g_key[PAIRWISE_MAX];
+    __shared__ u64 g_mass[PAIRWISE_MAX];
+    __shared__ u32 s_offset[CLUSTER + 1];
+    const u32 rank = cluster_rank();
+    const int row = blockIdx.x / CLUSTER;
+    const int slice = (n + CLUSTER - 1) / CLUSTER;
+    const int first = (int)rank * slice, last = min(n, first + slice);
+#else
+    const u32 rank = 0u;
+    const int row = blockIdx.x, first = 0, last = n;
+#endif
     const void* xrow = row_of(x, row, stride_x);
     u32 key[ITEMS];  // |x| bit patterns: their integer order is the value order (-0.0 joins +0.0)
     double tot = 0.0;
     u32 kmax = 0u;
     #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
-        const int j = i * nt + t;
+        const int j = first + i * nt + t;
         key[i] = 0u;
-        if (j < n) {
+        if (j < last) {
             key[i] = __float_as_uint(load_value(xrow, j)) & 0x7fffffffu;
             tot += (double)__uint_as_float(key[i]);
             kmax = max(kmax, key[i]);
@@ -103,13 +176,41 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sb_topp_mask(
     if ((t & 31) == 0) red_u[t >> 5] = kmax;
     __syncthreads();
     for (int w = 0; w < (nt >> 5); ++w) kmax = max(kmax, red_u[w]);
+#if CLUSTER > 1
+    if (t == 0) { c_tot = tot; c_kmax = kmax; }
+    cluster_sync();
+    if (t == 0) {
+        double sum = 0.0;
+        u32 top = 0u;
+        for (u32 r = 0; r < CLUSTER; ++r) {
+            sum += peer_f64(peer(&c_tot, r));
+            top = max(top, peer_u32(peer(&c_kmax, r)));
+        }
+        tot_all = sum;
+        kmax_all = top;
+    }
+    __syncthreads();
+    tot = tot_all;
+    kmax = kmax_all;
+#endif
 
     // Fixed-point mass f(x) = floor(x * scale): exact integer sums (module docstring).
     const double scale = tot > 0.0 ? 4611686018427387904.0 / tot : 0.0;  // 2**62 / T
     u64 fsum = 0ull;
     #pragma unroll
     for (int i = 0; i < ITEMS; ++i) fsum += __double2ull_rz((double)__uint_as_float(key[i]) * scale);
-    const u64 ftot = block_sum(fsum, ws);
+    u64 ftot = block_sum(fsum, ws);
+#if CLUSTER > 1
+    if (t == 0) c_ftot = ftot;
+    cluster_sync();
+    if (t == 0) {
+        u64 sum = 0ull;
+        for (u32 r = 0; r < CLUSTER; ++r) sum += peer_u64(peer(&c_ftot, r));
+        ftot_all = sum;
+    }
+    __syncthreads();
+    ftot = ftot_all;
+#endif
     const double err = (double)ftot * 0x1p-51 + 2.0 * (double)n + 4.0;
     const u64 target = __double2ull_ru(p * ((double)ftot + err) * (1.0 + 0x1p-50) + err + 2.0);
 
@@ -138,34 +239,82 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sb_topp_mask(
                 }
             }
             __syncthreads();
-            const int per = NBINS / nt;
+#if CLUSTER > 1
+            // CTA `rank` owns bins [rank * RANGE_BINS, (rank + 1) * RANGE_BINS): it sums them over the cluster.
+            cluster_sync();
+            for (int i = t; i < RANGE_BINS; i += nt) {
+                const int b = (int)rank * RANGE_BINS + i;
+                u64 m = 0ull;
+                #pragma unroll
+                for (u32 r = 0; r < CLUSTER; ++r) m += peer_u64(peer(&hmass[b], r));
+                gmass[i] = m;
+            }
+            __syncthreads();
+            const u64* bin_mass = gmass;
+#else
+            const u64* bin_mass = hmass;
+#endif
+            const int per = (RANGE_BINS + nt - 1) / nt;
             u64 mine = 0ull;
-            for (int i = 0; i < per; ++i) mine += hmass[t * per + i];
+            for (int i = 0; i < per; ++i) {
+                const int b = t * per + i;
+                if (b < RANGE_BINS) mine += bin_mass[b];
+            }
             u64 total;
-            const u64 below = block_scan(mine, ws, &total);  // mass of the bracket's lower bins
-            // at-or-above mass of bin b = above + total - (mass of bins under b); find where it reaches target.
+            const u64 below = block_scan(mine, ws, &total);  // mass of this range's lower bins
+            u64 higher = 0ull;  // mass of the ranges over this one (other CTAs' bins)
+#if CLUSTER > 1
+            if (t == 0) c_range = total;
+            cluster_sync();
+            if (t == 0) {
+                for (u32 r = rank + 1; r < CLUSTER; ++r) higher += peer_u64(peer(&c_range, r));
+                higher_all = higher;
+            }
+            __syncthreads();
+            higher = higher_all;
+#endif
+            // at-or-above mass of bin b = above + higher + total - (mass of this range's bins under b); find where
+            // it reaches target (one bin of one CTA does).
             u64 under = below;
             for (int i = 0; i < per; ++i) {
                 const int b = t * per + i;
-                const u64 h = hmass[b];
-                const u64 at_or_above = above + total - under;
+                if (b >= RANGE_BINS) break;
+                const u64 h = bin_mass[b];
+                const u64 at_or_above = above + higher + total - under;
                 if (at_or_above >= target && at_or_above - h < target) {
+                    const u32 gb = rank * RANGE_BINS + (u32)b;
+                    const u64 top = (u64)lo + (((u64)gb + 1ull) << shift) - 1ull;
+                    const u32 new_lo = lo + (gb << shift), new_hi = top < (u64)hi ? (u32)top : hi;
+#if CLUSTER > 1
+                    u32 count = 0u;  // the crossing bin's entries over the cluster (the only count needed)
+                    for (u32 r = 0; r < CLUSTER; ++r) count += peer_u32(peer(&hcnt[gb], r));
+                    for (u32 r = 0; r < CLUSTER; ++r) {
+                        peer_store_u64(peer(&s_above, r), at_or_above - h);
+                        peer_store_u32(peer(&s_active, r), count);
+                        peer_store_u32(peer(&s_lo, r), new_lo);
+                        peer_store_u32(peer(&s_hi, r), new_hi);
+                    }
+#else
                     s_above = at_or_above - h;
                     s_active = hcnt[b];
-                    s_lo = lo + ((u32)b << shift);
-                    const u64 top = (u64)lo + (((u64)b + 1ull) << shift) - 1ull;
-                    s_hi = top < (u64)hi ? (u32)top : hi;
+                    s_lo = new_lo;
+                    s_hi = new_hi;
+#endif
                 }
                 under += h;
             }
+#if CLUSTER > 1
+            cluster_sync();
+#else
             __syncthreads();
+#endif
             lo = s_lo; hi = s_hi; above = s_above; active = s_active;
             __syncthreads();
         }
         if (lo == hi) {
             tstar = lo;
         } else {
-            // At most PAIRWISE_MAX entries in [lo, hi]: each one's exact at-or-above mass.
+            // At most PAIRWISE_MAX entries in [lo, hi] (over the whole row): each one's exact at-or-above mass.
             #pragma unroll
             for (int i = 0; i < ITEMS; ++i) {
                 const u32 k = key[i];
@@ -178,79 +327,150 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sb_topp_mask(
                 }
             }
             __syncthreads();
+#if CLUSTER > 1
+            // Every CTA gathers the cluster's candidates, in rank order.
+            if (t == 0) c_npair = min(s_npair, (u32)PAIRWISE_MAX);
+            cluster_sync();
+            if (t == 0) {
+                u32 off = 0u;
+                for (u32 r = 0; r < CLUSTER; ++r) {
+                    s_offset[r] = off;
+                    off = min(off + peer_u32(peer(&c_npair, r)), (u32)PAIRWISE_MAX);
+                }
+                s_offset[CLUSTER] = off;
+            }
+            __syncthreads();
+            for (u32 r = 0; r < CLUSTER; ++r) {
+                const u32 dst = s_offset[r] + (u32)t;
+                if (dst < s_offset[r + 1]) {
+                    g_key[dst] = peer_u32(peer(&pair_key[t], r));
+                    g_mass[dst] = peer_u64(peer(&pair_mass[t], r));
+                }
+            }
+            __syncthreads();
+            const u32 np = s_offset[CLUSTER];
+            const u32* cand_key = g_key;
+            const u64* cand_mass = g_mass;
+#else
             const u32 np = min(s_npair, (u32)PAIRWISE_MAX);
-            const int tpe = nt / PAIRWISE_MAX;  // 4 to 16 threads an entry
+            const u32* cand_key = pair_key;
+            const u64* cand_mass = pair_mass;
+#endif
+            const int tpe = nt / PAIRWISE_MAX;  // 1 to 16 threads an entry
             const u32 s = t / tpe;
             const int part = t % tpe;
-            const u32 mk = s < np ? pair_key[s] : FULL;
+            const u32 mk = s < np ? cand_key[s] : FULL;
             u64 m = 0ull;
             for (u32 q = part; q < np; q += tpe)
-                if (pair_key[q] >= mk) m += pair_mass[q];
+                if (cand_key[q] >= mk) m += cand_mass[q];
             for (int o = 1; o < tpe; o <<= 1) m += __shfl_xor_sync(FULL, m, o);
             if (s < np && part == 0 && above + m >= target) atomicMax(&s_tstar, mk);
             __syncthreads();
             tstar = max(s_tstar, lo);  // lo is accepted (invariant), so some entry >= lo is
         }
     }
+#if CLUSTER > 1
+    cluster_sync();  // no CTA leaves while another may still read its shared memory
+#endif
     unsigned char* orow = out + (long long)row * stride_out;
     #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
-        const int j = i * nt + t;
-        if (j < n) orow[j] = (key[i] >= tstar) && (key[i] > 0u);
+        const int j = first + i * nt + t;
+        if (j < last) orow[j] = (key[i] >= tstar) && (key[i] > 0u);
     }
-    if (WRITE_PASSES && t == 0) passes_out[row] = n_pass;
+    if (WRITE_PASSES && t == 0 && rank == 0u) passes_out[row] = n_pass;
 }
 """
 
 
-def source(*, items: int, dtype_code: int, write_passes: bool, bins: int = DEFAULT_BINS, threads: int = 1024) -> str:
+def source(*, items: int, dtype_code: int, write_passes: bool, bins: int = DEFAULT_BINS, threads: int = 1024,
+           cluster: int = 1) -> str:
     """The kernel source for one specialisation (the CPU tests compile it with NVRTC when they can). ``threads``
     is the block size it is launched with at most: its register budget follows from it (a 64-register budget for
-    every block size made rows of 16 or 32 entries a thread spill)."""
+    every block size made rows of 16 or 32 entries a thread spill). ``cluster``: CTAs a row (a thread-block
+    cluster, compute capability 9.0 or newer), each holding ``items`` entries a thread of its slice."""
     return specialise(COMMON_SOURCE + _SOURCE, ITEMS=items, PAIRWISE_MAX=PAIRWISE_MAX, IN_DTYPE=dtype_code,
-                      WRITE_PASSES=int(write_passes), NBINS=bins, BIN_BITS=bins.bit_length() - 1, THREADS=threads)
+                      WRITE_PASSES=int(write_passes), NBINS=bins, BIN_BITS=bins.bit_length() - 1, THREADS=threads,
+                      CLUSTER=cluster)
 
 
 @functools.cache
-def _compiled(items: int, dtype_code: int, write_passes: bool, bins: int, threads: int) -> Any:
+def _compiled(items: int, dtype_code: int, write_passes: bool, bins: int, threads: int, cluster: int) -> Any:
     return compile_kernel(source(items=items, dtype_code=dtype_code, write_passes=write_passes, bins=bins,
-                                 threads=threads), "sb_topp_mask", "the CUDA top-p kernel")
+                                 threads=threads, cluster=cluster), "sb_topp_mask", "the CUDA top-p kernel")
 
 
-def launch_shape(n: int) -> tuple[int, int]:
-    """``(threads, items)`` for rows of ``n`` entries: 512 threads up to 16384 entries, 1024 above (at most 32
-    entries a thread). Measured on the H200 (``benchmarks/device/topp_cuda_shapes_probe.py``, 32 rows, 256 to 1024
-    threads, 1024 or 2048 bins): 512 threads with 2048 bins was the fastest at every length from 1K to 16K, by
-    9-16% over the 256 threads that about 8 entries a thread gave to rows of 1K-2K."""
-    threads = 512 if n <= 512 * 32 else MAX_THREADS
-    return threads, max(1, -(-n // threads))
+@functools.cache
+def clusters_supported(index: int) -> bool:
+    """Whether CUDA device ``index`` runs thread-block clusters (compute capability 9.0 or newer)."""
+    return torch.cuda.get_device_capability(index)[0] >= 9
 
 
-def check_shape(n: int, threads: int, bins: int) -> str | None:
-    """Why ``threads`` and ``bins`` cannot serve rows of ``n`` entries, or None: both powers of two, 64 to 1024
-    threads (the pairwise step gives each of its 64 candidates a thread or more), at most 32 entries a thread
-    (held in registers), and from ``threads`` to 2048 bins (each thread scans one or more)."""
+def max_row(clusters: bool) -> int:
+    """Longest row the kernel takes: :data:`MAX_N` in one CTA, :data:`MAX_CLUSTER` times that in a cluster."""
+    return MAX_N * (MAX_CLUSTER if clusters else 1)
+
+
+def launch_shape(n: int, clusters: bool = True) -> tuple[int, int, int]:
+    """``(threads, items, cluster)`` for rows of ``n`` entries: 512 threads a CTA while its slice is up to 16384
+    entries, 1024 above (at most 32 entries a thread); one CTA a row up to :data:`CLUSTER_FROM` entries, beyond
+    that (where ``clusters``) the smallest cluster whose CTAs hold at most :data:`CLUSTER_SLICE` entries each.
+    Measured on the H200 (``benchmarks/device/topp_cuda_shapes_probe.py``, 32 rows): with one CTA a row, 512 threads
+    and 2048 bins was the fastest at every length from 1K to 16K, by 9-16% over the 256 threads that about 8
+    entries a thread gave to rows of 1K-2K."""
+    cluster = 1
+    if clusters and n > CLUSTER_FROM:
+        while cluster < MAX_CLUSTER and -(-n // cluster) > CLUSTER_SLICE:
+            cluster *= 2
+    while cluster < MAX_CLUSTER and -(-n // cluster) > MAX_N:  # a slice must fit the registers
+        cluster *= 2
+    threads = 512 if -(-n // cluster) <= 512 * 32 else MAX_THREADS
+    return threads, _items(n, threads, cluster), cluster
+
+
+def _items(n: int, threads: int, cluster: int) -> int:
+    """Entries a thread holds: its CTA's slice of a row of ``n`` (``ceil(n / cluster)``) over ``threads``."""
+    slice_n = -(-n // cluster)
+    return max(1, -(-slice_n // threads))
+
+
+def check_shape(n: int, threads: int, bins: int, cluster: int = 1) -> str | None:
+    """Why ``threads``, ``bins`` and ``cluster`` cannot serve rows of ``n`` entries, or None: powers of two, 64 to
+    1024 threads (the pairwise step gives each of its 64 candidates a thread or more), 1 to :data:`MAX_CLUSTER` CTAs
+    a row, at most 32 entries a thread (held in registers), and up to 2048 bins: with one CTA from ``threads`` up
+    (each thread scans one or more), with a cluster from ``cluster`` up (each CTA reduces one or more)."""
     if not (threads & (threads - 1) == 0 and 64 <= threads <= 1024):
         return f"threads must be a power of two from 64 to 1024, got {threads}"
-    if -(-n // threads) > 32:
-        return f"{threads} threads hold at most {32 * threads} entries, got rows of {n}"
-    if not (bins & (bins - 1) == 0 and threads <= bins <= 2048):
-        return f"bins must be a power of two from the thread count ({threads}) to 2048, got {bins}"
+    if not (cluster & (cluster - 1) == 0 and 1 <= cluster <= MAX_CLUSTER):
+        return f"cluster must be a power of two from 1 to {MAX_CLUSTER} CTAs a row, got {cluster}"
+    if _items(n, threads, cluster) > 32:
+        return f"{cluster} CTA(s) of {threads} threads hold at most {32 * threads * cluster} entries, got rows of {n}"
+    low = threads if cluster == 1 else cluster
+    if not (bins & (bins - 1) == 0 and low <= bins <= 2048):
+        what = "the thread count" if cluster == 1 else "the cluster size"
+        return f"bins must be a power of two from {what} ({low}) to 2048, got {bins}"
     return None
 
 
 def launch_topp(x: torch.Tensor, p: float, out: torch.Tensor, passes_out: torch.Tensor | None = None, *,
-                threads: int | None = None, bins: int | None = None) -> None:
-    """Write the top-p mask of ``x`` ``[rows, n]`` (float32/bfloat16/float16, last dim contiguous, ``n <=
-    MAX_N``, values validated by the caller) into ``out`` (uint8 ``[rows, n]``); ``passes_out`` (int32
+                threads: int | None = None, bins: int | None = None, cluster: int | None = None) -> None:
+    """Write the top-p mask of ``x`` ``[rows, n]`` (float32/bfloat16/float16, last dim contiguous, ``n`` at most
+    :func:`max_row`, values validated by the caller) into ``out`` (uint8 ``[rows, n]``); ``passes_out`` (int32
     ``[rows]``) gets each row's histogram passes. :func:`sparsebench.kernels.topp.topp_mask` validates.
-    ``threads`` and ``bins`` override the launch shape and the histogram size (for the benchmark's sweep)."""
+    ``threads``, ``bins`` and ``cluster`` override the launch shape and the histogram size (the benchmark's
+    sweep)."""
     rows, n = x.shape
-    threads = threads or launch_shape(n)[0]
+    can_cluster = clusters_supported(x.device.index if x.device.index is not None else torch.cuda.current_device())
+    default_cluster = launch_shape(n, can_cluster)[2]
+    cluster = cluster or default_cluster
+    threads = threads or launch_shape(-(-n // cluster), False)[0]
     bins = bins or DEFAULT_BINS
-    why = check_shape(n, threads, bins)
+    why = check_shape(n, threads, bins, cluster)
+    if why is None and cluster > 1 and not can_cluster:
+        why = f"clusters of CTAs need compute capability 9.0 or newer (got {cluster} CTAs a row)"
     if why is not None:
         raise UsageError(f"CUDA top-p launch: {why}")
-    kernel = _compiled(-(-n // threads), DTYPE_CODES[x.dtype], passes_out is not None, bins, threads)
-    kernel(grid=(rows, 1, 1), block=(threads, 1, 1), args=[
+    kernel = _compiled(_items(n, threads, cluster), DTYPE_CODES[x.dtype], passes_out is not None, bins, threads,
+                       cluster)
+    kernel(grid=(rows * cluster, 1, 1), block=(threads, 1, 1), args=[
         x, out, passes_out if passes_out is not None else out, n, x.stride(0), out.stride(0), float(p)])

@@ -835,14 +835,18 @@ def cuda_unusable_reason(probs: torch.Tensor) -> str | None:
         return why
     if probs.dtype not in _KERNEL_DTYPES:
         return f"dtype {probs.dtype} (the CUDA kernel takes float32, bfloat16 or float16)"
-    if probs.shape[-1] > cuda_topp.MAX_N:
-        return f"rows of {probs.shape[-1]} entries (the CUDA kernel holds at most {cuda_topp.MAX_N} in registers)"
+    index = probs.device.index if probs.device.index is not None else torch.cuda.current_device()
+    longest = cuda_topp.max_row(cuda_topp.clusters_supported(index))
+    if probs.shape[-1] > longest:
+        return (f"rows of {probs.shape[-1]} entries (the CUDA kernel holds at most {longest} in registers on this "
+                "GPU)")
     return None
 
 
 def topp_mask_cuda(probs: torch.Tensor, p: float, *, check: bool = True,
                    passes_out: torch.Tensor | None = None) -> torch.Tensor:
-    """Top-p keep-mask of ``probs`` [R, N] (``N <= 32768``, CUDA) by the radix-selection CUDA kernel
+    """Top-p keep-mask of ``probs`` [R, N] (CUDA; ``N <= 32768``, or ``262144`` on GPUs with thread-block clusters)
+    by the radix-selection CUDA kernel
     (:mod:`sparsebench.kernels.cuda_topp`): the semantics above with a near-tie margin of about ``2e-15 T``.
     ``passes_out`` (int32 [R], on the device) receives each row's histogram passes. No host synchronisation
     with ``check=False``."""

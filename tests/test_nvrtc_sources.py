@@ -1,0 +1,72 @@
+"""Every NVRTC-compiled CUDA kernel compiles for sm_90, on a machine without a GPU.
+
+Why: the device compiles these sources only at their first launch, so a syntax error, a bad inline-PTX operand or a
+shared-memory overflow would otherwise first show up as a failed GPU run. The ``nvidia-cuda-nvrtc-cu12`` wheel (a dev
+dependency) brings NVRTC with ``ptxas``; without it these tests skip. What is compiled: the launch shapes the
+wrappers pick for a spread of row lengths (with and without thread-block clusters for top-p), every input dtype, and
+the decode kernel's head dims, groups and tiles.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+import pytest
+
+from sparsebench.kernels import cuda_decode, cuda_topk, cuda_topp
+from sparsebench.kernels.compile_check import nvrtc_compile, nvrtc_library
+
+pytestmark = pytest.mark.skipif(nvrtc_library() is None, reason="needs NVRTC: pip install nvidia-cuda-nvrtc-cu12")
+
+#: Static shared memory a CTA may declare.
+STATIC_SMEM = 48 * 1024
+
+
+def compiled(source: str, **kw: object) -> str:
+    log = nvrtc_compile(source, **kw)  # type: ignore[arg-type]
+    smem = [int(m) for m in re.findall(r"(\d+) bytes smem", log)]
+    assert max(smem, default=0) <= STATIC_SMEM, log  # kernels with only dynamic shared memory print none
+    return log
+
+
+@pytest.mark.parametrize("n", [1, 1000, 8192, 32768, 65536, 262144])
+def test_topp_launch_shapes_compile(n: int) -> None:
+    """The shape :func:`cuda_topp.launch_shape` picks for rows of ``n`` (one CTA a row where it fits, and the
+    cluster it uses beyond), in every dtype, with and without the passes output."""
+    for clusters in (False, True):
+        if n > cuda_topp.max_row(clusters):
+            continue
+        threads, items, cluster = cuda_topp.launch_shape(n, clusters)
+        assert cuda_topp.check_shape(n, threads, cuda_topp.DEFAULT_BINS, cluster) is None
+        for dtype_code, passes in itertools.product((0, 1, 2), (False, True)):
+            compiled(cuda_topp.source(items=items, dtype_code=dtype_code, write_passes=passes, threads=threads,
+                                      cluster=cluster))
+
+
+@pytest.mark.parametrize("cluster", [2, 4, 8])
+def test_topp_cluster_shapes_compile(cluster: int) -> None:
+    """Clusters at the extremes of ``check_shape``: the fewest bins (one range of bins a CTA), 64 threads (one a
+    pairwise candidate) and 1024 threads."""
+    for threads, bins, items in ((64, cluster, 4), (512, 2048, 8), (1024, 1024, 4)):
+        assert cuda_topp.check_shape(cluster * threads * items, threads, bins, cluster) is None
+        compiled(cuda_topp.source(items=items, dtype_code=0, write_passes=True, bins=bins, threads=threads,
+                                  cluster=cluster))
+
+
+def test_topk_sources_compile() -> None:
+    for n in (100, 4096, 16384):
+        items = cuda_topk.launch_shape(n)[1]
+        for dtype_code, per_row_k, keep_last in itertools.product((0, 1), (False, True), (False, True)):
+            compiled(cuda_topk.source(items=items, dtype_code=dtype_code, per_row_k=per_row_k, keep_last=keep_last,
+                                      last_in_budget=keep_last))
+
+
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_decode_sources_compile(head_dim: int) -> None:
+    """The decode kernel's default tile and stages at each head dim, over GQA groups, dtypes and options (its
+    dynamic shared memory is set at launch, so only the static part is bounded here)."""
+    cfg = cuda_decode.default_cuda_config(head_dim, 16)
+    for group, bf16, kv_len, softcap in ((1, True, False, False), (4, False, True, True), (8, True, True, False)):
+        compiled(cuda_decode.source(group, head_dim, 16, cfg.tile_blocks, cfg.stages, bf16, kv_len, softcap),
+                 options=cuda_decode.OPTIONS)
