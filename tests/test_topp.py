@@ -564,7 +564,7 @@ def test_cuda_radix_kernel_in_a_graph() -> None:
 
 def test_cuda_radix_scope() -> None:
     """What the CUDA kernel refuses says why; its launch shape covers every entry with a power-of-two block."""
-    from sparsebench.kernels.cuda_topp import MAX_N, check_shape, launch_shape, max_row
+    from sparsebench.kernels.cuda_topp import CLUSTER_TABLE, MAX_N, check_shape, launch_shape, max_row
     from sparsebench.kernels.topp import cuda_unusable_reason
 
     assert "not on a CUDA device" in (cuda_unusable_reason(torch.zeros(2, 8)) or "")
@@ -573,11 +573,15 @@ def test_cuda_radix_scope() -> None:
         if n > max_row(clusters):
             continue
         threads, items, cluster = launch_shape(n, clusters)
-        assert threads & (threads - 1) == 0 and 512 <= threads <= 1024 and items <= 32, n
+        assert threads & (threads - 1) == 0 and 256 <= threads <= 1024 and items <= 32, n
         assert threads * items * cluster >= n and -(-n // cluster) <= threads * items, n
         assert cluster == 1 or clusters, n
         assert check_shape(n, threads, 2048, cluster) is None, n
-    assert max_row(False) == MAX_N and launch_shape(MAX_N + 1)[2] == 2
+    assert max_row(False) == MAX_N
+    # The measured table for long rows; one CTA a row for short rows, and where the rows alone fill the GPU.
+    assert launch_shape(4096, True, rows=32)[2] == 1 and launch_shape(8192, True, rows=32)[2] == CLUSTER_TABLE[8192][0]
+    assert launch_shape(8192, True, rows=1000)[2] == 1
+    assert launch_shape(MAX_N + 1, True, rows=1000)[2] == CLUSTER_TABLE[2 * MAX_N][0]  # longer rows need a cluster
     # The sweep's overrides are checked before a launch: block size, entries a thread, bins.
     assert "power of two from 64 to 1024" in (check_shape(100, 96, 2048) or "")
     assert "at most 2048 entries" in (check_shape(4096, 64, 2048) or "")

@@ -55,17 +55,33 @@ import torch
 from sparsebench.errors import UsageError
 from sparsebench.kernels.nvrtc import COMMON_SOURCE, DTYPE_CODES, MAX_THREADS, compile_kernel, specialise
 
-__all__ = ["MAX_CLUSTER", "MAX_N", "PAIRWISE_MAX", "check_shape", "clusters_supported", "launch_shape", "launch_topp",
-           "max_row", "source"]
+__all__ = [
+    "CLUSTER_TABLE",
+    "MAX_CLUSTER",
+    "MAX_N",
+    "PAIRWISE_MAX",
+    "check_shape",
+    "clusters_supported",
+    "launch_shape",
+    "launch_topp",
+    "max_row",
+    "source",
+]
 
 #: Longest row one CTA holds in registers (32 entries a thread, 1024 threads).
 MAX_N = 32768
 #: Most CTAs a row (a thread-block cluster of the portable size): rows of up to ``MAX_CLUSTER * MAX_N`` entries.
 MAX_CLUSTER = 8
-#: Rows longer than this are split over a cluster (where the device runs clusters) ...
-CLUSTER_FROM = 32768
-#: ... of CTAs holding at most this many entries each.
-CLUSTER_SLICE = 32768
+#: ``(CTAs a row, threads a CTA)`` by row length (the next power of two at or above it), from the H200 sweep of the
+#: tenth session (``benchmarks/device/topp_cuda_shapes_probe.py``, 32 rows, 2048 bins, ``results/h200_2026-11-29_s10/
+#: topp_clusters/``). Rows up to 4096 entries stay in one CTA (clusters were no faster there). What the table
+#: encodes: a CTA's time follows its entries a thread (a latency-bound chain), and a cluster only helps while the
+#: row's clusters fit the GPU at once; eight-CTA clusters of 256 threads, or four of 512, did not (2 waves).
+CLUSTER_TABLE = {8192: (4, 256), 16384: (4, 256), 32768: (2, 512), 65536: (8, 512), 131072: (8, 512),
+                 262144: (8, 1024)}
+#: Rows up to this length run in one CTA by default.
+CLUSTER_FROM = 4096
+
 #: Largest bracket resolved by pairwise sums instead of another histogram pass.
 PAIRWISE_MAX = 64
 #: Histogram bins a pass (the launch may ask for fewer: :func:`launch_topp`).
@@ -401,6 +417,11 @@ def _compiled(items: int, dtype_code: int, write_passes: bool, bins: int, thread
 
 
 @functools.cache
+def _sm_count(index: int) -> int:
+    return int(torch.cuda.get_device_properties(index).multi_processor_count)
+
+
+@functools.cache
 def clusters_supported(index: int) -> bool:
     """Whether CUDA device ``index`` runs thread-block clusters (compute capability 9.0 or newer)."""
     return torch.cuda.get_device_capability(index)[0] >= 9
@@ -411,20 +432,24 @@ def max_row(clusters: bool) -> int:
     return MAX_N * (MAX_CLUSTER if clusters else 1)
 
 
-def launch_shape(n: int, clusters: bool = True) -> tuple[int, int, int]:
-    """``(threads, items, cluster)`` for rows of ``n`` entries: 512 threads a CTA while its slice is up to 16384
-    entries, 1024 above (at most 32 entries a thread); one CTA a row up to :data:`CLUSTER_FROM` entries, beyond
-    that (where ``clusters``) the smallest cluster whose CTAs hold at most :data:`CLUSTER_SLICE` entries each.
-    Measured on the H200 (``benchmarks/device/topp_cuda_shapes_probe.py``, 32 rows): with one CTA a row, 512 threads
-    and 2048 bins was the fastest at every length from 1K to 16K, by 9-16% over the 256 threads that about 8
-    entries a thread gave to rows of 1K-2K."""
-    cluster = 1
+def launch_shape(n: int, clusters: bool = True, rows: int = 1, sms: int = 132) -> tuple[int, int, int]:
+    """``(threads, items, cluster)`` for ``rows`` rows of ``n`` entries on a GPU of ``sms`` multiprocessors.
+
+    One CTA a row (512 threads while a row is up to 16384 entries, 1024 above; at most 32 entries a thread) up to
+    :data:`CLUSTER_FROM` entries, or when ``rows`` already give every multiprocessor a CTA; beyond, where
+    ``clusters``, the :data:`CLUSTER_TABLE` shape; rows longer than :data:`MAX_N` always take the smallest cluster
+    that holds them. Measured on the H200 (``benchmarks/device/topp_cuda_shapes_probe.py``, 32 rows): with one CTA
+    a row, 512 threads and 2048 bins was the fastest at every length from 1K to 16K, by 9-16% over the 256 threads
+    that about 8 entries a thread gave to rows of 1K-2K."""
+    cluster, threads = 1, 0
     if clusters and n > CLUSTER_FROM:
-        while cluster < MAX_CLUSTER and -(-n // cluster) > CLUSTER_SLICE:
-            cluster *= 2
-    while cluster < MAX_CLUSTER and -(-n // cluster) > MAX_N:  # a slice must fit the registers
-        cluster *= 2
-    threads = 512 if -(-n // cluster) <= 512 * 32 else MAX_THREADS
+        want, want_threads = CLUSTER_TABLE[min(max(1 << (n - 1).bit_length(), min(CLUSTER_TABLE)), max(CLUSTER_TABLE))]
+        if rows * want <= sms or n > MAX_N:
+            cluster, threads = want, want_threads
+    while cluster < MAX_CLUSTER and -(-n // cluster) > MAX_N:  # a slice must fit a CTA's registers
+        cluster, threads = cluster * 2, 0
+    if not threads or _items(n, threads, cluster) > 32:
+        threads = 512 if -(-n // cluster) <= 512 * 32 else MAX_THREADS
     return threads, _items(n, threads, cluster), cluster
 
 
@@ -460,10 +485,13 @@ def launch_topp(x: torch.Tensor, p: float, out: torch.Tensor, passes_out: torch.
     ``threads``, ``bins`` and ``cluster`` override the launch shape and the histogram size (the benchmark's
     sweep)."""
     rows, n = x.shape
-    can_cluster = clusters_supported(x.device.index if x.device.index is not None else torch.cuda.current_device())
-    default_cluster = launch_shape(n, can_cluster)[2]
-    cluster = cluster or default_cluster
-    threads = threads or launch_shape(-(-n // cluster), False)[0]
+    index = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    can_cluster = clusters_supported(index)
+    default_threads, _, default_cluster = launch_shape(n, can_cluster, rows, _sm_count(index))
+    if cluster is None or cluster == default_cluster:
+        cluster, threads = default_cluster, threads or default_threads
+    else:
+        threads = threads or launch_shape(-(-n // cluster), False)[0]
     bins = bins or DEFAULT_BINS
     why = check_shape(n, threads, bins, cluster)
     if why is None and cluster > 1 and not can_cluster:
