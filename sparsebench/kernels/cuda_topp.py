@@ -19,7 +19,7 @@ equals the float64 sort-based reference's (:func:`sparsebench.kernels.topp.topp_
 reference's set reaches ``p T`` by less than that margin ("near-tie": then the next lower value is kept too).
 
 Algorithm (one thread block per row, entries ``t, t + blockDim, ...`` in registers as float32 bit patterns)
---------------------------------------------------------------------------------------------------------
+----------------------------------------------------------------------------------------------------------
 1. Block sums: ``T`` (float64), then ``F_T``. ``p == 1`` keeps every positive entry; a zero row keeps nothing;
    a ``p`` so close to 1 that the margin cannot be met keeps every positive entry (mass ``T >= p T``).
 2. The threshold ``t*`` (the largest entry whose at-or-above mass is accepted) lies in the bracket ``[lo, hi]``
@@ -33,16 +33,33 @@ Algorithm (one thread block per row, entries ``t, t + blockDim, ...`` in registe
    largest accepted. The mask is ``x >= t*`` over positive entries: ties at ``t*`` are all kept, as in the
    module :mod:`sparsebench.kernels.topp`'s semantics.
 
-Rows of up to :data:`MAX_N` entries (32 a thread at 1024 threads). No host synchronisation: CUDA-graph safe.
+Clusters (compute capability 9.0 or newer)
+------------------------------------------
+One CTA a row uses 32 multiprocessors for 32 rows, and its time follows its entries a thread: each pass is a
+latency-bound chain of per-entry work (float64 scaling, 64-bit shared-memory atomics). Longer rows are therefore
+split over a thread-block cluster of 2-8 CTAs (``CLUSTER``), each holding a contiguous slice. The CTAs meet at cluster
+barriers and read each other's shared memory (distributed shared memory, inline PTX ``mapa`` /
+``ld.shared::cluster``):
 
-Measured on the H200 (``sparsebench bench topp``, 32 rows, steady state of 20 calls a replay;
-``benchmarks/RESULTS.md``, ninth session): exact on every row (0 rows differing from the reference; 1-2 passes).
-6.2 / 7.7 / 10.7 / 18.0 / 29.6 / 64.2 µs at 1K-32K entries, against the Triton kernel's 8.6 / 8.6 / 12.4 / 18.2 /
-30.6 / 40.3 and sort's 39.9-208 µs (3.2-6.5x faster than sort). What the time is *not*: the launch (an empty
-kernel costs 0.7-1.0 µs a call there), the histogram size (fewer bins were slower), or atomic contention
-(warp-aggregated adds were 1.4-12x slower). Fewer threads a row were slower at every length, so the per-entry work
-of each pass (float64 scaling, 64-bit shared atomics) is what costs; long rows also run one block per row on 32
-SMs. So ``topp_mask(backend="auto")`` keeps the Triton kernel; this one is ``backend="cuda"``.
+* the sums ``T``, ``F_T`` and the maximum are each CTA's, combined by thread 0 in rank order, so every CTA holds
+  bit-identical values and takes the same branches (and so meets the same barriers);
+* a pass builds each CTA's histogram of its slice; CTA ``r`` then sums bins ``[r B / C, (r + 1) B / C)`` over the
+  cluster, the range totals give each CTA the mass of the ranges above its own, and the one CTA whose range holds the
+  crossing bin writes the new bracket into every CTA's shared memory (three cluster barriers a pass);
+* the pairwise step gathers the cluster's candidates (at most 64) into every CTA, in rank order.
+
+The launch shape (:func:`launch_shape`) is a measured table (:data:`CLUSTER_TABLE`): clusters from 8K entries
+where the row count leaves them room on the GPU, and always beyond :data:`MAX_N` (rows of up to 256K entries).
+
+Measured on the H200 (``sparsebench bench topp --suites main --calls-per-replay 20 --no-flush``, 32 rows;
+``benchmarks/RESULTS.md``, tenth session): exact on every row (0 rows differing from the reference, 1-2 passes).
+6.3 / 7.9 / 10.8 / 15.8 / 20.8 / 34.3 / 68.4 / 109.8 µs at 1K-128K entries, against the Triton kernel's 8.6 / 8.6 /
+12.4 / 18.2 / 30.6 / 40.0 / 92.5 / 179.1 and sort's 40-659 µs: the fastest kernel here at every length, 4.6-7.5x
+faster than sort (the project's target is 10x). Without clusters (ninth session) 8K-32K took 18.0 / 29.6 / 64.2 µs.
+What the time is *not*: the launch (an empty kernel costs 0.7-1.0 µs a call there), the histogram size (fewer bins
+were slower), or atomic contention (warp-aggregated adds were 1.4-12x slower). No host synchronisation: CUDA-graph
+safe. ``topp_mask(backend="auto")`` still picks the Triton kernel (the policies' GPU tests and graph captures have
+not yet run on this one); this one is ``backend="cuda"``.
 """
 
 from __future__ import annotations

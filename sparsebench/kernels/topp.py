@@ -871,10 +871,11 @@ def topp_mask(probs: torch.Tensor, p: float, backend: Backend = "auto", *, check
     """Top-p keep-mask of ``probs`` [R, N]: per row the smallest set ``{x >= t}`` holding ``p`` of the mass.
 
     ``backend="auto"`` uses the Triton kernel where :func:`triton_usable` says so and the dtype suits it, else
-    the exact torch reference. ``"cuda"`` runs the radix-selection CUDA kernel (:func:`topp_mask_cuda`), a
-    measured alternative: on the H200 it was 10-28% faster up to 4K entries and 1.6x slower at 32K
-    (``benchmarks/RESULTS.md``, ninth session), so ``auto`` keeps Triton. All follow the semantics in the module
-    docstring.
+    the exact torch reference. ``"cuda"`` runs the radix-selection CUDA kernel (:func:`topp_mask_cuda`): on the
+    H200 it is now faster than the Triton kernel at every length from 1K to 128K entries (1.1-1.6x; rows over 4K in
+    thread-block clusters; ``benchmarks/RESULTS.md``, tenth session), but ``auto`` keeps Triton until the policies'
+    GPU tests and CUDA-graph captures have run with it (its first call compiles with NVRTC). All follow the
+    semantics in the module docstring.
     """
     if backend not in ("auto", "cuda", "triton", "torch"):
         raise UsageError(f"unknown top-p backend {backend!r}; choose 'auto', 'cuda', 'triton' or 'torch'")
