@@ -2,17 +2,4 @@
 # Session 10, last call: GPU tests of the top-p kernels (the CUDA kernel's clusters and launch table included);
 # `bench topp` in steady state; the attention step at 8K / 32K / 128K three times over (read flush, one layer,
 # default configuration, merge loads issued together).   bash benchmarks/device/session10_final.sh
-R=/tmp/s10f; rm -rf $R; mkdir -p $R
-. benchmarks/device/device_env.sh $R/env.txt
-timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_topp.py > $R/gpu_tests_topp.txt 2>&1
-echo "tests rc $?"; tail -1 $R/gpu_tests_topp.txt
-timeout 150 python3 -m sparsebench.cli bench topp --out $R/topp --suites main --calls-per-replay 20 --no-flush \
-  > $R/topp_steady.log 2>&1; echo "topp rc $?"; grep -E "^\[main\]|cuda radix" $R/topp_steady.log | head -20
-for run in 1 2 3; do
-  d=$R/att_run$run; mkdir -p $d
-  timeout 80 python3 -m sparsebench.cli bench attention --out $d --contexts 8192,32768,131072 --methods triton-indices \
-    --selections topk-layers --repeats 50 --flush read --check > $d/log.txt 2>&1
-  echo "run $run rc $? $(grep -E '^\| [0-9]+ \| (dense flashinfer \(tensor|triton)' $d/bench_attention.md \
-    | awk -F'|' '{printf "%s %s %s %s / ", $2, $3, $10, $11}')"
-done
-tar czf $OUT/results.tar.gz -C /tmp s10f
+R=/tmp/s10f TESTS_TIMEOUT=200 ATT_TIMEOUT=80 bash benchmarks/device/final_checks.sh
