@@ -3,7 +3,8 @@
 # counters (KernelConfig.head_counters), against the ninth session's kernel (e28dd56's triton_decode.py, an untracked copy in
 # old_kernel/), interleaved, at 128K (22% kept, top-k over every layer, L2 flushed by reading); their GPU tests; the
 # merge-tail probe; the split kernel's timeline.   bash benchmarks/device/session10_merge.sh
-# Ran at commit 0b9cb4b; KernelConfig.head_counters and merge_tail_probe.py's head-counter row were removed after this call (both measured slower; benchmarks/RESULTS.md, tenth session).
+# Flawed comparison: `python3 -m` puts the working directory first on sys.path, so the "old" runs imported this
+# checkout's triton_decode.py too (old and new timed the same kernel). Ran at commit 0b9cb4b; KernelConfig.head_counters and merge_tail_probe.py's head-counter row were removed after this call (both measured slower; benchmarks/RESULTS.md, tenth session).
 R=/tmp/s10a; rm -rf $R; mkdir -p $R
 . benchmarks/device/device_env.sh $R/env.txt
 rm -rf /tmp/old; mkdir -p /tmp/old; cp -r sparsebench /tmp/old/

@@ -10,13 +10,18 @@ compiled at run time by NVRTC like :mod:`sparsebench.kernels.cuda_topk` (its top
 
 Exact mass without float atomics: float additions in atomic (arbitrary) order would make the result depend on
 scheduling. Each entry's mass is instead a 64-bit integer, ``f(x) = floor(x * S)`` with ``S = 2**62 / T``
-(``T`` the row's float64 sum), and integer sums are exact in any order. Every ``f`` is within ``x S 2**-53 + 1``
-of the real ``x S``, so any set's fixed-point mass is within ``E = F_T / 2**51 + 2N + 4`` units of its real
-scaled mass (``F_T`` the row's fixed-point total). A threshold is accepted only if its set's fixed-point mass
-reaches ``p (F_T + E) (1 + 2**-50) + E``; then its real mass reaches ``p T`` exactly. That margin is about
-``2e-15 T`` plus ``N 2**-61 T``, below the Triton kernel's float64 margin (``1e-12 T`` at 128K), so the mask
-equals the float64 sort-based reference's (:func:`sparsebench.kernels.topp.topp_mask_torch`) except when that
-reference's set reaches ``p T`` by less than that margin ("near-tie": then the next lower value is kept too).
+(``T`` the row's float64 sum), and integer sums are exact in any order. A bin holds its mass as two 32-bit
+words, because 64-bit shared-memory adds compile to compare-and-swap loops while 32-bit ones are native: the add
+to the low word returns its old value, its carry goes into the add to the high word, and ``hi * 2**32 + lo`` is
+the exact sum. Rows of up to 16 entries a thread keep each ``f(x)`` in registers for the passes.
+
+Every ``f`` is within ``x S 2**-53 + 1`` of the real ``x S``, so any set's fixed-point mass is within
+``E = F_T / 2**51 + 2N + 4`` units of its real scaled mass (``F_T`` the row's fixed-point total). A threshold is
+accepted only if its set's fixed-point mass reaches ``p (F_T + E) (1 + 2**-50) + E``; then its real mass reaches
+``p T`` exactly. That margin is about ``2e-15 T`` plus ``N 2**-61 T``, below the Triton kernel's float64 margin
+(``1e-12 T`` at 128K), so the mask equals the float64 sort-based reference's
+(:func:`sparsebench.kernels.topp.topp_mask_torch`) except when that reference's set reaches ``p T`` by less than
+that margin ("near-tie": then the next lower value is kept too).
 
 Algorithm (one thread block per row, entries ``t, t + blockDim, ...`` in registers as float32 bit patterns)
 ----------------------------------------------------------------------------------------------------------
@@ -53,9 +58,10 @@ where the row count leaves them room on the GPU, and always beyond :data:`MAX_N`
 
 Measured on the H200 (``sparsebench bench topp --suites main --calls-per-replay 20 --no-flush``, 32 rows;
 ``benchmarks/RESULTS.md``, tenth session): exact on every row (0 rows differing from the reference, 1-2 passes).
-6.3 / 7.9 / 10.8 / 15.8 / 20.8 / 34.3 / 68.4 / 109.8 µs at 1K-128K entries, against the Triton kernel's 8.6 / 8.6 /
-12.4 / 18.2 / 30.6 / 40.0 / 92.5 / 179.1 and sort's 40-659 µs: the fastest kernel here at every length, 4.6-7.5x
-faster than sort (the project's target is 10x). Without clusters (ninth session) 8K-32K took 18.0 / 29.6 / 64.2 µs.
+5.2 / 6.0 / 7.1 / 13.0 / 15.6 / 21.3 / 48.0 / 71.0 µs at 1K-128K entries, against the Triton kernel's 8.6 / 8.6 /
+12.4 / 18.2 / 30.2 / 40.1 / 92.4 / 178.7 and sort's 40-658 µs. That makes it the fastest kernel here at every
+length, and 7.0-9.6x faster than sort (the project's target is 10x). Before the 32-bit halves it took 6.3-109.6 µs.
+Before the clusters (ninth session) 8K-32K took 18.0 / 29.6 / 64.2 µs.
 What the time is *not*: the launch (an empty kernel costs 0.7-1.0 µs a call there), the histogram size (fewer bins
 were slower), or atomic contention (warp-aggregated adds were 1.4-12x slower). No host synchronisation: CUDA-graph
 safe. ``topp_mask(backend="auto")`` still picks the Triton kernel (the policies' GPU tests and graph captures have
@@ -157,7 +163,10 @@ extern "C" __global__ void CLUSTER_ATTR __launch_bounds__(THREADS, 1) sb_topp_ma
     const void* __restrict__ x, unsigned char* __restrict__ out, int* __restrict__ passes_out,
     int n, int stride_x, int stride_out, double p)
 {
-    __shared__ u64 hmass[NBINS];
+    // A bin's mass in two 32-bit halves: 32-bit shared-memory adds are native, 64-bit ones compile to
+    // compare-and-swap loops. The low half's carries go into the high half (see the pass), so
+    // hi * 2**32 + lo is the exact sum.
+    __shared__ u32 hlo[NBINS], hhi[NBINS];
     __shared__ u32 hcnt[NBINS];
     __shared__ u64 ws[33];
     __shared__ double red_d[32];
@@ -230,8 +239,20 @@ extern "C" __global__ void CLUSTER_ATTR __launch_bounds__(THREADS, 1) sb_topp_ma
     // Fixed-point mass f(x) = floor(x * scale): exact integer sums (module docstring).
     const double scale = tot > 0.0 ? 4611686018427387904.0 / tot : 0.0;  // 2**62 / T
     u64 fsum = 0ull;
+#if ITEMS <= 16
+    u64 fm[ITEMS];  // each entry's f(x), kept for the passes (longer rows recompute it: registers)
+#define FMASS(i) fm[i]
+#else
+#define FMASS(i) __double2ull_rz((double)__uint_as_float(key[i]) * scale)
+#endif
     #pragma unroll
-    for (int i = 0; i < ITEMS; ++i) fsum += __double2ull_rz((double)__uint_as_float(key[i]) * scale);
+    for (int i = 0; i < ITEMS; ++i) {
+        const u64 f = __double2ull_rz((double)__uint_as_float(key[i]) * scale);
+        fsum += f;
+#if ITEMS <= 16
+        fm[i] = f;
+#endif
+    }
     u64 ftot = block_sum(fsum, ws);
 #if CLUSTER > 1
     if (t == 0) c_ftot = ftot;
@@ -260,14 +281,17 @@ extern "C" __global__ void CLUSTER_ATTR __launch_bounds__(THREADS, 1) sb_topp_ma
         for (; n_pass < MAX_PASSES && lo < hi && active > PAIRWISE_MAX; ++n_pass) {
             const u32 span = hi - lo;
             const int shift = max(0, 32 - __clz(span) - BIN_BITS);
-            for (int b = t; b < NBINS; b += nt) { hmass[b] = 0ull; hcnt[b] = 0u; }
+            for (int b = t; b < NBINS; b += nt) { hlo[b] = 0u; hhi[b] = 0u; hcnt[b] = 0u; }
             __syncthreads();
             #pragma unroll
             for (int i = 0; i < ITEMS; ++i) {
                 const u32 k = key[i];
                 if (k >= lo && k <= hi) {  // padding has key 0 < lo
                     const u32 b = (k - lo) >> shift;
-                    atomicAdd(&hmass[b], __double2ull_rz((double)__uint_as_float(k) * scale));
+                    const u64 f = FMASS(i);
+                    const u32 f_lo = (u32)f;
+                    const u32 old = atomicAdd(&hlo[b], f_lo);
+                    atomicAdd(&hhi[b], (u32)(f >> 32) + (old + f_lo < old ? 1u : 0u));  // with this add's carry
                     atomicAdd(&hcnt[b], 1u);
                 }
             }
@@ -279,19 +303,20 @@ extern "C" __global__ void CLUSTER_ATTR __launch_bounds__(THREADS, 1) sb_topp_ma
                 const int b = (int)rank * RANGE_BINS + i;
                 u64 m = 0ull;
                 #pragma unroll
-                for (u32 r = 0; r < CLUSTER; ++r) m += peer_u64(peer(&hmass[b], r));
+                for (u32 r = 0; r < CLUSTER; ++r)
+                    m += ((u64)peer_u32(peer(&hhi[b], r)) << 32) + peer_u32(peer(&hlo[b], r));
                 gmass[i] = m;
             }
             __syncthreads();
-            const u64* bin_mass = gmass;
+#define BIN_MASS(b) gmass[b]
 #else
-            const u64* bin_mass = hmass;
+#define BIN_MASS(b) ((((u64)hhi[b]) << 32) + hlo[b])
 #endif
             const int per = (RANGE_BINS + nt - 1) / nt;
             u64 mine = 0ull;
             for (int i = 0; i < per; ++i) {
                 const int b = t * per + i;
-                if (b < RANGE_BINS) mine += bin_mass[b];
+                if (b < RANGE_BINS) mine += BIN_MASS(b);
             }
             u64 total;
             const u64 below = block_scan(mine, ws, &total);  // mass of this range's lower bins
@@ -312,7 +337,7 @@ extern "C" __global__ void CLUSTER_ATTR __launch_bounds__(THREADS, 1) sb_topp_ma
             for (int i = 0; i < per; ++i) {
                 const int b = t * per + i;
                 if (b >= RANGE_BINS) break;
-                const u64 h = bin_mass[b];
+                const u64 h = BIN_MASS(b);
                 const u64 at_or_above = above + higher + total - under;
                 if (at_or_above >= target && at_or_above - h < target) {
                     const u32 gb = rank * RANGE_BINS + (u32)b;
@@ -355,7 +380,7 @@ extern "C" __global__ void CLUSTER_ATTR __launch_bounds__(THREADS, 1) sb_topp_ma
                     const u32 slot = atomicAdd(&s_npair, 1u);
                     if (slot < PAIRWISE_MAX) {
                         pair_key[slot] = k;
-                        pair_mass[slot] = __double2ull_rz((double)__uint_as_float(k) * scale);
+                        pair_mass[slot] = FMASS(i);
                     }
                 }
             }

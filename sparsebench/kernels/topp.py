@@ -872,7 +872,7 @@ def topp_mask(probs: torch.Tensor, p: float, backend: Backend = "auto", *, check
 
     ``backend="auto"`` uses the Triton kernel where :func:`triton_usable` says so and the dtype suits it, else
     the exact torch reference. ``"cuda"`` runs the radix-selection CUDA kernel (:func:`topp_mask_cuda`): on the
-    H200 it is now faster than the Triton kernel at every length from 1K to 128K entries (1.1-1.6x; rows over 4K in
+    H200 it is now faster than the Triton kernel at every length from 1K to 128K entries (1.4-2.5x; rows over 4K in
     thread-block clusters; ``benchmarks/RESULTS.md``, tenth session), but ``auto`` keeps Triton until the policies'
     GPU tests and CUDA-graph captures have run with it (its first call compiles with NVRTC). All follow the
     semantics in the module docstring.

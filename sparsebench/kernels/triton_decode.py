@@ -456,8 +456,8 @@ if _HAVE_TRITON:
         partials were written by other multiprocessors during this launch.
         """
         # All three loads are issued before any arithmetic, so their L2 round trips overlap (the merge is
-        # latency-bound). Measured on the H200 at 128K: no change in the step (38.7-38.9 against 38.7-39.0 µs,
-        # benchmarks/RESULTS.md, tenth session); kept for the shorter dependency chain.
+        # latency-bound). Not measured on its own: the tenth session's comparison ran the same kernel twice
+        # (benchmarks/RESULTS.md); the steps with it, 38.7-39.6 µs at 128K, are within the ninth session's range.
         o = tl.load(o_part_ptr + (parts * ROWS + g)[:, None] * HEAD_DIM + dims[None, :], mask=s_ok[:, None],
                     other=0.0, cache_modifier=".cg")
         m = tl.load(m_part_ptr + parts * ROWS + g, mask=s_ok, other=float("-inf"), cache_modifier=".cg")
