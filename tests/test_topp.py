@@ -526,7 +526,7 @@ def test_cuda_radix_kernel_clusters(cluster: int) -> None:
     twice in a row (the cluster's shared state must not leak into the next launch)."""
     from sparsebench.kernels.cuda_topp import clusters_supported, launch_topp
 
-    if not clusters_supported(torch.cuda.current_device()):
+    if not clusters_supported(torch.device("cuda")):
         pytest.skip("thread-block clusters need compute capability 9.0")
     gen = torch.Generator().manual_seed(SEED)
     for n in (3, 100, 1000, 4097, 32768, 16384 * cluster + 5):

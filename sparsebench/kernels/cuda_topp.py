@@ -41,10 +41,10 @@ Algorithm (one thread block per row, entries ``t, t + blockDim, ...`` in registe
 Clusters (compute capability 9.0 or newer)
 ------------------------------------------
 One CTA a row uses 32 multiprocessors for 32 rows, and its time follows its entries a thread: each pass is a
-latency-bound chain of per-entry work (float64 scaling, 64-bit shared-memory atomics). Longer rows are therefore
-split over a thread-block cluster of 2-8 CTAs (``CLUSTER``), each holding a contiguous slice. The CTAs meet at cluster
-barriers and read each other's shared memory (distributed shared memory, inline PTX ``mapa`` /
-``ld.shared::cluster``):
+latency-bound chain of per-entry work (shared-memory atomics, and float64 scaling where the masses are not kept).
+Longer rows are therefore split over a thread-block cluster of 2-8 CTAs (``CLUSTER``), each holding a contiguous
+slice. The CTAs meet at cluster barriers and read each other's shared memory (distributed shared memory, inline
+PTX ``mapa`` / ``ld.shared::cluster``):
 
 * the sums ``T``, ``F_T`` and the maximum are each CTA's, combined by thread 0 in rank order, so every CTA holds
   bit-identical values and takes the same branches (and so meets the same barriers);
@@ -458,15 +458,9 @@ def _compiled(items: int, dtype_code: int, write_passes: bool, bins: int, thread
                                  threads=threads, cluster=cluster), "sb_topp_mask", "the CUDA top-p kernel")
 
 
-@functools.cache
-def _sm_count(index: int) -> int:
-    return int(torch.cuda.get_device_properties(index).multi_processor_count)
-
-
-@functools.cache
-def clusters_supported(index: int) -> bool:
-    """Whether CUDA device ``index`` runs thread-block clusters (compute capability 9.0 or newer)."""
-    return torch.cuda.get_device_capability(index)[0] >= 9
+def clusters_supported(device: torch.device | int) -> bool:
+    """Whether CUDA ``device`` runs thread-block clusters (compute capability 9.0 or newer)."""
+    return torch.cuda.get_device_properties(device).major >= 9
 
 
 def max_row(clusters: bool) -> int:
@@ -527,9 +521,9 @@ def launch_topp(x: torch.Tensor, p: float, out: torch.Tensor, passes_out: torch.
     ``threads``, ``bins`` and ``cluster`` override the launch shape and the histogram size (the benchmark's
     sweep)."""
     rows, n = x.shape
-    index = x.device.index if x.device.index is not None else torch.cuda.current_device()
-    can_cluster = clusters_supported(index)
-    default_threads, _, default_cluster = launch_shape(n, can_cluster, rows, _sm_count(index))
+    props = torch.cuda.get_device_properties(x.device)
+    can_cluster = props.major >= 9
+    default_threads, _, default_cluster = launch_shape(n, can_cluster, rows, props.multi_processor_count)
     if cluster is None or cluster == default_cluster:
         cluster, threads = default_cluster, threads or default_threads
     else:

@@ -835,8 +835,7 @@ def cuda_unusable_reason(probs: torch.Tensor) -> str | None:
         return why
     if probs.dtype not in _KERNEL_DTYPES:
         return f"dtype {probs.dtype} (the CUDA kernel takes float32, bfloat16 or float16)"
-    index = probs.device.index if probs.device.index is not None else torch.cuda.current_device()
-    longest = cuda_topp.max_row(cuda_topp.clusters_supported(index))
+    longest = cuda_topp.max_row(cuda_topp.clusters_supported(probs.device))
     if probs.shape[-1] > longest:
         return (f"rows of {probs.shape[-1]} entries (the CUDA kernel holds at most {longest} in registers on this "
                 "GPU)")
