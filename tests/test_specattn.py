@@ -135,3 +135,28 @@ def test_a_draft_larger_than_the_target_is_warned_about(capsys: pytest.CaptureFi
     assert "warning: the draft tiny:qwen2 (181,312 parameters) is larger than the target tiny:llama (180,800)" in err
     load_draft_model("tiny:llama", large, dtype=torch.float32, device="cpu", progress=False)
     assert "larger than the target" not in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_top_p_on_the_gpu_is_the_exact_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU the policy's top-p runs on the device ("auto": the CUDA radix kernel where NVRTC runs, else Triton);
+    at every sparse layer and step its mask is the exact float64 reference's on the same draft mass."""
+    import sparsebench.policies.specattn as specattn_module
+    from sparsebench.kernels.topp import topp_mask_torch
+
+    real = specattn_module.topp_mask_nd
+    seen: list[bool] = []
+
+    def spy(mass: torch.Tensor, p: float, *args: object, **kw: object) -> torch.Tensor:
+        got = real(mass, p, *args, **kw)  # type: ignore[arg-type]
+        ref = topp_mask_torch(mass.reshape(-1, mass.shape[-1]).cpu().double(), p).reshape(mass.shape)
+        seen.append(got.is_cuda and torch.equal(got.cpu(), ref))
+        return got
+
+    monkeypatch.setattr(specattn_module, "topp_mask_nd", spy)
+    model = get_tiny("llama").cuda()
+    out = TeacherForcedEngine(model, SpecAttn(p=0.9), TorchBackend(), CFG,
+                              draft=_all_layer_draft(model)).evaluate(_ids(5).cuda())
+    assert seen and all(seen), f"{seen.count(False)} of {len(seen)} selections differ from the reference"
+    assert out.kv.reduction_sparse > 0.0

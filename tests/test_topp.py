@@ -473,7 +473,7 @@ def test_triton_cuda_large() -> None:
         probs = torch.stack(list(row_kinds(n, gen).values()))
         for dtype, p in itertools.product((torch.float32, torch.bfloat16), PS):
             x = probs.to(dtype).cuda()
-            mask = topp_mask(x, p)
+            mask = topp_mask_triton(x, p)  # topp_mask's "auto" picks the CUDA kernel on a GPU with NVRTC
             check_mask(x.cpu(), mask.cpu(), p, f"cuda n={n} {dtype}")
             check_against_reference(x.cpu(), mask.cpu(), p, f"cuda n={n} {dtype}")
 
@@ -562,9 +562,41 @@ def test_cuda_radix_kernel_in_a_graph() -> None:
         check_against_reference(probs.cpu(), mask.cpu(), 0.9, f"graph replay {trial}")
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_auto_backend_picks_the_cuda_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU where the CUDA kernel can run, ``topp_mask``'s "auto" (and so the specattn policy through
+    ``topp_mask_nd``) runs it; a dtype it does not take falls back to the Triton kernel or the reference."""
+    from sparsebench.kernels.topp import cuda_unusable_reason
+
+    probs = torch.softmax(torch.randn(6, 3, 700, generator=torch.Generator().manual_seed(SEED)), -1).cuda()
+    if cuda_unusable_reason(probs) is not None:
+        pytest.skip(f"the CUDA kernel cannot run here: {cuda_unusable_reason(probs)}")
+    real = topp_module.topp_mask_cuda
+    calls: list[tuple[int, ...]] = []
+
+    def spy(x: torch.Tensor, p: float, **kw: object) -> torch.Tensor:
+        calls.append(tuple(x.shape))
+        return real(x, p, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(topp_module, "topp_mask_cuda", spy)
+    mask = topp_mask_nd(probs, 0.9)
+    assert calls == [(18, 700)]
+    assert torch.equal(mask, real(probs.reshape(18, 700), 0.9).reshape(6, 3, 700))
+    ref = topp_mask_nd(probs.double(), 0.9)  # float64: not the kernel's
+    assert calls == [(18, 700)] and ref.shape == mask.shape
+
+
 def test_cuda_radix_scope() -> None:
     """What the CUDA kernel refuses says why; its launch shape covers every entry with a power-of-two block."""
-    from sparsebench.kernels.cuda_topp import CLUSTER_TABLE, MAX_N, check_shape, launch_shape, max_row
+    from sparsebench.kernels.cuda_topp import (
+        CLUSTER_FROM,
+        CLUSTER_TABLE,
+        MAX_N,
+        check_shape,
+        launch_shape,
+        max_row,
+    )
     from sparsebench.kernels.topp import cuda_unusable_reason
 
     assert "not on a CUDA device" in (cuda_unusable_reason(torch.zeros(2, 8)) or "")
@@ -579,8 +611,9 @@ def test_cuda_radix_scope() -> None:
         assert check_shape(n, threads, 2048, cluster) is None, n
     assert max_row(False) == MAX_N
     # The measured table for long rows; one CTA a row for short rows, and where the rows alone fill the GPU.
-    assert launch_shape(4096, True, rows=32)[2] == 1 and launch_shape(8192, True, rows=32)[2] == CLUSTER_TABLE[8192][0]
-    assert launch_shape(8192, True, rows=1000)[2] == 1
+    assert launch_shape(CLUSTER_FROM, True, rows=32)[2] == 1
+    assert launch_shape(CLUSTER_FROM + 1, True, rows=32)[:3:2] == CLUSTER_TABLE[2 * CLUSTER_FROM][::-1]
+    assert launch_shape(CLUSTER_FROM + 1, True, rows=1000)[2] == 1
     assert launch_shape(MAX_N + 1, True, rows=1000)[2] == CLUSTER_TABLE[2 * MAX_N][0]  # longer rows need a cluster
     # The sweep's overrides are checked before a launch: block size, entries a thread, bins.
     assert "power of two from 64 to 1024" in (check_shape(100, 96, 2048) or "")

@@ -9,8 +9,10 @@ the bins places the threshold. Triton has no shared-memory atomics on computed a
 compiled at run time by NVRTC like :mod:`sparsebench.kernels.cuda_topk` (its top-k sibling).
 
 Exact mass without float atomics: float additions in atomic (arbitrary) order would make the result depend on
-scheduling. Each entry's mass is instead a 64-bit integer, ``f(x) = floor(x * S)`` with ``S = 2**62 / T``
-(``T`` the row's float64 sum), and integer sums are exact in any order. A bin holds its mass as two 32-bit
+scheduling. Each entry's mass is instead a 64-bit integer, ``f(x) = floor(x * S)`` with ``S`` about ``2**62 / T``
+(``T`` the row's sum, taken in float32: any positive ``S`` keeps what follows exact, because the margin below is
+computed from the fixed-point total itself; ``S`` only has to keep that total below ``2**63``), and integer sums
+are exact in any order. A bin holds its mass as two 32-bit
 words, because 64-bit shared-memory adds compile to compare-and-swap loops while 32-bit ones are native: the add
 to the low word returns its old value, its carry goes into the add to the high word, and ``hi * 2**32 + lo`` is
 the exact sum. Rows of up to 16 entries a thread keep each ``f(x)`` in registers for the passes.
@@ -25,14 +27,18 @@ that margin ("near-tie": then the next lower value is kept too).
 
 Algorithm (one thread block per row, entries ``t, t + blockDim, ...`` in registers as float32 bit patterns)
 ----------------------------------------------------------------------------------------------------------
-1. Block sums: ``T`` (float64), then ``F_T``. ``p == 1`` keeps every positive entry; a zero row keeps nothing;
-   a ``p`` so close to 1 that the margin cannot be met keeps every positive entry (mass ``T >= p T``).
+1. The row's sum ``T`` and maximum, behind one barrier. ``p == 1`` keeps every positive entry; a zero row keeps
+   nothing.
 2. The threshold ``t*`` (the largest entry whose at-or-above mass is accepted) lies in the bracket ``[lo, hi]``
    of bit patterns, initially ``[1, max]`` (positive entries). A pass bins the bracket's entries into 2048
    bins of ``2**shift`` patterns (``shift`` = bit length of ``hi - lo`` minus 11), adding mass and count per bin
-   with shared-memory atomics; a block scan from the top finds the bin where the mass at or above first reaches
-   the acceptance level. The mass of the bins over it is added to ``above`` and the bin becomes the bracket.
-   At most 3 passes reach a single pattern; usually 1-2.
+   with shared-memory atomics; a block scan (one barrier) gives each thread the mass under its bins, and the bin
+   where the mass at or above first reaches the acceptance level becomes the bracket (the mass of the bins over it
+   is added to ``above``). The first pass's bins hold every positive entry, so its scan total is ``F_T``: no
+   separate reduction. A ``p`` so close to 1 that the margin cannot be met keeps every positive entry (mass
+   ``T >= p T``). At most 3 passes reach a single pattern; usually 1-2. Each thread owns consecutive bins and clears
+   them once read (no clearing barrier); the bins are padded (one word every 32) so these reads are free of
+   shared-memory bank conflicts.
 3. Once the bracket holds at most :data:`PAIRWISE_MAX` (64) entries, each of them computes its exact
    at-or-above mass against the others in shared memory (four or more threads an entry); ``t*`` is the
    largest accepted. The mask is ``x >= t*`` over positive entries: ties at ``t*`` are all kept, as in the
@@ -46,26 +52,31 @@ Longer rows are therefore split over a thread-block cluster of 2-8 CTAs (``CLUST
 slice. The CTAs meet at cluster barriers and read each other's shared memory (distributed shared memory, inline
 PTX ``mapa`` / ``ld.shared::cluster``):
 
-* the sums ``T``, ``F_T`` and the maximum are each CTA's, combined by thread 0 in rank order, so every CTA holds
+* the sum ``T`` and the maximum are each CTA's, combined by thread 0 in rank order, so every CTA holds
   bit-identical values and takes the same branches (and so meets the same barriers);
-* a pass builds each CTA's histogram of its slice; CTA ``r`` then sums bins ``[r B / C, (r + 1) B / C)`` over the
-  cluster, the range totals give each CTA the mass of the ranges above its own, and the one CTA whose range holds the
-  crossing bin writes the new bracket into every CTA's shared memory (three cluster barriers a pass);
-* the pairwise step gathers the cluster's candidates (at most 64) into every CTA, in rank order.
+* a pass builds each CTA's histogram of its slice (first cluster barrier); CTA ``r`` then sums bins
+  ``[r B / C, (r + 1) B / C)`` over the cluster and scans them (second barrier); every CTA reads the range totals,
+  finds the range that holds the crossing bin and reads that CTA's summed bins to place the new bracket itself
+  (two cluster barriers a pass; ``F_T`` is the first pass's sum of range totals);
+* the pairwise step gathers the cluster's candidates (at most 64) into every CTA, in rank order; the last cluster
+  barrier (no CTA leaves while another reads its shared memory) is split around the mask write.
 
-The launch shape (:func:`launch_shape`) is a measured table (:data:`CLUSTER_TABLE`): clusters from 8K entries
-where the row count leaves them room on the GPU, and always beyond :data:`MAX_N` (rows of up to 256K entries).
+The launch shape (:func:`launch_shape`) is a measured table (:data:`CLUSTER_TABLE`): one CTA a row up to 16K
+entries, clusters beyond where the row count leaves them room on the GPU, and always beyond :data:`MAX_N` (rows of
+up to 256K entries).
 
 Measured on the H200 (``sparsebench bench topp --suites main --calls-per-replay 20 --no-flush``, 32 rows;
-``benchmarks/RESULTS.md``, tenth session): exact on every row (0 rows differing from the reference, 1-2 passes).
-5.2 / 6.0 / 7.1 / 13.0 / 15.6 / 21.3 / 48.0 / 71.0 µs at 1K-128K entries, against the Triton kernel's 8.6 / 8.6 /
-12.4 / 18.2 / 30.2 / 40.1 / 92.4 / 178.7 and sort's 40-658 µs. That makes it the fastest kernel here at every
-length, and 7.0-9.6x faster than sort (the project's target is 10x). Before the 32-bit halves it took 6.3-109.6 µs.
-Before the clusters (ninth session) 8K-32K took 18.0 / 29.6 / 64.2 µs.
-What the time is *not*: the launch (an empty kernel costs 0.7-1.0 µs a call there), the histogram size (fewer bins
-were slower), or atomic contention (warp-aggregated adds were 1.4-12x slower). No host synchronisation: CUDA-graph
-safe. ``topp_mask(backend="auto")`` still picks the Triton kernel (the policies' GPU tests and graph captures have
-not yet run on this one); this one is ``backend="cuda"``.
+``benchmarks/RESULTS.md``, eleventh session): exact on every row (0 rows differing from the reference, 1-2 passes).
+3.9 / 4.5 / 5.4 / 8.1 / 12.3 / 16.9 / 27.9 / 62.9 µs at 1K-128K entries, against the Triton kernel's 8.6 / 8.6 /
+12.4 / 18.2 / 30.4 / 39.4 / 93.0 / 179.0 and sort's 40-665 µs: 9.3-14.5x faster than sort (the project's target is
+10x up to 32K; 4K is 9.3x). The tenth session's kernel took 5.2-71.1 µs in the same call. Where the time goes
+(``benchmarks/device/topp_timeline_probe.py``, cycles of thread 0 between the ``MARK`` points): at 1K about 1400
+cycles load and sum, 700 histogram adds, 1100 scan, 550 crossing, 800 + 900 pairwise; the histogram adds grow with
+the entries a thread (6700 cycles at 16K). What the time is *not*: the launch (an empty kernel costs 0.7-1.0 µs a
+call there; a kernel that only loads and writes its rows, 1.4-2.5 µs at 1K-16K), the histogram size (fewer bins
+were not faster overall), or atomic contention (warp-aggregated adds were 1.4-12x slower; warp-aggregated pairwise
+slots too). No host synchronisation: CUDA-graph safe. ``topp_mask(backend="auto")`` picks this kernel on a GPU where
+NVRTC runs.
 """
 
 from __future__ import annotations
@@ -96,14 +107,16 @@ MAX_N = 32768
 #: Most CTAs a row (a thread-block cluster of the portable size): rows of up to ``MAX_CLUSTER * MAX_N`` entries.
 MAX_CLUSTER = 8
 #: ``(CTAs a row, threads a CTA)`` by row length (the next power of two at or above it), from the H200 sweep of the
-#: tenth session (``benchmarks/device/topp_cuda_shapes_probe.py``, 32 rows, 2048 bins, ``results/h200_2026-11-29_s10/
-#: topp_clusters/``). Rows up to 4096 entries stay in one CTA (clusters were no faster there). What the table
-#: encodes: a CTA's time follows its entries a thread (a latency-bound chain), and a cluster only helps while the
-#: row's clusters fit the GPU at once; eight-CTA clusters of 256 threads, or four of 512, did not (2 waves).
-CLUSTER_TABLE = {8192: (4, 256), 16384: (4, 256), 32768: (2, 512), 65536: (8, 512), 131072: (8, 512),
-                 262144: (8, 1024)}
+#: eleventh session (``benchmarks/device/topp_cuda_shapes_probe.py``, 32 rows, 2048 bins, ``results/
+#: h200_2026-11-29_s11/topp/``). Rows up to :data:`CLUSTER_FROM` entries stay in one CTA: with two cluster barriers a
+#: pass and the sum, the maximum and the scans behind one barrier each, one CTA of 512 threads took 9.3 µs at 8K
+#: against 15.1-17.1 for four-CTA clusters, and 16K was even (13.5-13.8) between one and two CTAs. Beyond, two CTAs
+#: of 512 (32K) or 1024 (64K) threads, and four of 1024 (128K), were the fastest; eight-CTA clusters lost at every
+#: length (the tenth session's table, measured before the kernel's 32-bit histogram halves and these barrier cuts,
+#: chose four-CTA clusters from 8K and eight from 64K).
+CLUSTER_TABLE = {32768: (2, 512), 65536: (2, 1024), 131072: (4, 1024), 262144: (8, 1024)}
 #: Rows up to this length run in one CTA by default.
-CLUSTER_FROM = 4096
+CLUSTER_FROM = 16384
 
 #: Largest bracket resolved by pairwise sums instead of another histogram pass.
 PAIRWISE_MAX = 64
@@ -114,13 +127,32 @@ _SOURCE = r"""
 #define MAX_PASSES 6
 //: Histogram bins each CTA of a cluster reduces over the cluster (all of them with one CTA a row).
 #define RANGE_BINS (NBINS / CLUSTER)
+//: Bins of that range a thread owns in the scan (threads from RANGE_BINS up own none).
+#define PER ((RANGE_BINS + THREADS - 1) / THREADS)
+#define OWNERS (RANGE_BINS < THREADS ? RANGE_BINS : THREADS)
+// Shared-memory index of bin b in a histogram of 32-bit words (HB) and of 64-bit words (GB): one padding word every
+// 32 words, so that a warp whose threads each read PER consecutive bins (PER a power of two) touches 32 different
+// banks. Without it those reads were PER-way bank conflicts: the eleventh session's timeline put the scan phase
+// (reading and clearing 3 x 2048 bins) at about 2200 cycles a pass at 512 threads.
+#define HB(b) ((b) + ((b) >> 5))
+#define GB(b) ((b) + ((b) >> 4))
+#define HWORDS HB(NBINS)
+// MARK(i): a probe's hook at the kernel's phase boundaries (benchmarks/device/topp_timeline_probe.py defines it to
+// record the cycle counter); nothing otherwise.
+#ifndef MARK
+#define MARK(i)
+#endif
 
 #if CLUSTER > 1
 // Thread-block clusters (sm_90): the CTAs of a row meet at cluster barriers and read each other's shared memory.
 #define CLUSTER_ATTR __cluster_dims__(CLUSTER, 1, 1)
-__device__ __forceinline__ void cluster_sync() {
-    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+__device__ __forceinline__ void cluster_arrive() {
+    asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
 }
+__device__ __forceinline__ void cluster_wait() {
+    asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+__device__ __forceinline__ void cluster_sync() { cluster_arrive(); cluster_wait(); }
 __device__ __forceinline__ u32 cluster_rank() {
     u32 r;
     asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
@@ -144,16 +176,10 @@ __device__ __forceinline__ u32 peer_u32(u32 a) {
     asm volatile("ld.shared::cluster.u32 %0, [%1];" : "=r"(v) : "r"(a) : "memory");
     return v;
 }
-__device__ __forceinline__ double peer_f64(u32 a) {
-    double v;
-    asm volatile("ld.shared::cluster.f64 %0, [%1];" : "=d"(v) : "r"(a) : "memory");
+__device__ __forceinline__ float peer_f32(u32 a) {
+    float v;
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(a) : "memory");
     return v;
-}
-__device__ __forceinline__ void peer_store_u32(u32 a, u32 v) {
-    asm volatile("st.shared::cluster.u32 [%0], %1;" :: "r"(a), "r"(v) : "memory");
-}
-__device__ __forceinline__ void peer_store_u64(u32 a, u64 v) {
-    asm volatile("st.shared::cluster.u64 [%0], %1;" :: "r"(a), "l"(v) : "memory");
 }
 #else
 #define CLUSTER_ATTR
@@ -166,26 +192,29 @@ extern "C" __global__ void CLUSTER_ATTR __launch_bounds__(THREADS, 1) sb_topp_ma
     // A bin's mass in two 32-bit halves: 32-bit shared-memory adds are native, 64-bit ones compile to
     // compare-and-swap loops. The low half's carries go into the high half (see the pass), so
     // hi * 2**32 + lo is the exact sum.
-    __shared__ u32 hlo[NBINS], hhi[NBINS];
-    __shared__ u32 hcnt[NBINS];
-    __shared__ u64 ws[33];
-    __shared__ double red_d[32];
+    __shared__ u32 hlo[HWORDS], hhi[HWORDS];
+    __shared__ u32 hcnt[HWORDS];
+    __shared__ u64 ws[32];
+    __shared__ float red_f[32];
     __shared__ u32 red_u[32];
     __shared__ u32 pair_key[PAIRWISE_MAX];
     __shared__ u64 pair_mass[PAIRWISE_MAX];
     __shared__ u32 s_lo, s_hi, s_active, s_npair, s_tstar;
     __shared__ u64 s_above;
 
-    const int t = threadIdx.x, nt = blockDim.x;
+    const int t = threadIdx.x;  // blockDim.x == THREADS
 #if CLUSTER > 1
     // This CTA's slice of the row; the cluster's values (sums, histograms, candidates) are combined in rank order,
     // so every CTA computes bit-identical totals and takes the same branches (and so the same cluster barriers).
-    // c_*: this CTA's part, read by the others; *_all: the cluster's value, combined by thread 0 and broadcast
-    // (one remote read a CTA per value, not one a thread).
-    __shared__ double c_tot, tot_all;
+    // c_*: this CTA's part, read by the others; *_all / s_ranges: the cluster's values, read by thread 0 and
+    // broadcast (one remote read a CTA per value, not one a thread).
+    __shared__ float c_tot, tot_all;
     __shared__ u32 c_kmax, kmax_all, c_npair;
-    __shared__ u64 c_ftot, ftot_all, c_range, higher_all;
-    __shared__ u64 gmass[RANGE_BINS];
+    __shared__ u64 c_range, s_ranges[CLUSTER];
+    // This CTA's range of bins summed over the cluster, and each owner thread's mass of the range's lower bins:
+    // read by every CTA once the crossing range is known.
+    __shared__ u64 gmass[GB(RANGE_BINS)], gbelow[OWNERS];
+    __shared__ u32 gcnt[HB(RANGE_BINS)];
     __shared__ u32 g_key[PAIRWISE_MAX];
     __shared__ u64 g_mass[PAIRWISE_MAX];
     __shared__ u32 s_offset[CLUSTER + 1];
@@ -197,35 +226,42 @@ extern "C" __global__ void CLUSTER_ATTR __launch_bounds__(THREADS, 1) sb_topp_ma
     const u32 rank = 0u;
     const int row = blockIdx.x, first = 0, last = n;
 #endif
+    MARK(0);
     const void* xrow = row_of(x, row, stride_x);
     u32 key[ITEMS];  // |x| bit patterns: their integer order is the value order (-0.0 joins +0.0)
-    double tot = 0.0;
+    #pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+        const int j = first + i * THREADS + t;
+        key[i] = j < last ? __float_as_uint(load_value(xrow, j)) & 0x7fffffffu : 0u;
+    }
+    // The first pass's histogram is cleared while the row loads; each pass clears its bins once they are read.
+    for (int w = t; w < HWORDS; w += THREADS) { hlo[w] = 0u; hhi[w] = 0u; hcnt[w] = 0u; }
+    if (t == 0) { s_npair = 0u; s_tstar = 0u; }
+    // The row's sum T in float32: it only sets the fixed-point scale (below), which needs no more precision.
+    float tot = 0.0f;
     u32 kmax = 0u;
     #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
-        const int j = first + i * nt + t;
-        key[i] = 0u;
-        if (j < last) {
-            key[i] = __float_as_uint(load_value(xrow, j)) & 0x7fffffffu;
-            tot += (double)__uint_as_float(key[i]);
-            kmax = max(kmax, key[i]);
-        }
+        tot += __uint_as_float(key[i]);
+        kmax = max(kmax, key[i]);
     }
-    if (t == 0) { s_npair = 0u; s_tstar = 0u; }
-    tot = block_sum(tot, red_d);
+    // The sum and the maximum behind one barrier.
+    tot = warp_sum(tot);
     #pragma unroll
     for (int o = 16; o > 0; o >>= 1) kmax = max(kmax, __shfl_xor_sync(FULL, kmax, o));
-    if ((t & 31) == 0) red_u[t >> 5] = kmax;
+    if ((t & 31) == 0) { red_f[t >> 5] = tot; red_u[t >> 5] = kmax; }
     __syncthreads();
-    for (int w = 0; w < (nt >> 5); ++w) kmax = max(kmax, red_u[w]);
+    tot = 0.0f;
+    for (int w = 0; w < THREADS / 32; ++w) { tot += red_f[w]; kmax = max(kmax, red_u[w]); }
+    MARK(1);
 #if CLUSTER > 1
     if (t == 0) { c_tot = tot; c_kmax = kmax; }
     cluster_sync();
     if (t == 0) {
-        double sum = 0.0;
+        float sum = 0.0f;
         u32 top = 0u;
         for (u32 r = 0; r < CLUSTER; ++r) {
-            sum += peer_f64(peer(&c_tot, r));
+            sum += peer_f32(peer(&c_tot, r));
             top = max(top, peer_u32(peer(&c_kmax, r)));
         }
         tot_all = sum;
@@ -236,143 +272,166 @@ extern "C" __global__ void CLUSTER_ATTR __launch_bounds__(THREADS, 1) sb_topp_ma
     kmax = kmax_all;
 #endif
 
-    // Fixed-point mass f(x) = floor(x * scale): exact integer sums (module docstring).
-    const double scale = tot > 0.0 ? 4611686018427387904.0 / tot : 0.0;  // 2**62 / T
-    u64 fsum = 0ull;
+    // Fixed-point mass f(x) = floor(x * scale): exact integer sums (module docstring). scale is about 2**62 / T:
+    // the float32 sum is within a relative N 2**-24 of T, so F_T stays below 2**63 (the sums' headroom is 2**64),
+    // and the acceptance margin is computed from F_T itself, not from the scale. A sum outside float32's comfortable
+    // range (entries near its limits) takes the bound T <= n * max instead.
+    double scale = 0.0;
+    if (tot >= 0x1p-100f && tot <= 0x1p100f) scale = 0x1p62 * (double)__frcp_rn(tot);
+    else if (tot > 0.0f) scale = 0x1p62 / ((double)n * (double)__uint_as_float(kmax));
 #if ITEMS <= 16
     u64 fm[ITEMS];  // each entry's f(x), kept for the passes (longer rows recompute it: registers)
+    #pragma unroll
+    for (int i = 0; i < ITEMS; ++i) fm[i] = __double2ull_rz((double)__uint_as_float(key[i]) * scale);
 #define FMASS(i) fm[i]
 #else
 #define FMASS(i) __double2ull_rz((double)__uint_as_float(key[i]) * scale)
 #endif
-    #pragma unroll
-    for (int i = 0; i < ITEMS; ++i) {
-        const u64 f = __double2ull_rz((double)__uint_as_float(key[i]) * scale);
-        fsum += f;
-#if ITEMS <= 16
-        fm[i] = f;
-#endif
-    }
-    u64 ftot = block_sum(fsum, ws);
-#if CLUSTER > 1
-    if (t == 0) c_ftot = ftot;
-    cluster_sync();
-    if (t == 0) {
-        u64 sum = 0ull;
-        for (u32 r = 0; r < CLUSTER; ++r) sum += peer_u64(peer(&c_ftot, r));
-        ftot_all = sum;
-    }
-    __syncthreads();
-    ftot = ftot_all;
-#endif
-    const double err = (double)ftot * 0x1p-51 + 2.0 * (double)n + 4.0;
-    const u64 target = __double2ull_ru(p * ((double)ftot + err) * (1.0 + 0x1p-50) + err + 2.0);
+    MARK(2);
 
     u32 tstar;
     int n_pass = 0;
-    if (!(tot > 0.0)) {
+    if (!(tot > 0.0f)) {
         tstar = FULL;  // nothing to keep
-    } else if (p >= 1.0 || ftot < target) {
-        tstar = 1u;  // every positive entry (p == 1, or p too close to 1 for the margin)
+    } else if (p >= 1.0) {
+        tstar = 1u;  // every positive entry
     } else {
         u32 lo = 1u, hi = kmax;
-        u64 above = 0ull;
+        u64 above = 0ull, target = 0ull;
         u32 active = FULL;  // unknown until the first pass; forces one
+        bool keep_all = false;  // p too close to 1 for the margin (found in the first pass)
         for (; n_pass < MAX_PASSES && lo < hi && active > PAIRWISE_MAX; ++n_pass) {
             const u32 span = hi - lo;
             const int shift = max(0, 32 - __clz(span) - BIN_BITS);
-            for (int b = t; b < NBINS; b += nt) { hlo[b] = 0u; hhi[b] = 0u; hcnt[b] = 0u; }
-            __syncthreads();
             #pragma unroll
             for (int i = 0; i < ITEMS; ++i) {
                 const u32 k = key[i];
                 if (k >= lo && k <= hi) {  // padding has key 0 < lo
-                    const u32 b = (k - lo) >> shift;
+                    const u32 w = HB((k - lo) >> shift);
                     const u64 f = FMASS(i);
                     const u32 f_lo = (u32)f;
-                    const u32 old = atomicAdd(&hlo[b], f_lo);
-                    atomicAdd(&hhi[b], (u32)(f >> 32) + (old + f_lo < old ? 1u : 0u));  // with this add's carry
-                    atomicAdd(&hcnt[b], 1u);
+                    const u32 old = atomicAdd(&hlo[w], f_lo);
+                    atomicAdd(&hhi[w], (u32)(f >> 32) + (old + f_lo < old ? 1u : 0u));  // with this add's carry
+                    atomicAdd(&hcnt[w], 1u);
                 }
             }
-            __syncthreads();
-#if CLUSTER > 1
-            // CTA `rank` owns bins [rank * RANGE_BINS, (rank + 1) * RANGE_BINS): it sums them over the cluster.
-            cluster_sync();
-            for (int i = t; i < RANGE_BINS; i += nt) {
-                const int b = (int)rank * RANGE_BINS + i;
-                u64 m = 0ull;
-                #pragma unroll
-                for (u32 r = 0; r < CLUSTER; ++r)
-                    m += ((u64)peer_u32(peer(&hhi[b], r)) << 32) + peer_u32(peer(&hlo[b], r));
-                gmass[i] = m;
-            }
-            __syncthreads();
-#define BIN_MASS(b) gmass[b]
-#else
-#define BIN_MASS(b) ((((u64)hhi[b]) << 32) + hlo[b])
-#endif
-            const int per = (RANGE_BINS + nt - 1) / nt;
+            // Thread t owns bins [t PER, (t + 1) PER) of this CTA's range: their mass and count, in registers.
+            u64 hm[PER];
+            u32 hc[PER];
             u64 mine = 0ull;
-            for (int i = 0; i < per; ++i) {
-                const int b = t * per + i;
-                if (b < RANGE_BINS) mine += BIN_MASS(b);
+#if CLUSTER > 1
+            cluster_sync();  // every CTA's histogram is complete
+            MARK(3 + 3 * n_pass);
+            // CTA `rank` owns bins [rank * RANGE_BINS, (rank + 1) * RANGE_BINS): it sums them over the cluster.
+            #pragma unroll
+            for (int i = 0; i < PER; ++i) {
+                const int b = t * PER + i;
+                u64 m = 0ull;
+                u32 c = 0u;
+                if (b < RANGE_BINS) {
+                    const int w = HB((int)rank * RANGE_BINS + b);
+                    #pragma unroll
+                    for (u32 r = 0; r < CLUSTER; ++r) {
+                        m += ((u64)peer_u32(peer(&hhi[w], r)) << 32) + peer_u32(peer(&hlo[w], r));
+                        c += peer_u32(peer(&hcnt[w], r));
+                    }
+                    gmass[GB(b)] = m;
+                    gcnt[HB(b)] = c;
+                }
+                mine += m;
             }
+#else
+            __syncthreads();  // the histogram is complete
+            MARK(3 + 3 * n_pass);
+            #pragma unroll
+            for (int i = 0; i < PER; ++i) {
+                const int b = t * PER + i;
+                hm[i] = 0ull;
+                hc[i] = 0u;
+                if (b < RANGE_BINS) {
+                    const int w = HB(b);
+                    hm[i] = ((u64)hhi[w] << 32) + hlo[w];
+                    hc[i] = hcnt[w];
+                    // Only its owner reads a bin: it clears it for the next pass (most bins of a pass stay empty).
+                    if (hc[i]) { hlo[w] = 0u; hhi[w] = 0u; hcnt[w] = 0u; }
+                }
+                mine += hm[i];
+            }
+#endif
             u64 total;
-            const u64 below = block_scan(mine, ws, &total);  // mass of this range's lower bins
-            u64 higher = 0ull;  // mass of the ranges over this one (other CTAs' bins)
+            u64 under = block_scan_once(mine, ws, &total);  // mass of this range's bins under this thread's
+            // The cluster's mass at or above the crossing range's first bin is above + higher + range total.
+            MARK(4 + 3 * n_pass);
+            u64 higher = 0ull, range_total = total;
 #if CLUSTER > 1
             if (t == 0) c_range = total;
-            cluster_sync();
-            if (t == 0) {
-                for (u32 r = rank + 1; r < CLUSTER; ++r) higher += peer_u64(peer(&c_range, r));
-                higher_all = higher;
-            }
+            if (t < OWNERS) gbelow[t] = under;
+            cluster_sync();  // range totals and reduced bins visible; no CTA reads the histograms any more
+            for (int w = t; w < HWORDS; w += THREADS) { hlo[w] = 0u; hhi[w] = 0u; hcnt[w] = 0u; }
+            if (t == 0)
+                for (u32 r = 0; r < CLUSTER; ++r) s_ranges[r] = peer_u64(peer(&c_range, r));
             __syncthreads();
-            higher = higher_all;
+            if (n_pass == 0) {
+                total = 0ull;
+                for (u32 r = 0; r < CLUSTER; ++r) total += s_ranges[r];  // the first pass's bins hold all the mass
+            }
 #endif
-            // at-or-above mass of bin b = above + higher + total - (mass of this range's bins under b); find where
-            // it reaches target (one bin of one CTA does).
-            u64 under = below;
-            for (int i = 0; i < per; ++i) {
-                const int b = t * per + i;
-                if (b >= RANGE_BINS) break;
-                const u64 h = BIN_MASS(b);
-                const u64 at_or_above = above + higher + total - under;
-                if (at_or_above >= target && at_or_above - h < target) {
-                    const u32 gb = rank * RANGE_BINS + (u32)b;
-                    const u64 top = (u64)lo + (((u64)gb + 1ull) << shift) - 1ull;
-                    const u32 new_lo = lo + (gb << shift), new_hi = top < (u64)hi ? (u32)top : hi;
+            if (n_pass == 0) {  // the first pass's bracket holds every positive entry: total is F_T
+                const double err = (double)total * 0x1p-51 + 2.0 * (double)n + 4.0;
+                target = __double2ull_ru(p * ((double)total + err) * (1.0 + 0x1p-50) + err + 2.0);
+                if (total < target) { keep_all = true; break; }  // every positive entry (mass T >= p T)
+            }
 #if CLUSTER > 1
-                    u32 count = 0u;  // the crossing bin's entries over the cluster (the only count needed)
-                    for (u32 r = 0; r < CLUSTER; ++r) count += peer_u32(peer(&hcnt[gb], r));
-                    for (u32 r = 0; r < CLUSTER; ++r) {
-                        peer_store_u64(peer(&s_above, r), at_or_above - h);
-                        peer_store_u32(peer(&s_active, r), count);
-                        peer_store_u32(peer(&s_lo, r), new_lo);
-                        peer_store_u32(peer(&s_hi, r), new_hi);
-                    }
-#else
-                    s_above = at_or_above - h;
-                    s_active = hcnt[b];
-                    s_lo = new_lo;
-                    s_hi = new_hi;
-#endif
+            // The crossing range: the highest CTA whose range brings the at-or-above mass to the target (the
+            // invariant: above + the bracket's mass reaches it). Every CTA reads that CTA's reduced bins.
+            u32 owner = 0u;
+            for (u32 r = CLUSTER - 1; r > 0; --r) {
+                if (above + higher + s_ranges[r] >= target) { owner = r; break; }
+                higher += s_ranges[r];
+            }
+            range_total = s_ranges[owner];
+            if (t < OWNERS) under = peer_u64(peer(&gbelow[t], owner));
+            #pragma unroll
+            for (int i = 0; i < PER; ++i) {
+                const int b = t * PER + i;
+                hm[i] = 0ull;
+                hc[i] = 0u;
+                if (b < RANGE_BINS) {
+                    hm[i] = peer_u64(peer(&gmass[GB(b)], owner));
+                    hc[i] = peer_u32(peer(&gcnt[HB(b)], owner));
                 }
-                under += h;
             }
-#if CLUSTER > 1
-            cluster_sync();
 #else
-            __syncthreads();
+            const u32 owner = 0u;
 #endif
-            lo = s_lo; hi = s_hi; above = s_above; active = s_active;
+            // at-or-above mass of bin b = above + higher + range_total - (mass of the range's bins under b); find
+            // where it reaches target (one bin does).
+            #pragma unroll
+            for (int i = 0; i < PER; ++i) {
+                const int b = t * PER + i;
+                const u64 at_or_above = above + higher + range_total - under;
+                if (b < RANGE_BINS && at_or_above >= target && at_or_above - hm[i] < target) {
+                    const u32 gb = owner * RANGE_BINS + (u32)b;
+                    const u64 top = (u64)lo + (((u64)gb + 1ull) << shift) - 1ull;
+                    s_above = at_or_above - hm[i];
+                    s_active = hc[i];
+                    s_lo = lo + (gb << shift);
+                    s_hi = top < (u64)hi ? (u32)top : hi;
+                }
+                under += hm[i];
+            }
             __syncthreads();
+            MARK(5 + 3 * n_pass);
+            lo = s_lo; hi = s_hi; above = s_above; active = s_active;
+            // s_* are next written after the next pass's barriers: no barrier needed here.
         }
-        if (lo == hi) {
+        if (keep_all) {
+            tstar = 1u;
+        } else if (lo == hi) {
             tstar = lo;
         } else {
             // At most PAIRWISE_MAX entries in [lo, hi] (over the whole row): each one's exact at-or-above mass.
+            // (Slots taken a warp at a time, by ballot, were slower: 1218 against 765 cycles at 1K.)
             #pragma unroll
             for (int i = 0; i < ITEMS; ++i) {
                 const u32 k = key[i];
@@ -414,29 +473,38 @@ extern "C" __global__ void CLUSTER_ATTR __launch_bounds__(THREADS, 1) sb_topp_ma
             const u32* cand_key = pair_key;
             const u64* cand_mass = pair_mass;
 #endif
-            const int tpe = nt / PAIRWISE_MAX;  // 1 to 16 threads an entry
+            MARK(12);
+            const int tpe = THREADS / PAIRWISE_MAX;  // 1 to 16 threads an entry
             const u32 s = t / tpe;
             const int part = t % tpe;
             const u32 mk = s < np ? cand_key[s] : FULL;
             u64 m = 0ull;
-            for (u32 q = part; q < np; q += tpe)
+            #pragma unroll 4
+            for (u32 q = part; q < np; q += tpe)  // unrolled: the candidates' loads overlap
                 if (cand_key[q] >= mk) m += cand_mass[q];
             for (int o = 1; o < tpe; o <<= 1) m += __shfl_xor_sync(FULL, m, o);
             if (s < np && part == 0 && above + m >= target) atomicMax(&s_tstar, mk);
             __syncthreads();
             tstar = max(s_tstar, lo);  // lo is accepted (invariant), so some entry >= lo is
+            MARK(13);
         }
     }
 #if CLUSTER > 1
-    cluster_sync();  // no CTA leaves while another may still read its shared memory
+    // No CTA leaves while another may still read its shared memory: every remote read is above, so arrive now and
+    // wait only after writing the mask.
+    cluster_arrive();
 #endif
     unsigned char* orow = out + (long long)row * stride_out;
     #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
-        const int j = first + i * nt + t;
+        const int j = first + i * THREADS + t;
         if (j < last) orow[j] = (key[i] >= tstar) && (key[i] > 0u);
     }
     if (WRITE_PASSES && t == 0 && rank == 0u) passes_out[row] = n_pass;
+    MARK(14);
+#if CLUSTER > 1
+    cluster_wait();
+#endif
 }
 """
 

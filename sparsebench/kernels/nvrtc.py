@@ -81,8 +81,10 @@ template <typename T> __device__ __forceinline__ T block_sum(T v, T* red) {
     return s;
 }
 
-// Exclusive scan of one value a thread, in thread order; *total gets the sum. ws[33] is scratch. Ends synchronised.
-template <typename T> __device__ __forceinline__ T block_scan(T v, T* ws, T* total) {
+// Exclusive scan of one value a thread, in thread order; *total gets the sum. ws[32] is scratch. One barrier: every
+// warp scans the warp totals itself (rather than warp 0 scanning them behind a second barrier). ws must not be
+// written again before the block meets another barrier.
+template <typename T> __device__ __forceinline__ T block_scan_once(T v, T* ws, T* total) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
     T inc = v;
     #pragma unroll
@@ -92,21 +94,21 @@ template <typename T> __device__ __forceinline__ T block_scan(T v, T* ws, T* tot
     }
     if (lane == 31) ws[warp] = inc;
     __syncthreads();
-    if (warp == 0) {
-        T w = lane < nwarps ? ws[lane] : (T)0;
-        T wi = w;
-        #pragma unroll
-        for (int o = 1; o < 32; o <<= 1) {
-            T y = __shfl_up_sync(FULL, wi, o);
-            if (lane >= o) wi += y;
-        }
-        if (lane < nwarps) ws[lane] = wi - w;  // exclusive offsets of the warps
-        if (lane == 31) ws[32] = wi;
+    const T w = lane < nwarps ? ws[lane] : (T)0;
+    T wi = w;
+    #pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        T y = __shfl_up_sync(FULL, wi, o);
+        if (lane >= o) wi += y;
     }
+    *total = __shfl_sync(FULL, wi, nwarps - 1);
+    return __shfl_sync(FULL, wi - w, warp) + inc - v;  // the warps before this one, then this warp's lanes before
+}
+
+// block_scan_once, ending synchronised (ws may be reused at once).
+template <typename T> __device__ __forceinline__ T block_scan(T v, T* ws, T* total) {
+    const T res = block_scan_once(v, ws, total);
     __syncthreads();
-    T res = ws[warp] + inc - v;
-    *total = ws[32];
-    __syncthreads();  // ws may be reused at once
     return res;
 }
 """

@@ -497,7 +497,8 @@ def _kernel() -> Callable[..., Any]:
 
 
 def triton_usable(device: torch.device | str) -> bool:
-    """Whether ``backend="auto"`` would run the Triton kernel on ``device``.
+    """Whether the Triton kernel can run on ``device`` (``backend="auto"`` takes it where the CUDA radix kernel
+    cannot run; the fused selection kernels built on its search helpers ask this too).
 
     CUDA tensors need only Triton; CPU tensors need Triton imported in interpreter mode
     (``TRITON_INTERPRET=1`` set before the first ``import triton``), which is a correctness tool at
@@ -869,20 +870,22 @@ def topp_mask_cuda(probs: torch.Tensor, p: float, *, check: bool = True,
 def topp_mask(probs: torch.Tensor, p: float, backend: Backend = "auto", *, check: bool = True) -> torch.Tensor:
     """Top-p keep-mask of ``probs`` [R, N]: per row the smallest set ``{x >= t}`` holding ``p`` of the mass.
 
-    ``backend="auto"`` uses the Triton kernel where :func:`triton_usable` says so and the dtype suits it, else
-    the exact torch reference. ``"cuda"`` runs the radix-selection CUDA kernel (:func:`topp_mask_cuda`): on the
-    H200 it is now faster than the Triton kernel at every length from 1K to 128K entries (1.4-2.5x; rows over 4K in
-    thread-block clusters; ``benchmarks/RESULTS.md``, tenth session), but ``auto`` keeps Triton until the policies'
-    GPU tests and CUDA-graph captures have run with it (its first call compiles with NVRTC). All follow the
-    semantics in the module docstring.
+    ``backend="auto"`` uses the radix-selection CUDA kernel (:func:`topp_mask_cuda`) where
+    :func:`cuda_unusable_reason` finds nothing against it: on the H200 it is faster than the Triton kernel at every
+    length from 1K to 128K entries (rows over 4K in thread-block clusters; ``benchmarks/RESULTS.md``, tenth and
+    eleventh sessions). Elsewhere ``auto`` uses the Triton kernel where :func:`triton_usable` says so and the dtype
+    suits it (e.g. a GPU without NVRTC), else the exact torch reference. All follow the semantics in the module
+    docstring; the CUDA kernel's near-tie margin is the smallest.
     """
     if backend not in ("auto", "cuda", "triton", "torch"):
         raise UsageError(f"unknown top-p backend {backend!r}; choose 'auto', 'cuda', 'triton' or 'torch'")
     if backend == "auto":
-        use_triton = (
-            isinstance(probs, torch.Tensor) and triton_usable(probs.device) and probs.dtype in _KERNEL_DTYPES
-        )
-        backend = "triton" if use_triton else "torch"
+        if isinstance(probs, torch.Tensor) and probs.is_cuda and cuda_unusable_reason(probs) is None:
+            backend = "cuda"
+        elif isinstance(probs, torch.Tensor) and triton_usable(probs.device) and probs.dtype in _KERNEL_DTYPES:
+            backend = "triton"
+        else:
+            backend = "torch"
     if backend == "cuda":
         return topp_mask_cuda(probs, p, check=check)
     if backend == "triton":
