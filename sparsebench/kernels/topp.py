@@ -872,7 +872,7 @@ def topp_mask(probs: torch.Tensor, p: float, backend: Backend = "auto", *, check
 
     ``backend="auto"`` uses the radix-selection CUDA kernel (:func:`topp_mask_cuda`) where
     :func:`cuda_unusable_reason` finds nothing against it: on the H200 it is faster than the Triton kernel at every
-    length from 1K to 128K entries (rows over 4K in thread-block clusters; ``benchmarks/RESULTS.md``, tenth and
+    length from 1K to 128K entries (rows over 16K in thread-block clusters; ``benchmarks/RESULTS.md``, tenth and
     eleventh sessions). Elsewhere ``auto`` uses the Triton kernel where :func:`triton_usable` says so and the dtype
     suits it (e.g. a GPU without NVRTC), else the exact torch reference. All follow the semantics in the module
     docstring; the CUDA kernel's near-tie margin is the smallest.
