@@ -371,12 +371,27 @@ THREADED_CHILD = textwrap.dedent(
     try:
         import triton.runtime.interpreter as ti
         ti.GridExecutor._init_args_hst, ti.GridExecutor._restore_args_dev, ti._patch_lang, ti._implicit_cvt
+        ti._LangPatchScope
         ti.interpreter_builder.set_grid_idx, ti.interpreter_builder.set_grid_dim
     except AttributeError:
         sys.exit(3)
     from sparsebench.kernels import topp
 
     local = threading.local()
+    patch_lang = ti._patch_lang
+    patch_lock, patched = threading.Lock(), set()
+
+    def patch_lang_once(fn):
+        # A device function's call patches triton.language for the module it comes from (the stock interpreter
+        # never restores those patches). From several threads at once that raced: a module dict changing size while
+        # another thread iterated it, a builtin called while another thread re-patched it; the failed program then
+        # left its partners waiting. Here each module is patched once, under a lock (the kernel's own module is
+        # patched by the launch, below).
+        with patch_lock:
+            if id(fn.__globals__) not in patched:
+                patched.add(id(fn.__globals__))
+                patch_lang(fn)
+        return ti._LangPatchScope()
     ti.InterpreterBuilder.grid_idx = property(lambda self: getattr(local, "idx", None),
                                               lambda self, v: setattr(local, "idx", v))
 
@@ -384,7 +399,9 @@ THREADED_CHILD = textwrap.dedent(
         spec = inspect.getfullargspec(self.fn)
         kwargs = {k: v for k, v in kwargs.items() if k in spec.args or k in spec.kwonlyargs}
         args_hst, kwargs_hst = self._init_args_hst(args_dev, kwargs)
-        scope = ti._patch_lang(self.fn)
+        scope = patch_lang(self.fn)
+        patched.add(id(self.fn.__globals__))
+        ti._patch_lang = patch_lang_once
         errors = []
         try:
             args = inspect.getcallargs(self.fn, *args_hst, **kwargs_hst)
@@ -403,16 +420,19 @@ THREADED_CHILD = textwrap.dedent(
                        for x in range(grid[0]) for y in range(grid[1]) for z in range(grid[2])]
             for t in threads:
                 t.start()
-            # Generous: the whole test takes ~12 s, but a loaded 2-core machine once stretched it past 120 s.
+            # Generous: the whole test takes ~12 s, but a loaded 2-core machine once stretched it past 120 s. A
+            # program that failed ends the wait at once (its partners would wait for it forever).
             deadline = time.monotonic() + 400
-            for t in threads:
-                t.join(timeout=max(0.0, deadline - time.monotonic()))
+            while any(t.is_alive() for t in threads) and not errors and time.monotonic() < deadline:
+                for t in threads:
+                    t.join(timeout=0.2)
+            if errors:
+                raise errors[0]
             if any(t.is_alive() for t in threads):
                 raise RuntimeError("split programs still waiting after 400 s: a barrier is never reached")
         finally:
+            ti._patch_lang = patch_lang
             scope.restore()
-        if errors:
-            raise errors[0]
         self._restore_args_dev(args_dev, args_hst, kwargs, kwargs_hst)
 
     ti.GridExecutor.__call__ = concurrent_call
