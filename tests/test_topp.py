@@ -592,19 +592,20 @@ def test_auto_backend_picks_the_cuda_kernel(monkeypatch: pytest.MonkeyPatch) -> 
     probs = torch.softmax(torch.randn(6, 3, 700, generator=torch.Generator().manual_seed(SEED)), -1).cuda()
     if cuda_unusable_reason(probs) is not None:
         pytest.skip(f"the CUDA kernel cannot run here: {cuda_unusable_reason(probs)}")
-    real = topp_module.topp_mask_cuda
+    real = topp_module._cuda_mask  # the CUDA kernel's launch, after topp_mask_cuda's checks
     calls: list[tuple[int, ...]] = []
 
-    def spy(x: torch.Tensor, p: float, **kw: object) -> torch.Tensor:
+    def spy(x: torch.Tensor, pf: float, passes_out: torch.Tensor | None) -> torch.Tensor:
         calls.append(tuple(x.shape))
-        return real(x, p, **kw)  # type: ignore[arg-type]
+        return real(x, pf, passes_out)
 
-    monkeypatch.setattr(topp_module, "topp_mask_cuda", spy)
+    monkeypatch.setattr(topp_module, "_cuda_mask", spy)
     mask = topp_mask_nd(probs, 0.9)
     assert calls == [(18, 700)]
-    assert torch.equal(mask, real(probs.reshape(18, 700), 0.9).reshape(6, 3, 700))
+    assert torch.equal(mask, topp_module.topp_mask_cuda(probs.reshape(18, 700), 0.9).reshape(6, 3, 700))
+    calls.clear()
     ref = topp_mask_nd(probs.double(), 0.9)  # float64: not the kernel's
-    assert calls == [(18, 700)] and ref.shape == mask.shape
+    assert calls == [] and ref.shape == mask.shape
 
 
 def test_cuda_radix_scope() -> None:

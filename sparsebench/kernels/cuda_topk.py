@@ -65,7 +65,7 @@ extern "C" __global__ void __launch_bounds__(1024) sb_topk_lists(
     int* __restrict__ idx, int* __restrict__ cnt, int n, int k_all, int stride_x)
 {
     __shared__ u32 hist[NBINS];
-    __shared__ u32 warp_sums[33];
+    __shared__ u32 warp_sums[32];
     __shared__ u32 pair_key[PAIRWISE_MAX];
     __shared__ int pair_idx[PAIRWISE_MAX];
     __shared__ u32 chosen[(MAX_ITEMS * 1024) / 32];

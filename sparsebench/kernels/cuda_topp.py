@@ -480,7 +480,7 @@ extern "C" __global__ void CLUSTER_ATTR __launch_bounds__(THREADS, 1) sb_topp_ma
             const u32 mk = s < np ? cand_key[s] : FULL;
             u64 m = 0ull;
             #pragma unroll 4
-            for (u32 q = part; q < np; q += tpe)  // unrolled: the candidates' loads overlap
+            for (u32 q = part; q < np; q += tpe)  // (unrolled so loads overlap; not measured on its own)
                 if (cand_key[q] >= mk) m += cand_mass[q];
             for (int o = 1; o < tpe; o <<= 1) m += __shfl_xor_sync(FULL, m, o);
             if (s < np && part == 0 && above + m >= target) atomicMax(&s_tstar, mk);

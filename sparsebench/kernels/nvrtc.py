@@ -33,7 +33,7 @@ MIN_THREADS, MAX_THREADS = 256, 1024
 DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 #: Typedefs, ``load_value`` (element ``i`` of a float32/bfloat16/float16 array as float32, by ``IN_DTYPE``), and
-#: block-wide ``block_sum`` / ``block_scan`` over one value a thread (blockDim a multiple of 32, at most 1024).
+#: ``warp_sum`` and the block-wide ``block_scan`` over one value a thread (blockDim a multiple of 32, at most 1024).
 COMMON_SOURCE = r"""
 #define FULL 0xffffffffu
 
@@ -67,18 +67,6 @@ template <typename T> __device__ __forceinline__ T warp_sum(T v) {
     #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL, v, o);
     return v;
-}
-
-// Sum over the block (every thread gets it); red[32] is scratch. Ends synchronised.
-template <typename T> __device__ __forceinline__ T block_sum(T v, T* red) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    v = warp_sum(v);
-    if (lane == 0) red[warp] = v;
-    __syncthreads();
-    T s = 0;
-    for (int w = 0; w < nwarps; ++w) s += red[w];
-    __syncthreads();
-    return s;
 }
 
 // Exclusive scan of one value a thread, in thread order; *total gets the sum. ws[32] is scratch. One barrier: every

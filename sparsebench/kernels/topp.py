@@ -850,13 +850,19 @@ def topp_mask_cuda(probs: torch.Tensor, p: float, *, check: bool = True,
     (:mod:`sparsebench.kernels.cuda_topp`): the semantics above with a near-tie margin of about ``2e-15 T``.
     ``passes_out`` (int32 [R], on the device) receives each row's histogram passes. No host synchronisation
     with ``check=False``."""
-    from sparsebench.kernels.cuda_topp import launch_topp
-
     pf = _check_p(p)
     _check_probs(probs, rank2=True, check_values=check)
     why = cuda_unusable_reason(probs)
     if why is not None:
         raise UsageError(f"the CUDA top-p kernel cannot run here: {why}; use backend='triton' or 'torch'")
+    return _cuda_mask(probs, pf, passes_out)
+
+
+def _cuda_mask(probs: torch.Tensor, pf: float, passes_out: torch.Tensor | None) -> torch.Tensor:
+    """The CUDA kernel's mask of validated ``probs`` that :func:`cuda_unusable_reason` accepts (checked once by
+    the caller: ``topp_mask``'s "auto" runs on every policy step)."""
+    from sparsebench.kernels.cuda_topp import launch_topp
+
     rows, n_cols = probs.shape
     out = torch.empty((rows, n_cols), dtype=torch.uint8, device=probs.device)
     if passes_out is not None and (tuple(passes_out.shape) != (rows,) or passes_out.dtype != torch.int32
@@ -881,8 +887,10 @@ def topp_mask(probs: torch.Tensor, p: float, backend: Backend = "auto", *, check
         raise UsageError(f"unknown top-p backend {backend!r}; choose 'auto', 'cuda', 'triton' or 'torch'")
     if backend == "auto":
         if isinstance(probs, torch.Tensor) and probs.is_cuda and cuda_unusable_reason(probs) is None:
-            backend = "cuda"
-        elif isinstance(probs, torch.Tensor) and triton_usable(probs.device) and probs.dtype in _KERNEL_DTYPES:
+            pf = _check_p(p)
+            _check_probs(probs, rank2=True, check_values=check)
+            return _cuda_mask(probs, pf, None)
+        if isinstance(probs, torch.Tensor) and triton_usable(probs.device) and probs.dtype in _KERNEL_DTYPES:
             backend = "triton"
         else:
             backend = "torch"
