@@ -14,14 +14,21 @@ if [ -n "${TESTS:-}" ]; then
   echo "tests rc $?"; tail -3 $R/gpu_tests.txt
 fi
 if [ "${TIMELINE:-0}" = 1 ]; then
-  timeout 90 python3 benchmarks/device/topp_timeline_probe.py --out $R > $R/timeline.log 2>&1; echo "timeline rc $?"
+  timeout 90 python3 benchmarks/device/topp_timeline_probe.py --out $R ${TIMELINE_ARGS:-} > $R/timeline.log 2>&1; echo "timeline rc $?"
   cut -c1-400 $R/timeline.log
 fi
-rm -rf /tmp/old; mkdir -p /tmp/old; cp -r sparsebench /tmp/old/
-cp old_kernel/cuda_topp.py old_kernel/nvrtc.py /tmp/old/sparsebench/kernels/
+# VARIANTS: "name=dir ..." (default "old=old_kernel"): each dir holds a cuda_topp.py and nvrtc.py run as kernel
+# "name" from a copy of this tree; "new" is this tree's own kernel.
+VARIANTS=${VARIANTS:-old=old_kernel}
+names=""
+for spec in $VARIANTS; do
+  v=${spec%%=*}; d=${spec#*=}; names="$names $v"
+  rm -rf /tmp/tree_$v; mkdir -p /tmp/tree_$v; cp -r sparsebench /tmp/tree_$v/
+  cp $d/cuda_topp.py $d/nvrtc.py /tmp/tree_$v/sparsebench/kernels/
+done
 for round in 1 2; do
-  for v in old new; do
-    tree=$PWD; [ $v = old ] && tree=/tmp/old
+  for v in $names new; do
+    tree=$PWD; [ $v != new ] && tree=/tmp/tree_$v
     (cd $tree && export PYTHONPATH=/tmp/site:$tree
      timeout 60 python3 -m sparsebench.cli bench topp --out $R/topp_${v}_$round --suites main --calls-per-replay 20 \
        --no-flush > $R/topp_${v}_$round.log 2>&1)

@@ -75,12 +75,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--sizes", default="1024,2048,4096,8192,16384,32768")
     ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--temperature", type=float, default=2.0,
+                    help="rows are softmax(randn * temperature), as in bench topp (whose default is 2.0)")
     args = ap.parse_args()
     gen = torch.Generator().manual_seed(0)
     props = torch.cuda.get_device_properties(0)
     rows_out = []
     for n in (int(s) for s in args.sizes.split(",")):
-        probs = make_probs(32, n, temperature=1.0, dtype=torch.float32, device="cuda", gen=gen)
+        probs = make_probs(32, n, temperature=args.temperature, dtype=torch.float32, device="cuda", gen=gen)
         threads, items, cluster = cuda_topp.launch_shape(n, cuda_topp.clusters_supported(0), 32,
                                                          props.multi_processor_count)
         src = cuda_topp.source(items=items, dtype_code=DTYPE_CODES[probs.dtype], write_passes=False, threads=threads,

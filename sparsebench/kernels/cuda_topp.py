@@ -36,9 +36,14 @@ Algorithm (one thread block per row, entries ``t, t + blockDim, ...`` in registe
    where the mass at or above first reaches the acceptance level becomes the bracket (the mass of the bins over it
    is added to ``above``). The first pass's bins hold every positive entry, so its scan total is ``F_T``: no
    separate reduction. A ``p`` so close to 1 that the margin cannot be met keeps every positive entry (mass
-   ``T >= p T``). At most 3 passes reach a single pattern; usually 1-2. Each thread owns consecutive bins and clears
-   them once read (no clearing barrier); the bins are padded (one word every 32) so these reads are free of
-   shared-memory bank conflicts.
+   ``T >= p T``). In shapes of 16-32 entries a thread and at most 512 threads (8K-32K entries) the first pass
+   bins only ``[base, max]`` finely, with every entry under ``base`` in bin 0 (summed in registers and once a
+   warp, not by atomics): ``base`` is half the lower bound ``(1 - p) T / n`` of ``t*`` (more than ``(1 - p) T``
+   lies at or under ``t*``), so the bins are much narrower where ``t*`` is, and these rows, which needed a second
+   pass, need one (11-17% faster at 16K-32K, 5% at 8K; slower at 1K-4K and in 1024-thread shapes, where it is off:
+   ``benchmarks/RESULTS.md``, twelfth session). At most 3-4 passes reach a single pattern; usually 1-2. Each
+   thread owns consecutive bins and clears them once read (no clearing barrier); the bins are padded (one word
+   every 32) so these reads are free of shared-memory bank conflicts.
 3. Once the bracket holds at most :data:`PAIRWISE_MAX` (64) entries, each of them computes its exact
    at-or-above mass against the others in shared memory (four or more threads an entry); ``t*`` is the
    largest accepted. The mask is ``x >= t*`` over positive entries: ties at ``t*`` are all kept, as in the
@@ -130,6 +135,10 @@ _SOURCE = r"""
 //: Bins of that range a thread owns in the scan (threads from RANGE_BINS up own none).
 #define PER ((RANGE_BINS + THREADS - 1) / THREADS)
 #define OWNERS (RANGE_BINS < THREADS ? RANGE_BINS : THREADS)
+// The first pass's window (below) where it was measured faster (session 12): with 1024 threads it spilled registers
+// (880 bytes at 4 x 1024) and ran 40-45% slower at 64K-128K entries; at 2-8 entries a thread (1K-4K), where one pass
+// suffices anyway, it cost 0.1-0.2 us.
+#define WINDOW (THREADS <= 512 && ITEMS >= 16)
 // Shared-memory index of bin b in a histogram of 32-bit words (HB) and of 64-bit words (GB): one padding word every
 // 32 words, so that a warp whose threads each read PER consecutive bins (PER a power of two) touches 32 different
 // banks. Without it those reads were PER-way bank conflicts: the eleventh session's timeline put the scan phase
@@ -142,6 +151,15 @@ _SOURCE = r"""
 #ifndef MARK
 #define MARK(i)
 #endif
+
+// Adds mass f (64-bit fixed point) and count c to histogram word w: the mass in two 32-bit halves, the low half's
+// carry into the high one (32-bit shared-memory adds are native; 64-bit ones compile to compare-and-swap loops).
+__device__ __forceinline__ void hist_add(u32* hlo, u32* hhi, u32* hcnt, u32 w, u64 f, u32 c) {
+    const u32 f_lo = (u32)f;
+    const u32 old = atomicAdd(&hlo[w], f_lo);
+    atomicAdd(&hhi[w], (u32)(f >> 32) + (old + f_lo < old ? 1u : 0u));
+    atomicAdd(&hcnt[w], c);
+}
 
 #if CLUSTER > 1
 // Thread-block clusters (sm_90): the CTAs of a row meet at cluster barriers and read each other's shared memory.
@@ -195,6 +213,10 @@ extern "C" __global__ void CLUSTER_ATTR __launch_bounds__(THREADS, 1) sb_topp_ma
     __shared__ u32 hlo[HWORDS], hhi[HWORDS];
     __shared__ u32 hcnt[HWORDS];
     __shared__ u64 ws[32];
+#if CLUSTER == 1
+    __shared__ u64 low_m[THREADS / 32];  // a windowed first pass's bin 0, a warp's sum each
+    __shared__ u32 low_c[THREADS / 32];
+#endif
     __shared__ float red_f[32];
     __shared__ u32 red_u[32];
     __shared__ u32 pair_key[PAIRWISE_MAX];
@@ -301,19 +323,49 @@ extern "C" __global__ void CLUSTER_ATTR __launch_bounds__(THREADS, 1) sb_topp_ma
         u32 active = FULL;  // unknown until the first pass; forces one
         bool keep_all = false;  // p too close to 1 for the margin (found in the first pass)
         for (; n_pass < MAX_PASSES && lo < hi && active > PAIRWISE_MAX; ++n_pass) {
-            const u32 span = hi - lo;
-            const int shift = max(0, 32 - __clz(span) - BIN_BITS);
+            // The first pass bins [base, hi] finely and puts everything under base in bin 0. base is a lower bound
+            // on t*: at least (1 - p) T lies at or under t*, so n t* >= (1 - p) T; half of that, from the float32
+            // sum, leaves room for its error and the margin. A wrong bound only costs a pass (bin 0 is a bracket
+            // like any other). Without it the first pass's bins spanned every bit pattern from 1 up (1/16 of a
+            // binade a bin), and rows of 8K-32K entries needed a second pass.
+            u32 base = lo, low_bin = 0u;  // low_bin: 1 if bin 0 holds the entries under base
+            if (WINDOW && n_pass == 0) {
+                const u32 b0 = __float_as_uint(0.5f * (1.0f - (float)p) * tot / (float)n);
+                if (b0 > lo && b0 < hi) { base = b0; low_bin = 1u; }
+            }
+            const u32 span = hi - base;
+            int shift = max(0, 32 - __clz(span) - BIN_BITS);
+            if ((span >> shift) >= NBINS - low_bin) ++shift;  // bins low_bin..NBINS-1 must hold [base, hi]
+            // Entries under base (bin 0; a fifth to a third of them at the benchmark's peakedness and p 0.9-0.95)
+            // are summed in registers, then once a warp: added by shared atomics to one word (session 12's first
+            // call) they made the windowed pass slower than the plain one.
+            u64 low_mass = 0ull;
+            u32 low_count = 0u;
+            // No branch but the atomics' own: at 16K-32K entries this ran 10% faster than an if / else an entry
+            // (which was 5% faster at 8K; session 12).
             #pragma unroll
             for (int i = 0; i < ITEMS; ++i) {
                 const u32 k = key[i];
-                if (k >= lo && k <= hi) {  // padding has key 0 < lo
-                    const u32 w = HB((k - lo) >> shift);
-                    const u64 f = FMASS(i);
-                    const u32 f_lo = (u32)f;
-                    const u32 old = atomicAdd(&hlo[w], f_lo);
-                    atomicAdd(&hhi[w], (u32)(f >> 32) + (old + f_lo < old ? 1u : 0u));  // with this add's carry
-                    atomicAdd(&hcnt[w], 1u);
-                }
+                const bool in = k >= lo && k <= hi;  // padding has key 0 < lo
+                const bool low = WINDOW && in && k < base;
+                const u64 f = FMASS(i);
+                low_mass += low ? f : 0ull;
+                low_count += low ? 1u : 0u;
+                if (in && !low) hist_add(hlo, hhi, hcnt, HB(((k - base) >> shift) + low_bin), f, 1u);
+            }
+            if (low_bin) {  // uniform: the same for every thread
+                // The warp's sum in integer reductions whose sums fit 32 bits (16 + 5, 16 + 5 and at most 31 bits:
+                // the row's F_T is under 2**63).
+                const u32 m0 = __reduce_add_sync(FULL, (u32)low_mass & 0xffffu);
+                const u32 m1 = __reduce_add_sync(FULL, (u32)(low_mass >> 16) & 0xffffu);
+                const u32 m2 = __reduce_add_sync(FULL, (u32)(low_mass >> 32));
+                const u32 c = __reduce_add_sync(FULL, low_count);
+                const u64 m = ((u64)m2 << 32) + ((u64)m1 << 16) + m0;
+#if CLUSTER > 1
+                if ((t & 31) == 0 && c) hist_add(hlo, hhi, hcnt, HB(0), m, c);  // other CTAs read this CTA's bin 0
+#else
+                if ((t & 31) == 0) { low_m[t >> 5] = m; low_c[t >> 5] = c; }  // bin 0's owner adds them up
+#endif
             }
             // Thread t owns bins [t PER, (t + 1) PER) of this CTA's range: their mass and count, in registers.
             u64 hm[PER];
@@ -354,6 +406,9 @@ extern "C" __global__ void CLUSTER_ATTR __launch_bounds__(THREADS, 1) sb_topp_ma
                     hc[i] = hcnt[w];
                     // Only its owner reads a bin: it clears it for the next pass (most bins of a pass stay empty).
                     if (hc[i]) { hlo[w] = 0u; hhi[w] = 0u; hcnt[w] = 0u; }
+                    if (b < (int)low_bin) {  // bin 0 of a windowed pass: the warps' sums, not atomics
+                        for (int v = 0; v < THREADS / 32; ++v) { hm[i] += low_m[v]; hc[i] += low_c[v]; }
+                    }
                 }
                 mine += hm[i];
             }
@@ -412,11 +467,17 @@ extern "C" __global__ void CLUSTER_ATTR __launch_bounds__(THREADS, 1) sb_topp_ma
                 const u64 at_or_above = above + higher + range_total - under;
                 if (b < RANGE_BINS && at_or_above >= target && at_or_above - hm[i] < target) {
                     const u32 gb = owner * RANGE_BINS + (u32)b;
-                    const u64 top = (u64)lo + (((u64)gb + 1ull) << shift) - 1ull;
                     s_above = at_or_above - hm[i];
                     s_active = hc[i];
-                    s_lo = lo + (gb << shift);
-                    s_hi = top < (u64)hi ? (u32)top : hi;
+                    if (gb < low_bin) {  // bin 0 of a windowed pass: everything under base
+                        s_lo = lo;
+                        s_hi = base - 1u;
+                    } else {
+                        const u32 q = gb - low_bin;
+                        const u64 top = (u64)base + (((u64)q + 1ull) << shift) - 1ull;
+                        s_lo = base + (q << shift);
+                        s_hi = top < (u64)hi ? (u32)top : hi;
+                    }
                 }
                 under += hm[i];
             }
