@@ -38,23 +38,24 @@ def main() -> None:
     ap.add_argument("--threads", type=_ints, default=[64, 128, 256, 512, 1024])
     ap.add_argument("--bins", type=_ints, default=[128, 256, 512, 1024, 2048])
     ap.add_argument("--clusters", type=_ints, default=[1])
+    ap.add_argument("--p", type=float, default=0.95, help="top-p mass (bench topp's default is 0.9)")
     args = ap.parse_args()
     gen = torch.Generator().manual_seed(0)
     rows = []
     for n in (int(s) for s in args.sizes.split(",")):
         for temp in (float(t) for t in args.temperatures.split(",")):
             probs = make_probs(32, n, temperature=temp, dtype=torch.float32, device="cuda", gen=gen)
-            ref = topp.topp_mask_torch(probs, 0.95)
-            t_sort = statistics.median(time_gpu(functools.partial(sort_topp, probs, 0.95), warmup=3, repeats=20,
+            ref = topp.topp_mask_torch(probs, args.p)
+            t_sort = statistics.median(time_gpu(functools.partial(sort_topp, probs, args.p), warmup=3, repeats=20,
                                                 flush=None, calls=20))
-            t_triton = statistics.median(time_gpu(functools.partial(topp.topp_mask_triton, probs, 0.95, check=False),
+            t_triton = statistics.median(time_gpu(functools.partial(topp.topp_mask_triton, probs, args.p, check=False),
                                                   warmup=3, repeats=30, flush=None, calls=20))
             default = launch_shape(n)
             for threads, bins, cluster in itertools.product(args.threads, args.bins, args.clusters):
                 if check_shape(n, threads, bins, cluster) is not None or n > max_row(True):
                     continue
                 out = torch.empty(probs.shape, dtype=torch.uint8, device="cuda")
-                call = functools.partial(launch_topp, probs, 0.95, out, threads=threads, bins=bins, cluster=cluster)
+                call = functools.partial(launch_topp, probs, args.p, out, threads=threads, bins=bins, cluster=cluster)
                 call()
                 bad = int((out.bool() != ref).any(-1).sum())
                 us = statistics.median(time_gpu(call, warmup=3, repeats=30, flush=None, calls=20))
@@ -73,7 +74,7 @@ def main() -> None:
                   f"{best['us']:.2f} us, "
                   f"x{best['speedup_vs_sort']:.1f} vs sort", flush=True)
     save_probe(args.out, "topp_cuda_shapes.json", rows,
-               "20 calls a CUDA-graph replay, no flush, median of 30 replays; 32 rows; p = 0.95")
+               f"20 calls a CUDA-graph replay, no flush, median of 30 replays; 32 rows; p = {args.p}")
 
 
 if __name__ == "__main__":
