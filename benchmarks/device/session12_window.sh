@@ -2,7 +2,8 @@
 # Session 12, on branch topp-window: the CUDA top-p with the first pass's window (bins over [base, max], base half the
 # (1 - p) T / n lower bound of the threshold) and vector loads and stores of 4 entries in one CTA.
 # Call 1 (results window1/): the window as prepared in session 11 was slower at the benchmark's peakedness (entries
-# under base, a fifth of them, added to one shared word) and the vector loads' per-group branch serialised the loads.
+# under base, a fifth of them, added to one shared word; its load phase was also longer, with a bounds branch a
+# vector group).
 # Call 2 (window2/): bin 0 summed in registers and once a warp; one uniform vector branch. Kernels compared: main's
 # ("old", an untracked copy in old_kernel/), call 2's without vectors ("novec", var_novec/: VEC forced to 1), call 2's.
 # Call 3 (window3/): the vectors dropped (no gain in call 2); in one CTA the warps' bin-0 sums go to shared slots

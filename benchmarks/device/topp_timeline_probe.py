@@ -113,7 +113,7 @@ def main() -> None:
     save_probe(args.out, "topp_timeline.json", rows_out,
                "cycles: thread 0's clock64 at the kernel's MARK points, median over CTAs then over runs (plain "
                "launches, warm L2); us: 20 calls a CUDA-graph replay, no flush, median of 30 replays; 32 rows, p 0.95",
-               sm_clock_mhz=getattr(props, "clock_rate", 0) / 1000)
+               sm_clock_mhz=getattr(props, "clock_rate", 0) / 1000, temperature=args.temperature)
 
 
 def cuda_topp_reference(probs: torch.Tensor) -> torch.Tensor:
