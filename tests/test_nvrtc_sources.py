@@ -21,6 +21,8 @@ pytestmark = pytest.mark.skipif(nvrtc_library() is None, reason="needs NVRTC: pi
 
 #: Static shared memory a CTA may declare.
 STATIC_SMEM = 48 * 1024
+#: Shared memory a CTA may opt in to on an H200 (compute capability 9.0): 227 KB.
+H200_SMEM_OPTIN = 227 * 1024
 
 
 def compiled(source: str, **kw: object) -> str:
@@ -33,15 +35,19 @@ def compiled(source: str, **kw: object) -> str:
 @pytest.mark.parametrize("n", [1, 1000, 8192, 32768, 65536, 262144])
 def test_topp_launch_shapes_compile(n: int) -> None:
     """The shape :func:`cuda_topp.launch_shape` picks for rows of ``n`` (one CTA a row where it fits, and the
-    cluster it uses beyond), in every dtype, with and without the passes output."""
+    cluster it uses beyond), in every dtype, with and without the passes output, with the entries where the launch
+    keeps them (registers or shared memory); the static shared memory leaves the entries room on an H200."""
     for clusters in (False, True):
         if n > cuda_topp.max_row(clusters):
             continue
         threads, items, cluster = cuda_topp.launch_shape(n, clusters)
         assert cuda_topp.check_shape(n, threads, cuda_topp.DEFAULT_BINS, cluster) is None
+        smem_keys = cuda_topp.keys_in_shared(threads, items)
         for dtype_code, passes in itertools.product((0, 1, 2), (False, True)):
             compiled(cuda_topp.source(items=items, dtype_code=dtype_code, write_passes=passes, threads=threads,
-                                      cluster=cluster))
+                                      cluster=cluster, smem_keys=smem_keys))
+        assert STATIC_SMEM == cuda_topp._STATIC_SMEM  # the bound the launch assumes is the one checked here
+        assert not smem_keys or cuda_topp.keys_bytes(items, threads) <= H200_SMEM_OPTIN - STATIC_SMEM
 
 
 @pytest.mark.parametrize("cluster", [2, 4, 8])

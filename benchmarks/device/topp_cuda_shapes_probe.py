@@ -38,6 +38,8 @@ def main() -> None:
     ap.add_argument("--threads", type=_ints, default=[64, 128, 256, 512, 1024])
     ap.add_argument("--bins", type=_ints, default=[128, 256, 512, 1024, 2048])
     ap.add_argument("--clusters", type=_ints, default=[1])
+    ap.add_argument("--smem-keys", type=_ints, default=[0], help="1: the entries in shared memory, not registers; "
+                    "comma-separated to compare")
     ap.add_argument("--p", type=float, default=0.95, help="top-p mass (bench topp's default is 0.9)")
     args = ap.parse_args()
     gen = torch.Generator().manual_seed(0)
@@ -51,18 +53,21 @@ def main() -> None:
             t_triton = statistics.median(time_gpu(functools.partial(topp.topp_mask_triton, probs, args.p, check=False),
                                                   warmup=3, repeats=30, flush=None, calls=20))
             default = launch_shape(n)
-            for threads, bins, cluster in itertools.product(args.threads, args.bins, args.clusters):
+            for threads, bins, cluster, smem in itertools.product(args.threads, args.bins, args.clusters,
+                                                                  args.smem_keys):
                 if check_shape(n, threads, bins, cluster) is not None or n > max_row(True):
                     continue
                 out = torch.empty(probs.shape, dtype=torch.uint8, device="cuda")
-                call = functools.partial(launch_topp, probs, args.p, out, threads=threads, bins=bins, cluster=cluster)
+                call = functools.partial(launch_topp, probs, args.p, out, threads=threads, bins=bins, cluster=cluster,
+                                         smem_keys=bool(smem))
                 call()
                 bad = int((out.bool() != ref).any(-1).sum())
                 us = statistics.median(time_gpu(call, warmup=3, repeats=30, flush=None, calls=20))
-                rows.append(dict(n=n, temperature=temp, threads=threads, bins=bins, cluster=cluster, us=us,
+                rows.append(dict(n=n, temperature=temp, threads=threads, bins=bins, cluster=cluster, smem_keys=smem,
+                                 us=us,
                                  rows_differing=bad, sort_us=t_sort, triton_us=t_triton, speedup_vs_sort=t_sort / us,
                                  is_default=(threads, cluster) == (default[0], default[2]) and bins == 2048))
-                print(f"N={n:>6} T={temp:3.1f} cluster {cluster} threads {threads:>4} bins {bins:>4}: "
+                print(f"N={n:>6} T={temp:3.1f} cluster {cluster} threads {threads:>4} bins {bins:>4} smem {smem}: "
                       f"{us:6.2f} us (x{t_sort / us:4.1f} sort {t_sort:6.1f}; triton {t_triton:5.1f})  bad rows {bad}",
                       flush=True)
             best = min((r for r in rows if r["n"] == n and r["temperature"] == temp and not r["rows_differing"]),
@@ -71,6 +76,7 @@ def main() -> None:
                 print(f"  N={n} T={temp}: no exact variant", flush=True)
                 continue
             print(f"  best N={n} T={temp}: cluster {best['cluster']}, {best['threads']} threads, {best['bins']} bins, "
+                  f"smem keys {best['smem_keys']}, "
                   f"{best['us']:.2f} us, "
                   f"x{best['speedup_vs_sort']:.1f} vs sort", flush=True)
     save_probe(args.out, "topp_cuda_shapes.json", rows,

@@ -25,8 +25,12 @@ accepted only if its set's fixed-point mass reaches ``p (F_T + E) (1 + 2**-50) +
 (:func:`sparsebench.kernels.topp.topp_mask_torch`) except when that reference's set reaches ``p T`` by less than
 that margin ("near-tie": then the next lower value is kept too).
 
-Algorithm (one thread block per row, entries ``t, t + blockDim, ...`` in registers as float32 bit patterns)
-----------------------------------------------------------------------------------------------------------
+Algorithm (one thread block per row, entries ``t, t + blockDim, ...`` held as float32 bit patterns)
+---------------------------------------------------------------------------------------------------
+0. Where the entries are held: in registers, except at 1024 threads and 16 or more entries a thread
+   (:func:`keys_in_shared`), where a thread has 64 registers and they spilled (32-216 bytes); those shapes keep
+   them in dynamic shared memory, each thread reading only its own (64K and 128K entries 11-16% faster,
+   thirteenth session).
 1. The row's sum ``T`` and maximum, behind one barrier. ``p == 1`` keeps every positive entry; a zero row keeps
    nothing.
 2. The threshold ``t*`` (the largest entry whose at-or-above mass is accepted) lies in the bracket ``[lo, hi]``
@@ -36,12 +40,13 @@ Algorithm (one thread block per row, entries ``t, t + blockDim, ...`` in registe
    where the mass at or above first reaches the acceptance level becomes the bracket (the mass of the bins over it
    is added to ``above``). The first pass's bins hold every positive entry, so its scan total is ``F_T``: no
    separate reduction. A ``p`` so close to 1 that the margin cannot be met keeps every positive entry (mass
-   ``T >= p T``). In shapes of 16-32 entries a thread and at most 512 threads (8K-32K entries) the first pass
-   bins only ``[base, max]`` finely, with every entry under ``base`` in bin 0 (summed in registers and once a
-   warp, not by atomics): ``base`` is half the lower bound ``(1 - p) T / n`` of ``t*`` (more than ``(1 - p) T``
-   lies at or under ``t*``), so the bins are much narrower where ``t*`` is, and these rows, which needed a second
-   pass, need one (11-17% faster at 16K-32K, 5% at 8K; slower at 1K-4K and in 1024-thread shapes, where it is off:
-   ``benchmarks/RESULTS.md``, twelfth session). At most 3-4 passes reach a single pattern; usually 1-2. Each
+   ``T >= p T``). In shapes of 16-32 entries a thread with at most 512 threads or the entries in shared memory
+   (8K-128K entries), the first pass bins only ``[base, max]`` finely, with every entry under ``base`` in bin 0
+   (summed in registers and once a warp, not by atomics): ``base`` is half the lower bound ``(1 - p) T / n`` of
+   ``t*`` (more than ``(1 - p) T`` lies at or under ``t*``), so the bins are much narrower where ``t*`` is, and
+   rows of 8K-32K, which needed a second pass, need one (11-17% faster at 16K-32K, 5% at 8K; slower at 1K-4K,
+   where it is off, and it made 1024 threads with the entries in registers spill: ``benchmarks/RESULTS.md``,
+   twelfth session; at 64K-128K most rows still take two passes). At most 3-4 passes reach a single pattern; usually 1-2. Each
    thread owns consecutive bins and clears them once read (no clearing barrier); the bins are padded (one word
    every 32) so these reads are free of shared-memory bank conflicts.
 3. Once the bracket holds at most :data:`PAIRWISE_MAX` (64) entries, each of them computes its exact
@@ -70,11 +75,12 @@ The launch shape (:func:`launch_shape`) is a measured table (:data:`CLUSTER_TABL
 entries, clusters beyond where the row count leaves them room on the GPU, and always beyond :data:`MAX_N` (rows of
 up to 256K entries).
 
-Measured on the H200 (``sparsebench bench topp --suites main --calls-per-replay 20 --no-flush``, 32 rows;
-``benchmarks/RESULTS.md``, eleventh session): exact on every row (0 rows differing from the reference, 1-2 passes).
-3.9 / 4.5 / 5.4 / 8.1 / 12.3 / 16.9 / 27.9 / 62.9 µs at 1K-128K entries, against the Triton kernel's 8.6 / 8.6 /
-12.4 / 18.2 / 30.4 / 39.4 / 93.0 / 179.0 and sort's 40-665 µs: 9.3-14.5x faster than sort (the project's target is
-10x up to 32K; 4K is 9.3x). The tenth session's kernel took 5.2-71.1 µs in the same call. Where the time goes
+Measured on the H200 (``sparsebench bench topp --suites main --calls-per-replay 20 --no-flush``, 32 rows,
+temperature 2, p 0.9; ``benchmarks/RESULTS.md``, thirteenth session): exact on every row (0 rows differing from the
+reference, 1-2 passes). 3.9 / 4.5 / 5.4 / 7.6 / 10.9 / 14.1 / 24.6 / 52.0 µs at 1K-128K entries, against the
+Triton kernel's 8.6 / 8.6 / 12.4 / 18.2 / 30.6 / 40.1 / 92.9 / 179.4 and sort's 40-663 µs: 9.3-15.4x faster than
+sort (the project's target is 10x up to 32K; 4K is 9.3x), and 0.7-5.4x the time of one read of the input (2x is
+the target: met up to 4K). The eleventh session's kernel took 3.9-62.9 µs. Where the time goes
 (``benchmarks/device/topp_timeline_probe.py``, cycles of thread 0 between the ``MARK`` points): at 1K about 1400
 cycles load and sum, 700 histogram adds, 1100 scan, 550 crossing, 800 + 900 pairwise; the histogram adds grow with
 the entries a thread (6700 cycles at 16K). What the time is *not*: the launch (an empty kernel costs 0.7-1.0 µs a
@@ -127,6 +133,9 @@ CLUSTER_FROM = 16384
 PAIRWISE_MAX = 64
 #: Histogram bins a pass (the launch may ask for fewer: :func:`launch_topp`).
 DEFAULT_BINS = 2048
+#: Bound on the kernel's static shared memory (histograms, cluster exchange), checked at compile time by
+#: ``tests/test_nvrtc_sources.py``: what a launch keeping its entries in shared memory adds must fit beside it.
+_STATIC_SMEM = 48 * 1024
 
 _SOURCE = r"""
 #define MAX_PASSES 6
@@ -138,7 +147,12 @@ _SOURCE = r"""
 // The first pass's window (below) where it was measured faster (session 12): with 1024 threads it spilled registers
 // (880 bytes at 4 x 1024) and ran 40-45% slower at 64K-128K entries; at 2-8 entries a thread (1K-4K), where one pass
 // suffices anyway, it cost 0.1-0.2 us.
-#define WINDOW (THREADS <= 512 && ITEMS >= 16)
+// SMEM_KEYS: the row's bit patterns in (dynamic) shared memory instead of registers, so that rows of 32 entries a
+// thread do not spill (at 1024 threads a thread has 64 registers) and the window fits there too.
+#ifndef SMEM_KEYS
+#define SMEM_KEYS 0
+#endif
+#define WINDOW ((THREADS <= 512 || SMEM_KEYS) && ITEMS >= 16)
 // Shared-memory index of bin b in a histogram of 32-bit words (HB) and of 64-bit words (GB): one padding word every
 // 32 words, so that a warp whose threads each read PER consecutive bins (PER a power of two) touches 32 different
 // banks. Without it those reads were PER-way bank conflicts: the eleventh session's timeline put the scan phase
@@ -250,11 +264,18 @@ extern "C" __global__ void CLUSTER_ATTR __launch_bounds__(THREADS, 1) sb_topp_ma
 #endif
     MARK(0);
     const void* xrow = row_of(x, row, stride_x);
-    u32 key[ITEMS];  // |x| bit patterns: their integer order is the value order (-0.0 joins +0.0)
+    // |x| bit patterns: their integer order is the value order (-0.0 joins +0.0). Only their own thread reads them.
+#if SMEM_KEYS
+    extern __shared__ u32 skeys[];  // ITEMS * THREADS words
+#define KEY(i) skeys[(i) * THREADS + t]
+#else
+    u32 key[ITEMS];
+#define KEY(i) key[i]
+#endif
     #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
         const int j = first + i * THREADS + t;
-        key[i] = j < last ? __float_as_uint(load_value(xrow, j)) & 0x7fffffffu : 0u;
+        KEY(i) = j < last ? __float_as_uint(load_value(xrow, j)) & 0x7fffffffu : 0u;
     }
     // The first pass's histogram is cleared while the row loads; each pass clears its bins once they are read.
     for (int w = t; w < HWORDS; w += THREADS) { hlo[w] = 0u; hhi[w] = 0u; hcnt[w] = 0u; }
@@ -264,8 +285,8 @@ extern "C" __global__ void CLUSTER_ATTR __launch_bounds__(THREADS, 1) sb_topp_ma
     u32 kmax = 0u;
     #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
-        tot += __uint_as_float(key[i]);
-        kmax = max(kmax, key[i]);
+        tot += __uint_as_float(KEY(i));
+        kmax = max(kmax, KEY(i));
     }
     // The sum and the maximum behind one barrier.
     tot = warp_sum(tot);
@@ -304,10 +325,10 @@ extern "C" __global__ void CLUSTER_ATTR __launch_bounds__(THREADS, 1) sb_topp_ma
 #if ITEMS <= 16
     u64 fm[ITEMS];  // each entry's f(x), kept for the passes (longer rows recompute it: registers)
     #pragma unroll
-    for (int i = 0; i < ITEMS; ++i) fm[i] = __double2ull_rz((double)__uint_as_float(key[i]) * scale);
+    for (int i = 0; i < ITEMS; ++i) fm[i] = __double2ull_rz((double)__uint_as_float(KEY(i)) * scale);
 #define FMASS(i) fm[i]
 #else
-#define FMASS(i) __double2ull_rz((double)__uint_as_float(key[i]) * scale)
+#define FMASS(i) __double2ull_rz((double)__uint_as_float(KEY(i)) * scale)
 #endif
     MARK(2);
 
@@ -345,7 +366,7 @@ extern "C" __global__ void CLUSTER_ATTR __launch_bounds__(THREADS, 1) sb_topp_ma
             // (which was 5% faster at 8K; session 12).
             #pragma unroll
             for (int i = 0; i < ITEMS; ++i) {
-                const u32 k = key[i];
+                const u32 k = KEY(i);
                 const bool in = k >= lo && k <= hi;  // padding has key 0 < lo
                 const bool low = WINDOW && in && k < base;
                 const u64 f = FMASS(i);
@@ -495,7 +516,7 @@ extern "C" __global__ void CLUSTER_ATTR __launch_bounds__(THREADS, 1) sb_topp_ma
             // (Slots taken a warp at a time, by ballot, were slower: 1218 against 765 cycles at 1K.)
             #pragma unroll
             for (int i = 0; i < ITEMS; ++i) {
-                const u32 k = key[i];
+                const u32 k = KEY(i);
                 if (k >= lo && k <= hi) {
                     const u32 slot = atomicAdd(&s_npair, 1u);
                     if (slot < PAIRWISE_MAX) {
@@ -559,7 +580,7 @@ extern "C" __global__ void CLUSTER_ATTR __launch_bounds__(THREADS, 1) sb_topp_ma
     #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
         const int j = first + i * THREADS + t;
-        if (j < last) orow[j] = (key[i] >= tstar) && (key[i] > 0u);
+        if (j < last) orow[j] = (KEY(i) >= tstar) && (KEY(i) > 0u);
     }
     if (WRITE_PASSES && t == 0 && rank == 0u) passes_out[row] = n_pass;
     MARK(14);
@@ -571,20 +592,48 @@ extern "C" __global__ void CLUSTER_ATTR __launch_bounds__(THREADS, 1) sb_topp_ma
 
 
 def source(*, items: int, dtype_code: int, write_passes: bool, bins: int = DEFAULT_BINS, threads: int = 1024,
-           cluster: int = 1) -> str:
+           cluster: int = 1, smem_keys: bool = False) -> str:
     """The kernel source for one specialisation (the CPU tests compile it with NVRTC when they can). ``threads``
     is the block size it is launched with at most: its register budget follows from it (a 64-register budget for
     every block size made rows of 16 or 32 entries a thread spill). ``cluster``: CTAs a row (a thread-block
-    cluster, compute capability 9.0 or newer), each holding ``items`` entries a thread of its slice."""
+    cluster, compute capability 9.0 or newer), each holding ``items`` entries a thread of its slice. ``smem_keys``:
+    the entries in dynamic shared memory (:func:`keys_bytes`) instead of registers."""
     return specialise(COMMON_SOURCE + _SOURCE, ITEMS=items, PAIRWISE_MAX=PAIRWISE_MAX, IN_DTYPE=dtype_code,
                       WRITE_PASSES=int(write_passes), NBINS=bins, BIN_BITS=bins.bit_length() - 1, THREADS=threads,
-                      CLUSTER=cluster)
+                      CLUSTER=cluster, SMEM_KEYS=int(smem_keys))
+
+
+def keys_in_shared(threads: int, items: int) -> bool:
+    """Whether a CTA of ``threads`` holding ``items`` entries a thread keeps them in shared memory (``SMEM_KEYS``)
+    rather than in registers: at 1024 threads (64 registers a thread) and 16 or more entries a thread.
+
+    Measured on the H200 (``benchmarks/RESULTS.md``, thirteenth session; 32 rows, temperature 2, p 0.9): in
+    registers these shapes spilled 32-216 bytes a thread, and the first pass's window was off for them. In shared
+    memory (no spills, window on) 64K entries on 2 x 1024 threads took 24.6 against 28.3 µs, and 128K on 4 x 1024
+    52.0 against 63.3 µs. At 512 threads (128 registers) shared memory was 2-8% slower, so they keep registers."""
+    return threads >= 1024 and items >= 16
+
+
+def keys_bytes(items: int, threads: int) -> int:
+    """Dynamic shared memory of a launch that keeps its entries there (the kernel's own arrays are static)."""
+    return 4 * items * threads
 
 
 @functools.cache
-def _compiled(items: int, dtype_code: int, write_passes: bool, bins: int, threads: int, cluster: int) -> Any:
-    return compile_kernel(source(items=items, dtype_code=dtype_code, write_passes=write_passes, bins=bins,
-                                 threads=threads, cluster=cluster), "sb_topp_mask", "the CUDA top-p kernel")
+def _compiled(items: int, dtype_code: int, write_passes: bool, bins: int, threads: int, cluster: int,
+              smem_keys: bool) -> Any:
+    kernel = compile_kernel(source(items=items, dtype_code=dtype_code, write_passes=write_passes, bins=bins,
+                                   threads=threads, cluster=cluster, smem_keys=smem_keys), "sb_topp_mask",
+                            "the CUDA top-p kernel")
+    if smem_keys:  # static + dynamic shared memory over 48 KB needs the opt-in, even for under 48 KB dynamic
+        lib = torch.cuda._utils._get_gpu_runtime_library()
+        max_dynamic = 8  # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+        err = lib.cuFuncSetAttribute(kernel.func, max_dynamic, keys_bytes(items, threads))
+        if err != 0:
+            raise RuntimeError(f"the CUDA top-p kernel's {keys_bytes(items, threads)} bytes of shared memory for its "
+                               f"entries were refused (CUDA error {err})")
+        kernel.set_shared_memory_config(keys_bytes(items, threads))  # torch's launcher checks its own record
+    return kernel
 
 
 def clusters_supported(device: torch.device | int) -> bool:
@@ -643,12 +692,13 @@ def check_shape(n: int, threads: int, bins: int, cluster: int = 1) -> str | None
 
 
 def launch_topp(x: torch.Tensor, p: float, out: torch.Tensor, passes_out: torch.Tensor | None = None, *,
-                threads: int | None = None, bins: int | None = None, cluster: int | None = None) -> None:
+                threads: int | None = None, bins: int | None = None, cluster: int | None = None,
+                smem_keys: bool | None = None) -> None:
     """Write the top-p mask of ``x`` ``[rows, n]`` (float32/bfloat16/float16, last dim contiguous, ``n`` at most
     :func:`max_row`, values validated by the caller) into ``out`` (uint8 ``[rows, n]``); ``passes_out`` (int32
     ``[rows]``) gets each row's histogram passes. :func:`sparsebench.kernels.topp.topp_mask` validates.
-    ``threads``, ``bins`` and ``cluster`` override the launch shape and the histogram size (the benchmark's
-    sweep)."""
+    ``threads``, ``bins`` and ``cluster`` override the launch shape and the histogram size, and ``smem_keys``
+    where the entries are kept (default: :func:`keys_in_shared`), for the benchmark's sweeps."""
     rows, n = x.shape
     props = torch.cuda.get_device_properties(x.device)
     can_cluster = props.major >= 9
@@ -663,7 +713,16 @@ def launch_topp(x: torch.Tensor, p: float, out: torch.Tensor, passes_out: torch.
         why = f"clusters of CTAs need compute capability 9.0 or newer (got {cluster} CTAs a row)"
     if why is not None:
         raise UsageError(f"CUDA top-p launch: {why}")
-    kernel = _compiled(_items(n, threads, cluster), DTYPE_CODES[x.dtype], passes_out is not None, bins, threads,
-                       cluster)
-    kernel(grid=(rows * cluster, 1, 1), block=(threads, 1, 1), args=[
+    items = _items(n, threads, cluster)
+    # What a CTA may add to its static arrays (torch builds without the property: nothing, registers as before).
+    room = getattr(props, "shared_memory_per_block_optin", _STATIC_SMEM) - _STATIC_SMEM
+    if smem_keys is None:
+        smem_keys = keys_in_shared(threads, items) and keys_bytes(items, threads) <= room
+    elif smem_keys and keys_bytes(items, threads) > room:
+        raise UsageError(f"CUDA top-p launch: {items} x {threads} entries in shared memory need "
+                         f"{keys_bytes(items, threads)} bytes, this GPU gives a CTA {room} besides the kernel's own; "
+                         "leave smem_keys unset")
+    kernel = _compiled(items, DTYPE_CODES[x.dtype], passes_out is not None, bins, threads, cluster, smem_keys)
+    kernel(grid=(rows * cluster, 1, 1), block=(threads, 1, 1),
+           shared_mem=keys_bytes(items, threads) if smem_keys else 0, args=[
         x, out, passes_out if passes_out is not None else out, n, x.stride(0), out.stride(0), float(p)])
