@@ -45,7 +45,8 @@ def test_topp_launch_shapes_compile(n: int) -> None:
         smem_keys = cuda_topp.keys_in_shared(threads, items)
         for dtype_code, passes in itertools.product((0, 1, 2), (False, True)):
             compiled(cuda_topp.source(items=items, dtype_code=dtype_code, write_passes=passes, threads=threads,
-                                      cluster=cluster, smem_keys=smem_keys))
+                                      cluster=cluster, smem_keys=smem_keys,
+                                      pairwise=cuda_topp.pairwise_max(n, threads)))
         assert STATIC_SMEM == cuda_topp._STATIC_SMEM  # the bound the launch assumes is the one checked here
         assert not smem_keys or cuda_topp.keys_bytes(items, threads) <= H200_SMEM_OPTIN - STATIC_SMEM
 
@@ -55,9 +56,10 @@ def test_topp_cluster_shapes_compile(cluster: int) -> None:
     """Clusters at the extremes of ``check_shape``: the fewest bins (one range of bins a CTA), 64 threads (one a
     pairwise candidate) and 1024 threads."""
     for threads, bins, items in ((64, cluster, 4), (512, 2048, 8), (1024, 1024, 4)):
-        assert cuda_topp.check_shape(cluster * threads * items, threads, bins, cluster) is None
+        n = cluster * threads * items
+        assert cuda_topp.check_shape(n, threads, bins, cluster) is None
         compiled(cuda_topp.source(items=items, dtype_code=0, write_passes=True, bins=bins, threads=threads,
-                                  cluster=cluster))
+                                  cluster=cluster, pairwise=cuda_topp.pairwise_max(n, threads)))
 
 
 def test_topk_sources_compile() -> None:

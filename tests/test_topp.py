@@ -566,17 +566,18 @@ def test_cuda_radix_kernel_clusters(cluster: int) -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("n", [8192, 16384, 32768])
+@pytest.mark.parametrize("n", [8192, 16384, 32768, 65536, 131072])
 def test_cuda_radix_window_takes_one_pass(n: int) -> None:
-    """At 8K-32K entries the first pass bins only from half the threshold's lower bound up, finely enough that
-    attention-like rows need one pass (without that window they took 2: ``benchmarks/RESULTS.md``, twelfth
-    session; ``benchmarks/topp_pass_model.py`` on 480 such rows a length: one row of 32K took 2); the masks stay
-    exact."""
+    """From 8K entries the first pass bins only from half the threshold's lower bound up, finely enough that
+    attention-like rows need one pass (without that window they took 2 at 8K-32K: ``benchmarks/RESULTS.md``,
+    twelfth session; ``benchmarks/topp_pass_model.py`` on 480 such rows a length: one row of 32K took 2); at
+    64K-128K the bracket left holds up to a few hundred entries, which pairwise sums resolve
+    (:func:`~sparsebench.kernels.cuda_topp.pairwise_max`) instead of a second pass. The masks stay exact."""
     from sparsebench.kernels.cuda_topp import clusters_supported
     from sparsebench.kernels.topp import topp_mask_cuda
 
     if n > 16384 and not clusters_supported(torch.device("cuda")):
-        pytest.skip("rows over 16K entries take the window only in a two-CTA cluster (sm_90)")
+        pytest.skip("rows over 16K entries take the window only in a thread-block cluster (sm_90)")
     gen = torch.Generator().manual_seed(SEED)
     x = torch.softmax(2 * torch.randn(32, n, generator=gen), -1).cuda()
     passes = torch.zeros(32, dtype=torch.int32, device="cuda")

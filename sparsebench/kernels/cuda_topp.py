@@ -104,6 +104,7 @@ __all__ = [
     "CLUSTER_TABLE",
     "MAX_CLUSTER",
     "MAX_N",
+    "PAIRWISE_CAP",
     "PAIRWISE_MAX",
     "check_shape",
     "clusters_supported",
@@ -129,8 +130,11 @@ CLUSTER_TABLE = {32768: (2, 512), 65536: (2, 1024), 131072: (4, 1024), 262144: (
 #: Rows up to this length run in one CTA by default.
 CLUSTER_FROM = 16384
 
-#: Largest bracket resolved by pairwise sums instead of another histogram pass.
+#: Largest bracket resolved by pairwise sums instead of another histogram pass, in rows of up to 16K entries
+#: (longer rows allow more: :func:`pairwise_max`).
 PAIRWISE_MAX = 64
+#: The most :func:`pairwise_max` allows (the candidates' arrays are static shared memory, twice in a cluster).
+PAIRWISE_CAP = 512
 #: Histogram bins a pass (the launch may ask for fewer: :func:`launch_topp`).
 DEFAULT_BINS = 2048
 #: Bound on the kernel's static shared memory (histograms, cluster exchange), checked at compile time by
@@ -160,6 +164,9 @@ _SOURCE = r"""
 #define HB(b) ((b) + ((b) >> 5))
 #define GB(b) ((b) + ((b) >> 4))
 #define HWORDS HB(NBINS)
+// In a cluster: the three histograms, or the pairwise candidates' arrays (this CTA's and the gathered ones) where
+// they need more words (PAIRWISE_MAX is even, so the 64-bit arrays stay aligned).
+#define HIST_WORDS (3 * HWORDS > 6 * PAIRWISE_MAX ? 3 * HWORDS : 6 * PAIRWISE_MAX)
 // MARK(i): a probe's hook at the kernel's phase boundaries (benchmarks/device/topp_timeline_probe.py defines it to
 // record the cycle counter); nothing otherwise.
 #ifndef MARK
@@ -224,8 +231,23 @@ extern "C" __global__ void CLUSTER_ATTR __launch_bounds__(THREADS, 1) sb_topp_ma
     // A bin's mass in two 32-bit halves: 32-bit shared-memory adds are native, 64-bit ones compile to
     // compare-and-swap loops. The low half's carries go into the high half (see the pass), so
     // hi * 2**32 + lo is the exact sum.
+#if CLUSTER > 1
+    __shared__ __align__(8) u32 hwords[HIST_WORDS];
+    u32* const hlo = hwords;
+    u32* const hhi = hwords + HWORDS;
+    u32* const hcnt = hwords + 2 * HWORDS;
+    // The pairwise step's candidates (this CTA's, and every CTA's gathered) reuse the histograms' words: no pass
+    // reads them any more by then, and each launch clears them first. Up to 512 candidates (pairwise_max) would
+    // not fit beside the histograms in 48 KB of static shared memory at 2 x 1024 threads. (One CTA a row keeps
+    // separate arrays: its rows allow 64 candidates, and the shared words changed its register allocation.)
+    u32* const pair_key = hwords;
+    u64* const pair_mass = (u64*)(hwords + PAIRWISE_MAX);
+#else
     __shared__ u32 hlo[HWORDS], hhi[HWORDS];
     __shared__ u32 hcnt[HWORDS];
+    __shared__ u32 pair_key[PAIRWISE_MAX];
+    __shared__ u64 pair_mass[PAIRWISE_MAX];
+#endif
     __shared__ u64 ws[32];
 #if CLUSTER == 1
     __shared__ u64 low_m[THREADS / 32];  // a windowed first pass's bin 0, a warp's sum each
@@ -233,8 +255,6 @@ extern "C" __global__ void CLUSTER_ATTR __launch_bounds__(THREADS, 1) sb_topp_ma
 #endif
     __shared__ float red_f[32];
     __shared__ u32 red_u[32];
-    __shared__ u32 pair_key[PAIRWISE_MAX];
-    __shared__ u64 pair_mass[PAIRWISE_MAX];
     __shared__ u32 s_lo, s_hi, s_active, s_npair, s_tstar;
     __shared__ u64 s_above;
 
@@ -251,8 +271,8 @@ extern "C" __global__ void CLUSTER_ATTR __launch_bounds__(THREADS, 1) sb_topp_ma
     // read by every CTA once the crossing range is known.
     __shared__ u64 gmass[GB(RANGE_BINS)], gbelow[OWNERS];
     __shared__ u32 gcnt[HB(RANGE_BINS)];
-    __shared__ u32 g_key[PAIRWISE_MAX];
-    __shared__ u64 g_mass[PAIRWISE_MAX];
+    u32* const g_key = hwords + 3 * PAIRWISE_MAX;  // apart from pair_*, which the other CTAs read meanwhile
+    u64* const g_mass = (u64*)(hwords + 4 * PAIRWISE_MAX);
     __shared__ u32 s_offset[CLUSTER + 1];
     const u32 rank = cluster_rank();
     const int row = blockIdx.x / CLUSTER;
@@ -556,7 +576,7 @@ extern "C" __global__ void CLUSTER_ATTR __launch_bounds__(THREADS, 1) sb_topp_ma
             const u64* cand_mass = pair_mass;
 #endif
             MARK(12);
-            const int tpe = THREADS / PAIRWISE_MAX;  // 1 to 16 threads an entry
+            const int tpe = THREADS / PAIRWISE_MAX;  // 1 to 16 threads an entry (a power of two)
             const u32 s = t / tpe;
             const int part = t % tpe;
             const u32 mk = s < np ? cand_key[s] : FULL;
@@ -592,13 +612,14 @@ extern "C" __global__ void CLUSTER_ATTR __launch_bounds__(THREADS, 1) sb_topp_ma
 
 
 def source(*, items: int, dtype_code: int, write_passes: bool, bins: int = DEFAULT_BINS, threads: int = 1024,
-           cluster: int = 1, smem_keys: bool = False) -> str:
+           cluster: int = 1, smem_keys: bool = False, pairwise: int = PAIRWISE_MAX) -> str:
     """The kernel source for one specialisation (the CPU tests compile it with NVRTC when they can). ``threads``
     is the block size it is launched with at most: its register budget follows from it (a 64-register budget for
     every block size made rows of 16 or 32 entries a thread spill). ``cluster``: CTAs a row (a thread-block
     cluster, compute capability 9.0 or newer), each holding ``items`` entries a thread of its slice. ``smem_keys``:
-    the entries in dynamic shared memory (:func:`keys_bytes`) instead of registers."""
-    return specialise(COMMON_SOURCE + _SOURCE, ITEMS=items, PAIRWISE_MAX=PAIRWISE_MAX, IN_DTYPE=dtype_code,
+    the entries in dynamic shared memory (:func:`keys_bytes`) instead of registers. ``pairwise``: the largest
+    bracket resolved by pairwise sums (:func:`pairwise_max`; at most ``threads``)."""
+    return specialise(COMMON_SOURCE + _SOURCE, ITEMS=items, PAIRWISE_MAX=pairwise, IN_DTYPE=dtype_code,
                       WRITE_PASSES=int(write_passes), NBINS=bins, BIN_BITS=bins.bit_length() - 1, THREADS=threads,
                       CLUSTER=cluster, SMEM_KEYS=int(smem_keys))
 
@@ -614,6 +635,20 @@ def keys_in_shared(threads: int, items: int) -> bool:
     return threads >= 1024 and items >= 16
 
 
+def pairwise_max(n: int, threads: int) -> int:
+    """The largest bracket a launch for rows of ``n`` entries resolves by pairwise sums rather than by another
+    histogram pass: :data:`PAIRWISE_MAX` (64) up to 16K entries, doubling with the row beyond, at most
+    :data:`PAIRWISE_CAP` and ``threads`` (one thread or more a candidate).
+
+    Why it grows: after one pass of 2048 bins the bracket holds about a 1/2000 slice of the window's bit patterns,
+    so its entries grow with the row. On softmax(randn x T) rows at p 0.9 (``benchmarks/topp_pass_model.py``, 32
+    rows) the last bracket held up to 76 entries at 32K (T 1), 128 at 64K and 251 at 128K, and a 64-entry limit sent
+    nearly every row of 64K-128K to a second pass, which costs far more than pairwise sums over a few hundred
+    candidates. Small rows keep 64, so their pairwise step keeps 8-16 threads a candidate."""
+    grow = max(1, -(-n // 16384))
+    return min(PAIRWISE_MAX * (1 << (grow - 1).bit_length()), PAIRWISE_CAP, threads)
+
+
 def keys_bytes(items: int, threads: int) -> int:
     """Dynamic shared memory of a launch that keeps its entries there (the kernel's own arrays are static)."""
     return 4 * items * threads
@@ -621,10 +656,10 @@ def keys_bytes(items: int, threads: int) -> int:
 
 @functools.cache
 def _compiled(items: int, dtype_code: int, write_passes: bool, bins: int, threads: int, cluster: int,
-              smem_keys: bool) -> Any:
+              smem_keys: bool, pairwise: int) -> Any:
     kernel = compile_kernel(source(items=items, dtype_code=dtype_code, write_passes=write_passes, bins=bins,
-                                   threads=threads, cluster=cluster, smem_keys=smem_keys), "sb_topp_mask",
-                            "the CUDA top-p kernel")
+                                   threads=threads, cluster=cluster, smem_keys=smem_keys, pairwise=pairwise),
+                            "sb_topp_mask", "the CUDA top-p kernel")
     if smem_keys:  # static + dynamic shared memory over 48 KB needs the opt-in, even for under 48 KB dynamic
         lib = torch.cuda._utils._get_gpu_runtime_library()
         max_dynamic = 8  # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
@@ -722,7 +757,8 @@ def launch_topp(x: torch.Tensor, p: float, out: torch.Tensor, passes_out: torch.
         raise UsageError(f"CUDA top-p launch: {items} x {threads} entries in shared memory need "
                          f"{keys_bytes(items, threads)} bytes, this GPU gives a CTA {room} besides the kernel's own; "
                          "leave smem_keys unset")
-    kernel = _compiled(items, DTYPE_CODES[x.dtype], passes_out is not None, bins, threads, cluster, smem_keys)
+    kernel = _compiled(items, DTYPE_CODES[x.dtype], passes_out is not None, bins, threads, cluster, smem_keys,
+                       pairwise_max(n, threads))
     kernel(grid=(rows * cluster, 1, 1), block=(threads, 1, 1),
            shared_mem=keys_bytes(items, threads) if smem_keys else 0, args=[
         x, out, passes_out if passes_out is not None else out, n, x.stride(0), out.stride(0), float(p)])
