@@ -51,15 +51,19 @@ def test_topp_launch_shapes_compile(n: int) -> None:
         assert not smem_keys or cuda_topp.keys_bytes(items, threads) <= H200_SMEM_OPTIN - STATIC_SMEM
 
 
-@pytest.mark.parametrize("cluster", [2, 4, 8])
+@pytest.mark.parametrize("cluster", [2, 3, 4, 8])
 def test_topp_cluster_shapes_compile(cluster: int) -> None:
     """Clusters at the extremes of ``check_shape``: the fewest bins (one range of bins a CTA), 64 threads (one a
-    pairwise candidate) and 1024 threads."""
-    for threads, bins, items in ((64, cluster, 4), (512, 2048, 8), (1024, 1024, 4)):
+    pairwise candidate) and 1024 threads; three CTAs (bins not divisible among them) with 43 entries a thread in
+    shared memory, the shape 32 rows of 128K take."""
+    fewest_bins = 1 << (cluster - 1).bit_length()  # a power of two, at least one a CTA
+    shapes = [(64, fewest_bins, 4), (512, 2048, 8), (1024, 1024, 4)] + ([(1024, 2048, 43)] if cluster == 3 else [])
+    for threads, bins, items in shapes:
         n = cluster * threads * items
         assert cuda_topp.check_shape(n, threads, bins, cluster) is None
         compiled(cuda_topp.source(items=items, dtype_code=0, write_passes=True, bins=bins, threads=threads,
-                                  cluster=cluster, pairwise=cuda_topp.pairwise_max(n, threads)))
+                                  cluster=cluster, smem_keys=cuda_topp.keys_in_shared(threads, items),
+                                  pairwise=cuda_topp.pairwise_max(n, threads)))
 
 
 def test_topk_sources_compile() -> None:

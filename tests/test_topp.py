@@ -539,17 +539,18 @@ def test_cuda_radix_kernel(n: int) -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("cluster", [2, 4, 8])
+@pytest.mark.parametrize("cluster", [2, 3, 4, 8])
 def test_cuda_radix_kernel_clusters(cluster: int) -> None:
     """Rows split over a thread-block cluster (sm_90): the same masks as the exact reference (near-ties aside) for
     rows shorter than the cluster, uneven slices and rows only a cluster holds, over every row kind, dtype and p,
-    twice in a row (the cluster's shared state must not leak into the next launch)."""
+    twice in a row (the cluster's shared state must not leak into the next launch). Three CTAs do not divide the
+    bins evenly; at 128K they hold 43 entries a thread in shared memory."""
     from sparsebench.kernels.cuda_topp import clusters_supported, launch_topp
 
     if not clusters_supported(torch.device("cuda")):
         pytest.skip("thread-block clusters need compute capability 9.0")
     gen = torch.Generator().manual_seed(SEED)
-    for n in (3, 100, 1000, 4097, 32768, 16384 * cluster + 5):
+    for n in (3, 100, 1000, 4097, 32768, 16384 * cluster + 5) + ((131072,) if cluster == 3 else ()):
         probs = torch.cat([torch.stack(list(row_kinds(n, gen).values())),
                            torch.softmax(4 * torch.randn(8, n, generator=gen), -1)])
         for dtype, p in itertools.product((torch.float32, torch.bfloat16), PS):
@@ -658,15 +659,23 @@ def test_cuda_radix_scope() -> None:
     assert launch_shape(CLUSTER_FROM + 1, True, rows=32)[:3:2] == CLUSTER_TABLE[2 * CLUSTER_FROM][::-1]
     assert launch_shape(CLUSTER_FROM + 1, True, rows=1000)[2] == 1
     assert launch_shape(MAX_N + 1, True, rows=1000)[2] == CLUSTER_TABLE[2 * MAX_N][0]  # longer rows need a cluster
+    # 32 rows of 128K: four-CTA clusters would not all run at once (CLUSTER_FILL), three CTAs holding 43 entries a
+    # thread in shared memory do; 30 rows of four-CTA clusters still fit; at 256K six CTAs would not fit either.
+    assert launch_shape(131072, True, rows=32, sms=132) == (1024, 43, 3)
+    assert launch_shape(131072, True, rows=30, sms=132) == (1024, 32, 4)
+    assert launch_shape(262144, True, rows=32, sms=132)[2] == 8
     # The sweep's overrides are checked before a launch: block size, entries a thread, bins.
     assert "power of two from 64 to 1024" in (check_shape(100, 96, 2048) or "")
     assert "at most 2048 entries" in (check_shape(4096, 64, 2048) or "")
     assert "from the thread count (512)" in (check_shape(1024, 512, 256) or "")
     assert check_shape(1024, 128, 128) is None
     # Clusters: a power of two up to 8 CTAs a row, each CTA's slice in its registers, a range of bins a CTA.
-    assert "cluster must be a power of two" in (check_shape(1024, 128, 128, 3) or "")
-    assert "cluster must be a power of two" in (check_shape(1024, 128, 128, 16) or "")
-    assert "hold at most 65536 entries" in (check_shape(70000, 1024, 2048, 2) or "")
+    assert check_shape(1024, 128, 128, 3) is None  # any cluster size: the last CTA's range of bins is shorter
+    assert "cluster must be 1 to 8" in (check_shape(1024, 128, 128, 16) or "")
+    assert "cluster must be 1 to 8" in (check_shape(1024, 128, 128, 0) or "")
+    assert check_shape(70000, 1024, 2048, 2) is None  # 35 entries a thread, in shared memory
+    assert "hold at most 90112 entries" in (check_shape(100000, 1024, 2048, 2) or "")  # 44 a thread there
+    assert "hold at most 32768 entries" in (check_shape(40000, 512, 2048, 2) or "")  # 32 in registers
     assert "from the cluster size (8)" in (check_shape(8192, 512, 4, 8) or "")
     assert check_shape(8192, 512, 8, 8) is None
 

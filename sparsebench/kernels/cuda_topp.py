@@ -65,22 +65,26 @@ PTX ``mapa`` / ``ld.shared::cluster``):
 * the sum ``T`` and the maximum are each CTA's, combined by thread 0 in rank order, so every CTA holds
   bit-identical values and takes the same branches (and so meets the same barriers);
 * a pass builds each CTA's histogram of its slice (first cluster barrier); CTA ``r`` then sums bins
-  ``[r B / C, (r + 1) B / C)`` over the cluster and scans them (second barrier); every CTA reads the range totals,
-  finds the range that holds the crossing bin and reads that CTA's summed bins to place the new bracket itself
-  (two cluster barriers a pass; ``F_T`` is the first pass's sum of range totals);
-* the pairwise step gathers the cluster's candidates (at most 64) into every CTA, in rank order; the last cluster
+  ``[r ceil(B / C), (r + 1) ceil(B / C))`` (below ``B``) over the cluster and scans them (second barrier); every
+  CTA reads the range totals, finds the range that holds the crossing bin and reads that CTA's summed bins to place
+  the new bracket itself (two cluster barriers a pass; ``F_T`` is the first pass's sum of range totals);
+* the pairwise step gathers the cluster's candidates (at most :func:`pairwise_max`, 128-512; in the words the
+  histograms no longer need) into every CTA, in rank order; the last cluster
   barrier (no CTA leaves while another reads its shared memory) is split around the mask write.
 
 The launch shape (:func:`launch_shape`) is a measured table (:data:`CLUSTER_TABLE`): one CTA a row up to 16K
-entries, clusters beyond where the row count leaves them room on the GPU, and always beyond :data:`MAX_N` (rows of
+entries, clusters beyond where the row count leaves them room on the GPU (three CTAs instead of four where four
+would not all run at once: :data:`CLUSTER_FILL`), and always beyond :data:`MAX_N` (rows of
 up to 256K entries).
 
 Measured on the H200 (``sparsebench bench topp --suites main --calls-per-replay 20 --no-flush``, 32 rows,
 temperature 2, p 0.9; ``benchmarks/RESULTS.md``, thirteenth session): exact on every row (0 rows differing from the
-reference, 1-2 passes). 3.9 / 4.5 / 5.4 / 7.6 / 10.9 / 14.1 / 24.6 / 52.0 µs at 1K-128K entries, against the
-Triton kernel's 8.6 / 8.6 / 12.4 / 18.2 / 30.6 / 40.1 / 92.9 / 179.4 and sort's 40-663 µs: 9.3-15.4x faster than
-sort (the project's target is 10x up to 32K; 4K is 9.3x), and 0.7-5.4x the time of one read of the input (2x is
-the target: met up to 4K). The eleventh session's kernel took 3.9-62.9 µs. Where the time goes
+reference, one pass at every length). 3.9 / 4.4 / 5.4 / 7.6 / 10.9 / 14.2 / 19.3 / 30.6 µs at 1K-128K entries,
+against the Triton kernel's 8.6 / 8.6 / 12.4 / 18.2 / 30.6 / 40.1 / 93.3 / 179.6 and sort's 40-661 µs: 9.3-21.7x
+faster than sort (the project's target is 10x up to 32K; 4K is 9.3x), and 0.7-3.2x the time of one read of the
+input (2x is the target: met up to 4K). The twelfth session's kernel took 3.9-62.6 µs (64K 27.8, 128K 62.3): the
+entries in shared memory at 1024 threads, larger pairwise brackets and three-CTA clusters at 128K are this
+session's. Where the time goes
 (``benchmarks/device/topp_timeline_probe.py``, cycles of thread 0 between the ``MARK`` points): at 1K about 1400
 cycles load and sum, 700 histogram adds, 1100 scan, 550 crossing, 800 + 900 pairwise; the histogram adds grow with
 the entries a thread (6700 cycles at 16K). What the time is *not*: the launch (an empty kernel costs 0.7-1.0 µs a
@@ -116,6 +120,13 @@ __all__ = [
 
 #: Longest row one CTA holds in registers (32 entries a thread, 1024 threads).
 MAX_N = 32768
+#: Most entries a thread in registers, and in shared memory (:func:`keys_in_shared`; 1024 threads x 44 entries is
+#: 176 KB, which fits beside the kernel's static 48 KB in the 227 KB a CTA may have on compute capability 9.0).
+MAX_ITEMS, MAX_SMEM_ITEMS = 32, 44
+#: Share of the multiprocessors that clusters of one CTA a multiprocessor fill at once: a cluster's CTAs must sit in
+#: one GPC. On the H200 (132 multiprocessors) 30 four-CTA clusters of 1024 threads ran in one wave and 32 did not
+#: (``benchmarks/device/topp_rows_probe.py``, thirteenth session: 128K entries, 30 rows 24.2 µs, 32 rows 45.7).
+CLUSTER_FILL = 120 / 132
 #: Most CTAs a row (a thread-block cluster of the portable size): rows of up to ``MAX_CLUSTER * MAX_N`` entries.
 MAX_CLUSTER = 8
 #: ``(CTAs a row, threads a CTA)`` by row length (the next power of two at or above it), from the H200 sweep of the
@@ -144,7 +155,7 @@ _STATIC_SMEM = 48 * 1024
 _SOURCE = r"""
 #define MAX_PASSES 6
 //: Histogram bins each CTA of a cluster reduces over the cluster (all of them with one CTA a row).
-#define RANGE_BINS (NBINS / CLUSTER)
+#define RANGE_BINS ((NBINS + CLUSTER - 1) / CLUSTER)  // the last CTA's range ends at NBINS (3, 5-7 CTAs)
 //: Bins of that range a thread owns in the scan (threads from RANGE_BINS up own none).
 #define PER ((RANGE_BINS + THREADS - 1) / THREADS)
 #define OWNERS (RANGE_BINS < THREADS ? RANGE_BINS : THREADS)
@@ -422,11 +433,14 @@ extern "C" __global__ void CLUSTER_ATTR __launch_bounds__(THREADS, 1) sb_topp_ma
                 u64 m = 0ull;
                 u32 c = 0u;
                 if (b < RANGE_BINS) {
-                    const int w = HB((int)rank * RANGE_BINS + b);
-                    #pragma unroll
-                    for (u32 r = 0; r < CLUSTER; ++r) {
-                        m += ((u64)peer_u32(peer(&hhi[w], r)) << 32) + peer_u32(peer(&hlo[w], r));
-                        c += peer_u32(peer(&hcnt[w], r));
+                    const int g = (int)rank * RANGE_BINS + b;
+                    if (g < NBINS) {  // past NBINS (the last range of a cluster that does not divide it): empty
+                        const int w = HB(g);
+                        #pragma unroll
+                        for (u32 r = 0; r < CLUSTER; ++r) {
+                            m += ((u64)peer_u32(peer(&hhi[w], r)) << 32) + peer_u32(peer(&hlo[w], r));
+                            c += peer_u32(peer(&hcnt[w], r));
+                        }
                     }
                     gmass[GB(b)] = m;
                     gcnt[HB(b)] = c;
@@ -686,15 +700,22 @@ def launch_shape(n: int, clusters: bool = True, rows: int = 1, sms: int = 132) -
 
     One CTA a row (512 threads while a row is up to 16384 entries, 1024 above; at most 32 entries a thread) up to
     :data:`CLUSTER_FROM` entries, or when ``rows`` already give every multiprocessor a CTA; beyond, where
-    ``clusters``, the :data:`CLUSTER_TABLE` shape; rows longer than :data:`MAX_N` always take the smallest cluster
-    that holds them. Measured on the H200 (``benchmarks/device/topp_cuda_shapes_probe.py``, 32 rows): with one CTA
-    a row, 512 threads and 2048 bins was the fastest at every length from 1K to 16K, by 9-16% over the 256 threads
-    that about 8 entries a thread gave to rows of 1K-2K."""
+    ``clusters``, the :data:`CLUSTER_TABLE` shape; rows longer than :data:`MAX_N` always take a cluster that holds
+    them. Where the table's clusters would not all run at once (:data:`CLUSTER_FILL`) but fewer CTAs of 1024
+    threads holding up to :data:`MAX_SMEM_ITEMS` entries each in shared memory would, it takes those: 32 rows of
+    128K entries on the H200 took 30.6 µs on 3 CTAs a row against 45.9 on 4 (``bench topp``, same call; the
+    rows probe: 28.0 against 45.7). Measured on the H200
+    (``benchmarks/device/topp_cuda_shapes_probe.py``, 32 rows): with one CTA a row, 512 threads and 2048 bins was
+    the fastest at every length from 1K to 16K, by 9-16% over the 256 threads that about 8 entries a thread gave to
+    rows of 1K-2K."""
     cluster, threads = 1, 0
     if clusters and n > CLUSTER_FROM:
         want, want_threads = CLUSTER_TABLE[min(max(1 << (n - 1).bit_length(), min(CLUSTER_TABLE)), max(CLUSTER_TABLE))]
         if rows * want <= sms or n > MAX_N:
             cluster, threads = want, want_threads
+        fewest = -(-n // (MAX_SMEM_ITEMS * MAX_THREADS))  # CTAs a row with their entries in shared memory
+        if n > MAX_N and rows * want > CLUSTER_FILL * sms and 1 < fewest < want and rows * fewest <= CLUSTER_FILL * sms:
+            return MAX_THREADS, _items(n, MAX_THREADS, fewest), fewest
     while cluster < MAX_CLUSTER and -(-n // cluster) > MAX_N:  # a slice must fit a CTA's registers
         cluster, threads = cluster * 2, 0
     if not threads or _items(n, threads, cluster) > 32:
@@ -709,16 +730,20 @@ def _items(n: int, threads: int, cluster: int) -> int:
 
 
 def check_shape(n: int, threads: int, bins: int, cluster: int = 1) -> str | None:
-    """Why ``threads``, ``bins`` and ``cluster`` cannot serve rows of ``n`` entries, or None: powers of two, 64 to
-    1024 threads (the pairwise step gives each of its 64 candidates a thread or more), 1 to :data:`MAX_CLUSTER` CTAs
-    a row, at most 32 entries a thread (held in registers), and up to 2048 bins: with one CTA from ``threads`` up
-    (each thread scans one or more), with a cluster from ``cluster`` up (each CTA reduces one or more)."""
+    """Why ``threads``, ``bins`` and ``cluster`` cannot serve rows of ``n`` entries, or None: a power of two from 64
+    to 1024 threads (the pairwise step gives each of its 64 or more candidates a thread or more), 1 to
+    :data:`MAX_CLUSTER` CTAs a row, at most 32 entries a thread (44 where they are kept in shared memory:
+    :func:`keys_in_shared`), and up to 2048 bins: with one CTA from ``threads`` up (each thread scans one or more),
+    with a cluster from ``cluster`` up (each CTA reduces one or more)."""
     if not (threads & (threads - 1) == 0 and 64 <= threads <= 1024):
         return f"threads must be a power of two from 64 to 1024, got {threads}"
-    if not (cluster & (cluster - 1) == 0 and 1 <= cluster <= MAX_CLUSTER):
-        return f"cluster must be a power of two from 1 to {MAX_CLUSTER} CTAs a row, got {cluster}"
-    if _items(n, threads, cluster) > 32:
-        return f"{cluster} CTA(s) of {threads} threads hold at most {32 * threads * cluster} entries, got rows of {n}"
+    if not 1 <= cluster <= MAX_CLUSTER:
+        return f"cluster must be 1 to {MAX_CLUSTER} CTAs a row, got {cluster}"
+    items = _items(n, threads, cluster)
+    most = MAX_SMEM_ITEMS if keys_in_shared(threads, items) else MAX_ITEMS
+    if items > most:
+        return (f"{cluster} CTA(s) of {threads} threads hold at most {most * threads * cluster} entries, got rows "
+                f"of {n}")
     low = threads if cluster == 1 else cluster
     if not (bins & (bins - 1) == 0 and low <= bins <= 2048):
         what = "the thread count" if cluster == 1 else "the cluster size"
@@ -757,6 +782,9 @@ def launch_topp(x: torch.Tensor, p: float, out: torch.Tensor, passes_out: torch.
         raise UsageError(f"CUDA top-p launch: {items} x {threads} entries in shared memory need "
                          f"{keys_bytes(items, threads)} bytes, this GPU gives a CTA {room} besides the kernel's own; "
                          "leave smem_keys unset")
+    if not smem_keys and items > MAX_ITEMS:
+        raise UsageError(f"CUDA top-p launch: {items} entries a thread do not fit in registers (at most {MAX_ITEMS}) "
+                         f"and this launch keeps them there; use more CTAs a row (cluster) or leave the shape unset")
     kernel = _compiled(items, DTYPE_CODES[x.dtype], passes_out is not None, bins, threads, cluster, smem_keys,
                        pairwise_max(n, threads))
     kernel(grid=(rows * cluster, 1, 1), block=(threads, 1, 1),
