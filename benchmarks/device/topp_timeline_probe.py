@@ -85,15 +85,21 @@ def main() -> None:
         probs = make_probs(32, n, temperature=args.temperature, dtype=torch.float32, device="cuda", gen=gen)
         threads, items, cluster = cuda_topp.launch_shape(n, cuda_topp.clusters_supported(0), 32,
                                                          props.multi_processor_count)
+        # The launch's own choices for this shape (launch_topp): where the entries wait, how large a last bracket
+        # the pairwise step takes.
+        smem_keys = cuda_topp.keys_in_shared(threads, items)
         src = cuda_topp.source(items=items, dtype_code=DTYPE_CODES[probs.dtype], write_passes=False, threads=threads,
-                               cluster=cluster)
+                               cluster=cluster, smem_keys=smem_keys, pairwise=cuda_topp.pairwise_max(n, threads))
         kernel = compile_kernel(_MARK + src, "sb_topp_mask", "the instrumented top-p kernel")
+        if smem_keys:
+            cuda_topp.allow_keys_in_shared(kernel, items, threads)
         out = torch.empty(probs.shape, dtype=torch.uint8, device="cuda")
         marks = torch.zeros(32 * cluster, SLOTS, dtype=torch.int64, device="cuda")
         per_run = []
         for _ in range(args.runs):
             marks.zero_()
             kernel(grid=(32 * cluster, 1, 1), block=(threads, 1, 1),
+                   shared_mem=cuda_topp.keys_bytes(items, threads) if smem_keys else 0,
                    args=[probs, out, marks, n, probs.stride(0), out.stride(0), 0.95])
             torch.cuda.synchronize()
             per_run.append(phase_cycles(marks.cpu()))

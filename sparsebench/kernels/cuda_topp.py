@@ -674,15 +674,22 @@ def _compiled(items: int, dtype_code: int, write_passes: bool, bins: int, thread
     kernel = compile_kernel(source(items=items, dtype_code=dtype_code, write_passes=write_passes, bins=bins,
                                    threads=threads, cluster=cluster, smem_keys=smem_keys, pairwise=pairwise),
                             "sb_topp_mask", "the CUDA top-p kernel")
-    if smem_keys:  # static + dynamic shared memory over 48 KB needs the opt-in, even for under 48 KB dynamic
-        lib = torch.cuda._utils._get_gpu_runtime_library()
-        max_dynamic = 8  # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-        err = lib.cuFuncSetAttribute(kernel.func, max_dynamic, keys_bytes(items, threads))
-        if err != 0:
-            raise RuntimeError(f"the CUDA top-p kernel's {keys_bytes(items, threads)} bytes of shared memory for its "
-                               f"entries were refused (CUDA error {err})")
-        kernel.set_shared_memory_config(keys_bytes(items, threads))  # torch's launcher checks its own record
+    if smem_keys:
+        allow_keys_in_shared(kernel, items, threads)
     return kernel
+
+
+def allow_keys_in_shared(kernel: Any, items: int, threads: int) -> None:
+    """Let a compiled kernel that keeps its entries in shared memory (``smem_keys``) launch with
+    :func:`keys_bytes` of it: static and dynamic shared memory over 48 KB need the opt-in, even with less than
+    48 KB dynamic, and torch's launcher checks its own record of it too."""
+    lib = torch.cuda._utils._get_gpu_runtime_library()
+    max_dynamic = 8  # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+    err = lib.cuFuncSetAttribute(kernel.func, max_dynamic, keys_bytes(items, threads))
+    if err != 0:
+        raise RuntimeError(f"the CUDA top-p kernel's {keys_bytes(items, threads)} bytes of shared memory for its "
+                           f"entries were refused (CUDA error {err})")
+    kernel.set_shared_memory_config(keys_bytes(items, threads))
 
 
 def clusters_supported(device: torch.device | int) -> bool:
