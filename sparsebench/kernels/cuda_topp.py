@@ -46,11 +46,13 @@ Algorithm (one thread block per row, entries ``t, t + blockDim, ...`` held as fl
    ``t*`` (more than ``(1 - p) T`` lies at or under ``t*``), so the bins are much narrower where ``t*`` is, and
    rows of 8K-32K, which needed a second pass, need one (11-17% faster at 16K-32K, 5% at 8K; slower at 1K-4K,
    where it is off, and it made 1024 threads with the entries in registers spill: ``benchmarks/RESULTS.md``,
-   twelfth session; at 64K-128K most rows still take two passes). At most 3-4 passes reach a single pattern;
-   usually 1-2. Each thread owns consecutive bins and clears them once read (no clearing barrier); the bins are
-   padded (one word every 32) so these reads are free of shared-memory bank conflicts.
-3. Once the bracket holds at most :data:`PAIRWISE_MAX` (64) entries, each of them computes its exact
-   at-or-above mass against the others in shared memory (four or more threads an entry); ``t*`` is the
+   twelfth session; at 64K-128K the bracket one pass leaves holds up to a few hundred entries, which step 3
+   takes). At most 3-4 passes reach a single pattern; usually 1-2. Each thread owns consecutive bins and clears
+   them once read (no clearing barrier); the bins are padded (one word every 32) so these reads are free of
+   shared-memory bank conflicts.
+3. Once the bracket holds at most :func:`pairwise_max` entries (64 up to 16K entries, 128-512 beyond), each of
+   them computes its exact at-or-above mass against the others in shared memory (one or more threads an entry;
+   8-16 in rows up to 16K); ``t*`` is the
    largest accepted. The mask is ``x >= t*`` over positive entries: ties at ``t*`` are all kept, as in the
    module :mod:`sparsebench.kernels.topp`'s semantics.
 
