@@ -638,8 +638,10 @@ def test_cuda_radix_scope() -> None:
         CLUSTER_TABLE,
         MAX_N,
         check_shape,
+        keys_in_shared,
         launch_shape,
         max_row,
+        pairwise_max,
     )
     from sparsebench.kernels.topp import cuda_unusable_reason
 
@@ -664,6 +666,12 @@ def test_cuda_radix_scope() -> None:
     assert launch_shape(131072, True, rows=32, sms=132) == (1024, 43, 3)
     assert launch_shape(131072, True, rows=30, sms=132) == (1024, 32, 4)
     assert launch_shape(262144, True, rows=32, sms=132)[2] == 8
+    # Larger last brackets for pairwise sums in longer rows, never more than a thread a candidate; the entries of
+    # 1024-thread CTAs with 16 or more a thread wait in shared memory.
+    assert [pairwise_max(n, 1024) for n in (1000, 16384, 16385, 65536, 131072, 262144)] == [64, 64, 128, 256, 512, 512]
+    assert pairwise_max(65536, 64) == 64
+    assert keys_in_shared(1024, 16) and keys_in_shared(1024, 43)
+    assert not keys_in_shared(1024, 8) and not keys_in_shared(512, 32)
     # The sweep's overrides are checked before a launch: block size, entries a thread, bins.
     assert "power of two from 64 to 1024" in (check_shape(100, 96, 2048) or "")
     assert "at most 2048 entries" in (check_shape(4096, 64, 2048) or "")
