@@ -35,7 +35,8 @@ def main() -> None:
         out = torch.empty(probs.shape, dtype=torch.uint8, device="cuda")
         call = functools.partial(launch_topp, probs, args.p, out)
         us = statistics.median(time_gpu(call, warmup=3, repeats=30, flush=None, calls=20))
-        threads, items, cluster = launch_shape(args.n, True, rows)
+        sms = torch.cuda.get_device_properties(0).multi_processor_count
+        threads, items, cluster = launch_shape(args.n, True, rows, sms)  # the shape launch_topp takes
         results.append(dict(n=args.n, rows=rows, us=us, threads=threads, items=items, cluster=cluster))
         print(f"N={args.n} rows {rows:>3} ({cluster} x {threads} threads a row): {us:7.2f} us", flush=True)
     save_probe(args.out, "topp_rows.json", results, "20 calls a CUDA-graph replay, no flush, median of 30 replays")
