@@ -574,11 +574,12 @@ def test_cuda_radix_window_takes_one_pass(n: int) -> None:
     twelfth session; ``benchmarks/topp_pass_model.py`` on 480 such rows a length: one row of 32K took 2); at
     64K-128K the bracket left holds up to a few hundred entries, which pairwise sums resolve
     (:func:`~sparsebench.kernels.cuda_topp.pairwise_max`) instead of a second pass. The masks stay exact."""
-    from sparsebench.kernels.cuda_topp import clusters_supported
+    from sparsebench.kernels.cuda_topp import clusters_supported, max_row
     from sparsebench.kernels.topp import topp_mask_cuda
 
-    if n > 16384 and not clusters_supported(torch.device("cuda")):
-        pytest.skip("rows over 16K entries take the window only in a thread-block cluster (sm_90)")
+    if n > max_row(clusters_supported(torch.device("cuda"))):
+        pytest.skip(f"rows of {n} entries need thread-block clusters (compute capability 9.0); without them the "
+                    f"kernel takes at most {max_row(False)}")
     gen = torch.Generator().manual_seed(SEED)
     x = torch.softmax(2 * torch.randn(32, n, generator=gen), -1).cuda()
     passes = torch.zeros(32, dtype=torch.int32, device="cuda")
