@@ -41,7 +41,6 @@ Triton); the tensor-core version takes 47.2 µs and its copy ring alone 45.0 µs
 
 from __future__ import annotations
 
-import ctypes
 import functools
 from dataclasses import dataclass
 from typing import Any
@@ -49,7 +48,7 @@ from typing import Any
 import torch
 
 from sparsebench.errors import DependencyError, UsageError
-from sparsebench.kernels.nvrtc import compile_kernel, nvrtc_unavailable_reason, specialise
+from sparsebench.kernels.nvrtc import allow_dynamic_shared, compile_kernel, nvrtc_unavailable_reason, specialise
 
 __all__ = ["CudaKernelConfig", "cuda_unavailable_reason", "default_cuda_config", "sparse_decode_cuda",
            "unsupported_reason"]
@@ -446,23 +445,8 @@ def _compiled(group: int, head_dim: int, block_size: int, tile_blocks: int, stag
     kernel = compile_kernel(source(group, head_dim, block_size, tile_blocks, stages, bf16, has_kv_len, softcap,
                                    copies_only), "sb_sparse_decode", "the CUDA decode kernel", options=OPTIONS)
     smem = _smem_bytes(group, head_dim, block_size, tile_blocks, stages)
-    _set_smem(kernel, smem)
+    allow_dynamic_shared(kernel, smem, "the CUDA decode kernel")
     return kernel, smem
-
-
-def _set_smem(kernel: Any, nbytes: int) -> None:
-    """Allow ``nbytes`` of dynamic shared memory (above 48 KB a kernel must opt in)."""
-    if hasattr(kernel, "set_shared_memory_config"):
-        kernel.set_shared_memory_config(nbytes)
-        return
-    if nbytes < 48 * 1024:
-        return
-    from torch.cuda._utils import _get_gpu_runtime_library
-
-    lib = _get_gpu_runtime_library()
-    # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
-    if lib.cuFuncSetAttribute(kernel.func, 8, ctypes.c_int(nbytes)) != 0:
-        raise DependencyError(f"could not give the CUDA decode kernel {nbytes} bytes of shared memory")
 
 
 def _check_config(cfg: CudaKernelConfig, group: int, head_dim: int, block_size: int) -> None:

@@ -104,7 +104,14 @@ from typing import Any
 import torch
 
 from sparsebench.errors import UsageError
-from sparsebench.kernels.nvrtc import COMMON_SOURCE, DTYPE_CODES, MAX_THREADS, compile_kernel, specialise
+from sparsebench.kernels.nvrtc import (
+    COMMON_SOURCE,
+    DTYPE_CODES,
+    MAX_THREADS,
+    allow_dynamic_shared,
+    compile_kernel,
+    specialise,
+)
 
 __all__ = [
     "CLUSTER_TABLE",
@@ -683,15 +690,8 @@ def _compiled(items: int, dtype_code: int, write_passes: bool, bins: int, thread
 
 def allow_keys_in_shared(kernel: Any, items: int, threads: int) -> None:
     """Let a compiled kernel that keeps its entries in shared memory (``smem_keys``) launch with
-    :func:`keys_bytes` of it: static and dynamic shared memory over 48 KB need the opt-in, even with less than
-    48 KB dynamic, and torch's launcher checks its own record of it too."""
-    lib = torch.cuda._utils._get_gpu_runtime_library()
-    max_dynamic = 8  # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-    err = lib.cuFuncSetAttribute(kernel.func, max_dynamic, keys_bytes(items, threads))
-    if err != 0:
-        raise RuntimeError(f"the CUDA top-p kernel's {keys_bytes(items, threads)} bytes of shared memory for its "
-                           f"entries were refused (CUDA error {err})")
-    kernel.set_shared_memory_config(keys_bytes(items, threads))
+    :func:`keys_bytes` of it (its static arrays come on top)."""
+    allow_dynamic_shared(kernel, keys_bytes(items, threads), "the CUDA top-p kernel")
 
 
 def clusters_supported(device: torch.device | int) -> bool:

@@ -8,6 +8,7 @@ fails, and (the two selection kernels) the same block-wide reductions and dtype-
 
 from __future__ import annotations
 
+import ctypes
 import functools
 from typing import Any
 
@@ -20,6 +21,7 @@ __all__ = [
     "DTYPE_CODES",
     "MAX_THREADS",
     "MIN_THREADS",
+    "allow_dynamic_shared",
     "block_threads",
     "compile_kernel",
     "nvrtc_unavailable_reason",
@@ -134,3 +136,17 @@ def compile_kernel(source: str, name: str, what: str, options: tuple[str, ...] =
     except Exception as exc:  # NVRTC missing, or a compile error: say which, in one line
         last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise DependencyError(f"could not compile {what} with NVRTC: {last}") from exc
+
+
+def allow_dynamic_shared(kernel: Any, nbytes: int, what: str) -> None:
+    """Let ``kernel`` (from :func:`compile_kernel`) launch with ``nbytes`` of dynamic shared memory. A kernel whose
+    static and dynamic shared memory together pass 48 KB must opt in (``cuFuncSetAttribute``), even with less than
+    48 KB dynamic; torch's launcher also checks its own record of the opt-in where it keeps one. ``what`` names the
+    kernel in the error."""
+    lib = torch.cuda._utils._get_gpu_runtime_library()
+    max_dynamic = 8  # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+    err = lib.cuFuncSetAttribute(kernel.func, max_dynamic, ctypes.c_int(nbytes))
+    if err != 0:
+        raise DependencyError(f"could not give {what} {nbytes} bytes of dynamic shared memory (CUDA error {err})")
+    if hasattr(kernel, "set_shared_memory_config"):
+        kernel.set_shared_memory_config(nbytes)
