@@ -45,12 +45,24 @@ def _clock(like):
 
 
 @triton.jit
+def _l2_prefetch(ptr, on, NBYTES: tl.constexpr):
+    """Ask the copy engine to bring ``NBYTES`` from ``ptr`` into L2 (``cp.async.bulk.prefetch``, sm_90), where
+    ``on``: the request costs the program one instruction and no registers or shared memory while it is in flight."""
+    return tl.inline_asm_elementwise(
+        "{ .reg .pred p; setp.ne.u32 p, $2, 0; @p cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
+        "=r,l,r", [ptr, on.to(tl.int32) * NBYTES], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
 def _attend(q_ptr, k_ptr, v_ptr, idx_ptr, cnt_ptr, out_ptr, n_tokens, n_blocks, scale, BS: tl.constexpr,
             D: tl.constexpr, BPT: tl.constexpr, GROUP: tl.constexpr, PREFETCH: tl.constexpr, MATH: tl.constexpr,
-            times_ptr=None, TIMES: tl.constexpr = False):
+            times_ptr=None, TIMES: tl.constexpr = False, L2_AHEAD: tl.constexpr = 0):
     """The split kernel's loop reduced to its parts: ``PREFETCH`` loads the next tile's block ids one iteration
     ahead (as the split kernel does); ``MATH`` adds the scores, online softmax and ``P V`` (else K + V summed).
-    ``TIMES``: write (start ns, end ns, multiprocessor) of each program to ``times_ptr`` (int64 ``[programs, 3]``)."""
+    ``TIMES``: write (start ns, end ns, multiprocessor) of each program to ``times_ptr`` (int64 ``[programs, 3]``).
+    ``L2_AHEAD``: also ask for the K and V blocks of the tile that many tiles ahead to be brought into L2 (bulk
+    prefetch), their ids loaded one iteration earlier still, so that more of the share is in flight than the
+    pipeline's shared-memory stages hold."""
     bh, split, n_splits, lo, hi = _split_range(cnt_ptr)
     if TIMES:
         t_start, sm = _clock(bh)
@@ -65,9 +77,19 @@ def _attend(q_ptr, k_ptr, v_ptr, idx_ptr, cnt_ptr, out_ptr, n_tokens, n_blocks, 
     l_i = tl.zeros([16], dtype=tl.float32)
     acc = tl.zeros([16, D], dtype=tl.float32)
     nxt = tl.load(idx_ptr + bh * n_blocks + lo + t_slot, mask=lo + t_slot < hi, other=0)
+    first = (t % BS) == 0  # one request a block
+    far = lo + L2_AHEAD * BPT + t_slot
+    far_blk = tl.load(idx_ptr + bh * n_blocks + far, mask=first & (far < hi) & (L2_AHEAD > 0), other=0)
     for start in range(lo, hi, BPT):
         slot = start + t_slot
         ok = slot < hi
+        if L2_AHEAD > 0:
+            far = slot + L2_AHEAD * BPT
+            far_ok = first & (far < hi)
+            far_tok = (far_blk * BS).to(tl.int64)
+            _l2_prefetch(k_base + far_tok * D, far_ok, NBYTES=BS * D * 2)
+            _l2_prefetch(v_base + far_tok * D, far_ok, NBYTES=BS * D * 2)
+            far_blk = tl.load(idx_ptr + bh * n_blocks + far + BPT, mask=first & (far + BPT < hi), other=0)
         if PREFETCH:
             blk = nxt
             nxt = tl.load(idx_ptr + bh * n_blocks + slot + BPT, mask=slot + BPT < hi, other=0)
@@ -104,6 +126,9 @@ def main() -> None:
     ap.add_argument("--context", type=int, default=131072)
     ap.add_argument("--splits", default="33")
     ap.add_argument("--repeats", type=int, default=50)
+    ap.add_argument("--l2-ahead", default="",
+                    help="comma-separated L2 prefetch distances in tiles: time only the split kernel's loop (copy and "
+                         "math, block ids prefetched, 3 stages, 4 warps) at each, instead of the default variants")
     args = ap.parse_args()
     from triton.tools.tensor_descriptor import TensorDescriptor
 
@@ -133,7 +158,20 @@ def main() -> None:
             variants += [(f"tma st{st}", functools.partial(
                 _gather_sum_tma[(hkv, splits)], k_desc, v_desc, idx, cnt, out, n, args.context, BS=bs, D=d,
                 num_warps=4, num_stages=st)) for st in (3, 5, 8)]
-            if splits == int(args.splits.split(",")[0]):
+            if args.l2_ahead:
+                variants = []
+                q = torch.randn(hkv * 4, d, device=dev, dtype=dt, generator=gen)
+                out16 = torch.empty(hkv * splits * 16, d, device=dev)
+                for math, ahead in itertools.product((False, True), (int(a) for a in args.l2_ahead.split(","))):
+                    fn = functools.partial(_attend[(hkv, splits)], q, k, v, idx, cnt, out16, args.context, n,
+                                           d**-0.5 * 1.4426950408889634, BS=bs, D=d, BPT=4, GROUP=4, PREFETCH=True,
+                                           MATH=math, L2_AHEAD=ahead, num_warps=4, num_stages=3)
+                    name = f"loop {'math' if math else 'copy'} l2 ahead {ahead}"
+                    us = statistics.median(time_gpu(fn, warmup=5, repeats=args.repeats, flush=flush,
+                                                    flush_by_reading=True))
+                    rows.append(dict(pattern=pattern, splits=splits, variant=name, us=us, mb=mb, tb_per_s=mb / us))
+                    print(f"{pattern:<11} splits {splits:>3} {name:<34} {us:6.1f} us  {mb / us:5.2f} TB/s", flush=True)
+            elif splits == int(args.splits.split(",")[0]):
                 q = torch.randn(hkv * 4, d, device=dev, dtype=dt, generator=gen)
                 out16 = torch.empty(hkv * splits * 16, d, device=dev)
                 for (prefetch, math), st, warps in itertools.product(
