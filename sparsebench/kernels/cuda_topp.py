@@ -35,10 +35,13 @@ Algorithm (one thread block per row, entries ``t, t + blockDim, ...`` held as fl
    nothing.
 2. The threshold ``t*`` (the largest entry whose at-or-above mass is accepted) lies in the bracket ``[lo, hi]``
    of bit patterns, initially ``[1, max]`` (positive entries). A pass bins the bracket's entries into 2048
-   bins of ``2**shift`` patterns (``shift`` = bit length of ``hi - lo`` minus 11), adding mass and count per bin
-   with shared-memory atomics; a block scan (one barrier) gives each thread the mass under its bins, and the bin
-   where the mass at or above first reaches the acceptance level becomes the bracket (the mass of the bins over it
-   is added to ``above``). The first pass's bins hold every positive entry, so its scan total is ``F_T``: no
+   bins of ``2**shift`` patterns (``shift`` = bit length of ``hi - lo`` minus 11), adding mass (and, in clusters and
+   at 32 entries a thread, count) per bin with shared-memory atomics; a block scan (one barrier) gives each thread
+   the mass under its bins, and the bin where the mass at or above first reaches the acceptance level becomes the
+   bracket (the mass of the bins over it is added to ``above``). Whether another pass is needed follows from the
+   bracket's count, or, where the histograms keep no counts, from gathering the bracket's entries as step 3's
+   candidates right after the pass (their slot counter is the count): one atomic fewer an entry made 1K-8K entries
+   5-8% faster (fourteenth session). The first pass's bins hold every positive entry, so its scan total is ``F_T``: no
    separate reduction. A ``p`` so close to 1 that the margin cannot be met keeps every positive entry (mass
    ``T >= p T``). In shapes of 16-32 entries a thread with at most 512 threads or the entries in shared memory
    (8K-128K entries), the first pass bins only ``[base, max]`` finely, with every entry under ``base`` in bin 0
@@ -80,20 +83,21 @@ would not all run at once: :data:`CLUSTER_FILL`), and always beyond :data:`MAX_N
 up to 256K entries).
 
 Measured on the H200 (``sparsebench bench topp --suites main --calls-per-replay 20 --no-flush``, 32 rows,
-temperature 2, p 0.9; ``benchmarks/RESULTS.md``, thirteenth session): exact on every row (0 rows differing from the
-reference, one pass at every length). 3.9 / 4.4 / 5.4 / 7.6 / 10.9 / 14.2 / 19.3 / 30.6 µs at 1K-128K entries,
-against the Triton kernel's 8.6 / 8.6 / 12.4 / 18.2 / 30.6 / 40.1 / 93.3 / 179.6 and sort's 40-661 µs: 9.3-21.7x
-faster than sort (the project's target is 10x up to 32K; 4K is 9.3x), and 0.7-3.2x the time of one read of the
-input (2x is the target: met up to 4K). The twelfth session's kernel took 3.9-62.6 µs (64K 27.8, 128K 62.3): the
-entries in shared memory at 1024 threads, larger pairwise brackets and three-CTA clusters at 128K are this
-session's. Where the time goes
-(``benchmarks/device/topp_timeline_probe.py``, cycles of thread 0 between the ``MARK`` points): at 1K about 1400
-cycles load and sum, 700 histogram adds, 1100 scan, 550 crossing, 800 + 900 pairwise; the histogram adds grow with
-the entries a thread (6700 cycles at 16K). What the time is *not*: the launch (an empty kernel costs 0.7-1.0 µs a
-call there; a kernel that only loads and writes its rows, 1.4-2.5 µs at 1K-16K), the histogram size (fewer bins
-were not faster overall), or atomic contention (warp-aggregated adds were 1.4-12x slower; warp-aggregated pairwise
-slots too). No host synchronisation: CUDA-graph safe. ``topp_mask(backend="auto")`` picks this kernel on a GPU where
-NVRTC runs.
+temperature 2, p 0.9; ``benchmarks/RESULTS.md``, fourteenth session, three runs): exact on every row (0 rows
+differing from the reference, one pass at every length). 3.7 / 4.35 / 4.97-4.99 / 7.0 / 10.9-11.0 / 14.1-14.4 / 19.4 /
+30.6 µs at 1K-128K entries, against the Triton kernel's 8.6 / 8.6 / 12.4 / 18.2 / 30.4 / 39.8 / 92.6 / 179.3 and
+sort's 40-658 µs: 10.0-21.5x faster than sort at every length (the project's target is 10x up to 32K; 4K is
+10.01-10.05x), and 0.65-3.2x the time of one read of the input (2x is the target: met up to 4K). The thirteenth
+session's kernel took 3.9 / 4.5 / 5.4 / 7.6 µs at 1K-8K: the count histograms left out there are this session's; the
+twelfth's took 3.9-62.6 µs (64K 27.8, 128K 62.3). Where the time goes
+(``benchmarks/device/topp_timeline_probe.py``, cycles of thread 0 between the ``MARK`` points, fourteenth session):
+at 1K about 1400 cycles load and sum, 500 histogram adds, 1300 scan, 550 crossing, 650 + 900 pairwise (gather, then
+sums); at 4K 1800 / 1400 / 1000 / 550 / 1100 + 1200; the histogram adds grow with the entries a thread (8200 cycles
+at 16K, which keeps its counts). What the time is *not*: the launch (an empty kernel costs 0.7-1.0 µs a call there;
+a kernel that only loads and writes its rows, 1.4-2.5 µs at 1K-16K), the histogram size (fewer bins were not faster
+overall), or atomic contention (warp-aggregated adds were 1.4-12x slower; warp-aggregated pairwise slots too): the
+*number* of atomics an entry is (one fewer: 5-8% at 1K-8K). No host synchronisation: CUDA-graph safe.
+``topp_mask(backend="auto")`` picks this kernel on a GPU where NVRTC runs.
 """
 
 from __future__ import annotations
@@ -193,14 +197,48 @@ _SOURCE = r"""
 #define MARK(i)
 #endif
 
-// Adds mass f (64-bit fixed point) and count c to histogram word w: the mass in two 32-bit halves, the low half's
-// carry into the high one (32-bit shared-memory adds are native; 64-bit ones compile to compare-and-swap loops).
-__device__ __forceinline__ void hist_add(u32* hlo, u32* hhi, u32* hcnt, u32 w, u64 f, u32 c) {
+// COUNTS: the histograms also count the entries of each bin, and the crossing bin's count says whether the bracket
+// is small enough for pairwise sums. Without (one CTA a row of up to 16 entries a thread) the bracket's entries are
+// gathered as pairwise candidates after every pass instead, and the gather's slot counter says it: one shared atomic
+// fewer an entry. Measured on the H200 (fourteenth session; 32 rows, p 0.9): 1K-8K entries 3.9 / 4.5 / 5.4 / 7.6 to
+// 3.7 / 4.3 / 5.0 / 7.0 µs; 16K (32 entries a thread) 10.8 to 11.5-11.7 (168 bytes a thread spilled, not 88), so it
+// keeps the counts, as clusters do.
+#define COUNTS (CLUSTER > 1 || ITEMS > 16)
+
+// Adds mass f (64-bit fixed point) to histogram word w, in two 32-bit halves: the low half's carry goes into the
+// high one (32-bit shared-memory adds are native; 64-bit ones compile to compare-and-swap loops). Keeping three words
+// of 16 / 16 / 32 bits of f instead, summed apart with no returned value to wait on, was slower (4K entries: 5.25
+// against 4.96 µs, fourteenth session).
+__device__ __forceinline__ void mass_add(u32* hlo, u32* hhi, u32 w, u64 f) {
     const u32 f_lo = (u32)f;
     const u32 old = atomicAdd(&hlo[w], f_lo);
     atomicAdd(&hhi[w], (u32)(f >> 32) + (old + f_lo < old ? 1u : 0u));
+}
+
+// Mass f and count c.
+__device__ __forceinline__ void hist_add(u32* hlo, u32* hhi, u32* hcnt, u32 w, u64 f, u32 c) {
+    mass_add(hlo, hhi, w, f);
     atomicAdd(&hcnt[w], c);
 }
+
+// Every entry of the bracket [lo, hi] takes a slot of *counter and, below PAIRWISE_MAX, becomes a pairwise candidate
+// (its bit pattern and f(x)); a barrier then makes the candidates and their number visible. A macro: it reads the
+// kernel's entries (KEY, FMASS). (Slots taken a warp at a time, by ballot, were slower: 1218 against 765 cycles at
+// 1K.)
+#define GATHER_CANDIDATES(counter, lo, hi)                                                  \
+    do {                                                                                    \
+        _Pragma("unroll") for (int i_ = 0; i_ < ITEMS; ++i_) {                              \
+            const u32 k_ = KEY(i_);                                                         \
+            if (k_ >= (lo) && k_ <= (hi)) {                                                 \
+                const u32 slot_ = atomicAdd((counter), 1u);                                 \
+                if (slot_ < PAIRWISE_MAX) {                                                 \
+                    pair_key[slot_] = k_;                                                   \
+                    pair_mass[slot_] = FMASS(i_);                                           \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
+        __syncthreads();                                                                    \
+    } while (0)
 
 #if CLUSTER > 1
 // Thread-block clusters (sm_90): the CTAs of a row meet at cluster barriers and read each other's shared memory.
@@ -264,18 +302,23 @@ extern "C" __global__ void CLUSTER_ATTR __launch_bounds__(THREADS, 1) sb_topp_ma
     u64* const pair_mass = (u64*)(hwords + PAIRWISE_MAX);
 #else
     __shared__ u32 hlo[HWORDS], hhi[HWORDS];
+#if COUNTS
     __shared__ u32 hcnt[HWORDS];
+#endif
     __shared__ u32 pair_key[PAIRWISE_MAX];
     __shared__ u64 pair_mass[PAIRWISE_MAX];
 #endif
     __shared__ u64 ws[32];
 #if CLUSTER == 1
     __shared__ u64 low_m[THREADS / 32];  // a windowed first pass's bin 0, a warp's sum each
+#if COUNTS
     __shared__ u32 low_c[THREADS / 32];
+#endif
 #endif
     __shared__ float red_f[32];
     __shared__ u32 red_u[32];
-    __shared__ u32 s_lo, s_hi, s_active, s_npair, s_tstar;
+    __shared__ u32 s_lo, s_hi, s_active, s_tstar;
+    __shared__ u32 s_npair[2];  // the gathers' slot counters (without COUNTS, alternate passes')
     __shared__ u64 s_above;
 
     const int t = threadIdx.x;  // blockDim.x == THREADS
@@ -318,8 +361,14 @@ extern "C" __global__ void CLUSTER_ATTR __launch_bounds__(THREADS, 1) sb_topp_ma
         KEY(i) = j < last ? __float_as_uint(load_value(xrow, j)) & 0x7fffffffu : 0u;
     }
     // The first pass's histogram is cleared while the row loads; each pass clears its bins once they are read.
-    for (int w = t; w < HWORDS; w += THREADS) { hlo[w] = 0u; hhi[w] = 0u; hcnt[w] = 0u; }
-    if (t == 0) { s_npair = 0u; s_tstar = 0u; }
+    for (int w = t; w < HWORDS; w += THREADS) {
+        hlo[w] = 0u;
+        hhi[w] = 0u;
+#if COUNTS
+        hcnt[w] = 0u;
+#endif
+    }
+    if (t == 0) { s_npair[0] = 0u; s_npair[1] = 0u; s_tstar = 0u; }
     // The row's sum T in float32: it only sets the fixed-point scale (below), which needs no more precision.
     float tot = 0.0f;
     u32 kmax = 0u;
@@ -412,7 +461,11 @@ extern "C" __global__ void CLUSTER_ATTR __launch_bounds__(THREADS, 1) sb_topp_ma
                 const u64 f = FMASS(i);
                 low_mass += low ? f : 0ull;
                 low_count += low ? 1u : 0u;
+#if COUNTS
                 if (in && !low) hist_add(hlo, hhi, hcnt, HB(((k - base) >> shift) + low_bin), f, 1u);
+#else
+                if (in && !low) mass_add(hlo, hhi, HB(((k - base) >> shift) + low_bin), f);
+#endif
             }
             if (low_bin) {  // uniform: the same for every thread
                 // The warp's sum in integer reductions whose sums fit 32 bits (16 + 5, 16 + 5 and at most 31 bits:
@@ -420,17 +473,21 @@ extern "C" __global__ void CLUSTER_ATTR __launch_bounds__(THREADS, 1) sb_topp_ma
                 const u32 m0 = __reduce_add_sync(FULL, (u32)low_mass & 0xffffu);
                 const u32 m1 = __reduce_add_sync(FULL, (u32)(low_mass >> 16) & 0xffffu);
                 const u32 m2 = __reduce_add_sync(FULL, (u32)(low_mass >> 32));
-                const u32 c = __reduce_add_sync(FULL, low_count);
                 const u64 m = ((u64)m2 << 32) + ((u64)m1 << 16) + m0;
+#if COUNTS
+                const u32 c = __reduce_add_sync(FULL, low_count);
+#endif
 #if CLUSTER > 1
                 if ((t & 31) == 0 && c) hist_add(hlo, hhi, hcnt, HB(0), m, c);  // other CTAs read this CTA's bin 0
-#else
+#elif COUNTS
                 if ((t & 31) == 0) { low_m[t >> 5] = m; low_c[t >> 5] = c; }  // bin 0's owner adds them up
+#else
+                if ((t & 31) == 0) low_m[t >> 5] = m;
 #endif
             }
-            // Thread t owns bins [t PER, (t + 1) PER) of this CTA's range: their mass and count, in registers.
+            // Thread t owns bins [t PER, (t + 1) PER) of this CTA's range: their mass (and count), in registers.
             u64 hm[PER];
-            u32 hc[PER];
+            u32 hc[PER];  // counts (COUNTS only)
             u64 mine = 0ull;
 #if CLUSTER > 1
             cluster_sync();  // every CTA's histogram is complete
@@ -467,12 +524,20 @@ extern "C" __global__ void CLUSTER_ATTR __launch_bounds__(THREADS, 1) sb_topp_ma
                 if (b < RANGE_BINS) {
                     const int w = HB(b);
                     hm[i] = ((u64)hhi[w] << 32) + hlo[w];
+                    // Only its owner reads a bin: it clears it for the next pass (most bins of a pass stay empty;
+                    // without counts, a bin whose entries' f(x) are all 0 has all-zero words already).
+#if COUNTS
                     hc[i] = hcnt[w];
-                    // Only its owner reads a bin: it clears it for the next pass (most bins of a pass stay empty).
                     if (hc[i]) { hlo[w] = 0u; hhi[w] = 0u; hcnt[w] = 0u; }
                     if (b < (int)low_bin) {  // bin 0 of a windowed pass: the warps' sums, not atomics
                         for (int v = 0; v < THREADS / 32; ++v) { hm[i] += low_m[v]; hc[i] += low_c[v]; }
                     }
+#else
+                    if (hm[i]) { hlo[w] = 0u; hhi[w] = 0u; }
+                    if (b < (int)low_bin) {
+                        for (int v = 0; v < THREADS / 32; ++v) hm[i] += low_m[v];
+                    }
+#endif
                 }
                 mine += hm[i];
             }
@@ -532,7 +597,7 @@ extern "C" __global__ void CLUSTER_ATTR __launch_bounds__(THREADS, 1) sb_topp_ma
                 if (b < RANGE_BINS && at_or_above >= target && at_or_above - hm[i] < target) {
                     const u32 gb = owner * RANGE_BINS + (u32)b;
                     s_above = at_or_above - hm[i];
-                    s_active = hc[i];
+                    s_active = hc[i];  // COUNTS only
                     if (gb < low_bin) {  // bin 0 of a windowed pass: everything under base
                         s_lo = lo;
                         s_hi = base - 1u;
@@ -547,8 +612,16 @@ extern "C" __global__ void CLUSTER_ATTR __launch_bounds__(THREADS, 1) sb_topp_ma
             }
             __syncthreads();
             MARK(5 + 3 * n_pass);
-            lo = s_lo; hi = s_hi; above = s_above; active = s_active;
+            lo = s_lo; hi = s_hi; above = s_above;
             // s_* are next written after the next pass's barriers: no barrier needed here.
+#if COUNTS
+            active = s_active;
+#else
+            // The bracket's entries become the pairwise candidates now; if there are too many, another pass.
+            GATHER_CANDIDATES(&s_npair[n_pass & 1], lo, hi);
+            active = s_npair[n_pass & 1];
+            if (t == 0) s_npair[(n_pass + 1) & 1] = 0u;  // the next gather's counter: every read of it is done
+#endif
         }
         if (keep_all) {
             tstar = 1u;
@@ -556,22 +629,12 @@ extern "C" __global__ void CLUSTER_ATTR __launch_bounds__(THREADS, 1) sb_topp_ma
             tstar = lo;
         } else {
             // At most PAIRWISE_MAX entries in [lo, hi] (over the whole row): each one's exact at-or-above mass.
-            // (Slots taken a warp at a time, by ballot, were slower: 1218 against 765 cycles at 1K.)
-            #pragma unroll
-            for (int i = 0; i < ITEMS; ++i) {
-                const u32 k = KEY(i);
-                if (k >= lo && k <= hi) {
-                    const u32 slot = atomicAdd(&s_npair, 1u);
-                    if (slot < PAIRWISE_MAX) {
-                        pair_key[slot] = k;
-                        pair_mass[slot] = FMASS(i);
-                    }
-                }
-            }
-            __syncthreads();
+#if COUNTS
+            GATHER_CANDIDATES(&s_npair[0], lo, hi);
+#endif
 #if CLUSTER > 1
             // Every CTA gathers the cluster's candidates, in rank order.
-            if (t == 0) c_npair = min(s_npair, (u32)PAIRWISE_MAX);
+            if (t == 0) c_npair = min(s_npair[0], (u32)PAIRWISE_MAX);
             cluster_sync();
             if (t == 0) {
                 u32 off = 0u;
@@ -594,7 +657,7 @@ extern "C" __global__ void CLUSTER_ATTR __launch_bounds__(THREADS, 1) sb_topp_ma
             const u32* cand_key = g_key;
             const u64* cand_mass = g_mass;
 #else
-            const u32 np = min(s_npair, (u32)PAIRWISE_MAX);
+            const u32 np = min(COUNTS ? s_npair[0] : active, (u32)PAIRWISE_MAX);  // (without COUNTS: the last pass's)
             const u32* cand_key = pair_key;
             const u64* cand_mass = pair_mass;
 #endif
