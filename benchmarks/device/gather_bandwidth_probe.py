@@ -120,6 +120,10 @@ def _attend(q_ptr, k_ptr, v_ptr, idx_ptr, cnt_ptr, out_ptr, n_tokens, n_blocks, 
         tl.store(slot + 2, sm.to(tl.int64))
 
 
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",")]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path)
@@ -150,7 +154,7 @@ def main() -> None:
     for pattern, blocks in (("scattered", scattered), ("consecutive", consecutive)):
         idx = torch.zeros(hkv, n, dtype=torch.int32, device=dev)
         idx[:, :k_keep] = blocks.to(torch.int32)
-        for splits in (int(s) for s in args.splits.split(",")):
+        for splits in _ints(args.splits):
             out = torch.empty(hkv * splits, d, device=dev)
             variants = [(f"pointer bpt{bpt} st{st}", functools.partial(
                 _gather_sum[(hkv, splits)], k, v, idx, cnt, out, n, k.stride(1), k.stride(2), BS=bs, D=d, BPT=bpt,
@@ -158,33 +162,29 @@ def main() -> None:
             variants += [(f"tma st{st}", functools.partial(
                 _gather_sum_tma[(hkv, splits)], k_desc, v_desc, idx, cnt, out, n, args.context, BS=bs, D=d,
                 num_warps=4, num_stages=st)) for st in (3, 5, 8)]
+            # The split kernel's loop rebuilt (_attend): with --l2-ahead only it, at each prefetch distance; otherwise
+            # its reduced forms, at the first split count.
             if args.l2_ahead:
                 variants = []
-                q = torch.randn(hkv * 4, d, device=dev, dtype=dt, generator=gen)
-                out16 = torch.empty(hkv * splits * 16, d, device=dev)
-                for math, ahead in itertools.product((False, True), (int(a) for a in args.l2_ahead.split(","))):
-                    fn = functools.partial(_attend[(hkv, splits)], q, k, v, idx, cnt, out16, args.context, n,
-                                           d**-0.5 * 1.4426950408889634, BS=bs, D=d, BPT=4, GROUP=4, PREFETCH=True,
-                                           MATH=math, L2_AHEAD=ahead, num_warps=4, num_stages=3)
-                    name = f"loop {'math' if math else 'copy'} l2 ahead {ahead}"
-                    us = statistics.median(time_gpu(fn, warmup=5, repeats=args.repeats, flush=flush,
-                                                    flush_by_reading=True))
-                    rows.append(dict(pattern=pattern, splits=splits, variant=name, us=us, mb=mb, tb_per_s=mb / us))
-                    print(f"{pattern:<11} splits {splits:>3} {name:<34} {us:6.1f} us  {mb / us:5.2f} TB/s", flush=True)
-            elif splits == int(args.splits.split(",")[0]):
-                q = torch.randn(hkv * 4, d, device=dev, dtype=dt, generator=gen)
-                out16 = torch.empty(hkv * splits * 16, d, device=dev)
-                for (prefetch, math), st, warps in itertools.product(
-                        ((False, False), (True, False), (False, True), (True, True)), (3, 4), (4, 8)):
-                    fn = functools.partial(_attend[(hkv, splits)], q, k, v, idx, cnt, out16, args.context, n,
-                                           d**-0.5 * 1.4426950408889634, BS=bs, D=d, BPT=4, GROUP=4,
-                                           PREFETCH=prefetch, MATH=math, num_warps=warps, num_stages=st)
-                    ids = "prefetch" if prefetch else "in-loop ids"
-                    name = f"loop {'math' if math else 'copy'} {ids} st{st} w{warps}"
-                    us = statistics.median(time_gpu(fn, warmup=5, repeats=args.repeats, flush=flush,
-                                                    flush_by_reading=True))
-                    rows.append(dict(pattern=pattern, splits=splits, variant=name, us=us, mb=mb, tb_per_s=mb / us))
-                    print(f"{pattern:<11} splits {splits:>3} {name:<34} {us:6.1f} us  {mb / us:5.2f} TB/s", flush=True)
+                loops = [(f"loop {'math' if math else 'copy'} l2 ahead {ahead}",
+                          dict(PREFETCH=True, MATH=math, L2_AHEAD=ahead, num_warps=4, num_stages=3))
+                         for math, ahead in itertools.product((False, True), _ints(args.l2_ahead))]
+            elif splits == _ints(args.splits)[0]:
+                loops = [(f"loop {'math' if math else 'copy'} {'prefetch' if prefetch else 'in-loop ids'} st{st} "
+                          f"w{warps}", dict(PREFETCH=prefetch, MATH=math, num_warps=warps, num_stages=st))
+                         for (prefetch, math), st, warps in itertools.product(
+                             ((False, False), (True, False), (False, True), (True, True)), (3, 4), (4, 8))]
+            else:
+                loops = []
+            q = torch.randn(hkv * 4, d, device=dev, dtype=dt, generator=gen)
+            out16 = torch.empty(hkv * splits * 16, d, device=dev)
+            for name, opts in loops:
+                fn = functools.partial(_attend[(hkv, splits)], q, k, v, idx, cnt, out16, args.context, n,
+                                       d**-0.5 * 1.4426950408889634, BS=bs, D=d, BPT=4, GROUP=4, **opts)
+                us = statistics.median(time_gpu(fn, warmup=5, repeats=args.repeats, flush=flush,
+                                                flush_by_reading=True))
+                rows.append(dict(pattern=pattern, splits=splits, variant=name, us=us, mb=mb, tb_per_s=mb / us))
+                print(f"{pattern:<11} splits {splits:>3} {name:<34} {us:6.1f} us  {mb / us:5.2f} TB/s", flush=True)
             ref = None
             for name, fn in variants:
                 try:
