@@ -3,14 +3,7 @@
 # counts stay at 32 entries a thread, where leaving them out was slower, and in clusters), against main's kernel
 # (old_kernel/ = `git show main:sparsebench/kernels/{cuda_topp,nvrtc}.py`, main = 2e09958) in the same call: GPU
 # tests, the phase timeline, `bench topp --suites main --calls-per-replay 20 --no-flush` three times each.
-R=/tmp/s14final; rm -rf $R; mkdir -p $R
+# (The call ran rounds 1-2 through topp_ab.sh with R=/tmp/s14final/ab, then round 3 as its own loop with the
+# same command into /tmp/s14final/topp_{main,new}_3: the layout of its results folder.)
 TESTS="tests/test_topp.py -k 'cuda or auto or gpu'" TIMELINE=1 TIMELINE_ARGS="--sizes 1024,2048,4096,8192,16384" \
-  VARIANTS="main=old_kernel" R=$R/ab bash benchmarks/device/topp_ab.sh
-for v in main new; do
-  tree=$PWD; [ $v != new ] && tree=/tmp/tree_$v
-  (cd $tree && export PYTHONPATH=/tmp/site:$tree
-   timeout 60 python3 -m sparsebench.cli bench topp --out $R/topp_${v}_3 --suites main --calls-per-replay 20 \
-     --no-flush > $R/topp_${v}_3.log 2>&1)
-  echo "$v 3: $(grep -E "cuda radix" $R/topp_${v}_3.log | awk '{printf "%s/x%s/p%s ", $3, $6, $12}')"
-done
-tar czf $OUT/results.tar.gz -C /tmp $(basename $R)
+  VARIANTS="main=old_kernel" ROUNDS=3 R=/tmp/s14final bash benchmarks/device/topp_ab.sh

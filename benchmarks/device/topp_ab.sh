@@ -4,7 +4,8 @@
 # from its own tree (device_env.sh says why) and twice, then a launch-shape sweep. Results under $R, tarred into $OUT.
 #   R=/tmp/sNx TESTS="tests/test_topp.py -k cuda" TIMELINE=1 SWEEP="--sizes 1024 --clusters 1" \
 #     bash benchmarks/device/topp_ab.sh
-# TESTS: pytest arguments after `-m gpu` (none: no tests); TIMELINE=1 runs topp_timeline_probe.py; SWEEP: arguments
+# TESTS: pytest arguments after `-m gpu` (none: no tests); TIMELINE=1 runs topp_timeline_probe.py; ROUNDS: `bench
+# topp` runs of each kernel (default 2); SWEEP: arguments
 # of topp_cuda_shapes_probe.py after `--out` (none: no sweep). The session's calls ran these same steps written out in
 # each script (their test logs are gpu_tests_topp.txt in checks/, padded/, f32/ and counts/), refactored here after.
 rm -rf $R; mkdir -p $R
@@ -26,7 +27,7 @@ for spec in $VARIANTS; do
   rm -rf /tmp/tree_$v; mkdir -p /tmp/tree_$v; cp -r sparsebench /tmp/tree_$v/
   cp $d/cuda_topp.py $d/nvrtc.py /tmp/tree_$v/sparsebench/kernels/
 done
-for round in 1 2; do
+for round in $(seq ${ROUNDS:-2}); do
   for v in $names new; do
     tree=$PWD; [ $v != new ] && tree=/tmp/tree_$v
     (cd $tree && export PYTHONPATH=/tmp/site:$tree
