@@ -36,7 +36,7 @@ Algorithm (one thread block per row, entries ``t, t + blockDim, ...`` held as fl
 2. The threshold ``t*`` (the largest entry whose at-or-above mass is accepted) lies in the bracket ``[lo, hi]``
    of bit patterns, initially ``[1, max]`` (positive entries). A pass bins the bracket's entries into 2048
    bins of ``2**shift`` patterns (``shift`` = bit length of ``hi - lo`` minus 11), adding mass (and, in clusters and
-   at 32 entries a thread, count) per bin with shared-memory atomics; a block scan (one barrier) gives each thread
+   above 16 entries a thread, count) per bin with shared-memory atomics; a block scan (one barrier) gives each thread
    the mass under its bins, and the bin where the mass at or above first reaches the acceptance level becomes the
    bracket (the mass of the bins over it is added to ``above``). Whether another pass is needed follows from the
    bracket's count, or, where the histograms keep no counts, from gathering the bracket's entries as step 3's
