@@ -176,8 +176,9 @@ def main() -> None:
                              ((False, False), (True, False), (False, True), (True, True)), (3, 4), (4, 8))]
             else:
                 loops = []
-            q = torch.randn(hkv * 4, d, device=dev, dtype=dt, generator=gen)
-            out16 = torch.empty(hkv * splits * 16, d, device=dev)
+            if loops:
+                q = torch.randn(hkv * 4, d, device=dev, dtype=dt, generator=gen)
+                out16 = torch.empty(hkv * splits * 16, d, device=dev)
             for name, opts in loops:
                 fn = functools.partial(_attend[(hkv, splits)], q, k, v, idx, cnt, out16, args.context, n,
                                        d**-0.5 * 1.4426950408889634, BS=bs, D=d, BPT=4, GROUP=4, **opts)
