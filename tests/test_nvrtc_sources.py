@@ -67,11 +67,11 @@ def test_topp_cluster_shapes_compile(cluster: int) -> None:
 
 
 def test_topk_sources_compile() -> None:
-    for n in (100, 4096, 16384):
-        items = cuda_topk.launch_shape(n)[1]
+    for n, rows in ((100, 8), (4096, 8), (8192, 240), (16384, 8)):
+        threads, items = cuda_topk.launch_shape(n, rows)
         for dtype_code, per_row_k, keep_last in itertools.product((0, 1), (False, True), (False, True)):
-            compiled(cuda_topk.source(items=items, dtype_code=dtype_code, per_row_k=per_row_k, keep_last=keep_last,
-                                      last_in_budget=keep_last))
+            compiled(cuda_topk.source(threads=threads, items=items, dtype_code=dtype_code, per_row_k=per_row_k,
+                                      keep_last=keep_last, last_in_budget=keep_last))
 
 
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
