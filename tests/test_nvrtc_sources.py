@@ -70,8 +70,9 @@ def test_topk_sources_compile() -> None:
     for n, rows in ((100, 8), (4096, 8), (8192, 240), (16384, 8)):
         threads, items = cuda_topk.launch_shape(n, rows)
         for dtype_code, per_row_k, keep_last in itertools.product((0, 1), (False, True), (False, True)):
-            compiled(cuda_topk.source(threads=threads, items=items, dtype_code=dtype_code, per_row_k=per_row_k,
-                                      keep_last=keep_last, last_in_budget=keep_last))
+            compiled(cuda_topk.source(threads=threads, items=items, full_row=threads * items == n,
+                                      dtype_code=dtype_code, per_row_k=per_row_k, keep_last=keep_last,
+                                      last_in_budget=keep_last))
 
 
 @pytest.mark.parametrize("head_dim", [64, 128, 256])

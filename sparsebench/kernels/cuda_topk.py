@@ -60,6 +60,8 @@ _SOURCE = r"""
 #define NWARPS (THREADS / 32)
 #define PER (NBINS / THREADS)   // histogram bins a thread scans: 2, 4 or 8
 #define SEGS (ITEMS * NWARPS)   // 32-entry segments of the row: one per item and warp
+// Whether entry j exists: always when the row fills the block (FULL_ROW, n == THREADS * ITEMS), so no test.
+#define IN_ROW(j) (FULL_ROW || (j) < n)
 
 // The Triton kernel's int32 order key, flipped so that unsigned order is the same order.
 __device__ __forceinline__ u32 order_key(float x) {
@@ -132,7 +134,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) sb_topk_lists(
     #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
         const int j = i * THREADS + t;
-        key[i] = j < n ? order_key(load_value(xrow, j)) : 0u;
+        key[i] = IN_ROW(j) ? order_key(load_value(xrow, j)) : 0u;
         if (LAST_IN_BUDGET && j == n - 1) key[i] = FULL;  // int32 max, flipped
     }
     for (int w = t; w < 2 * NBINS; w += THREADS) (&hist[0][0])[w] = 0u;
@@ -150,10 +152,16 @@ extern "C" __global__ void __launch_bounds__(THREADS) sb_topk_lists(
             const int shift = pass == 2 ? 0 : 32 - BIN_BITS * (pass + 1);  // 21, 10, 0
             const u32 in_mask = ~low_bits;                                  // bits that must equal lo's
             u32* h = hist[pass & 1];
-            #pragma unroll
-            for (int i = 0; i < ITEMS; ++i)
-                if (i * THREADS + t < n && ((key[i] ^ lo) & in_mask) == 0u)
-                    atomicAdd(&h[(key[i] & low_bits) >> shift], 1u);
+            if (pass == 0) {  // every entry is in the bracket
+                #pragma unroll
+                for (int i = 0; i < ITEMS; ++i)
+                    if (IN_ROW(i * THREADS + t)) atomicAdd(&h[key[i] >> shift], 1u);
+            } else {
+                #pragma unroll
+                for (int i = 0; i < ITEMS; ++i)
+                    if (IN_ROW(i * THREADS + t) && ((key[i] ^ lo) & in_mask) == 0u)
+                        atomicAdd(&h[(key[i] & low_bits) >> shift], 1u);
+            }
             __syncthreads();
             u32 c[PER];
             take_bins(h, c);
@@ -190,7 +198,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) sb_topk_lists(
         #pragma unroll
         for (int i = 0; i < ITEMS; ++i) {
             const int j = i * THREADS + t;
-            if (j < n && key[i] >= lo && key[i] <= hi) {
+            if (IN_ROW(j) && key[i] >= lo && key[i] <= hi) {
                 const u32 slot = atomicAdd(&s_npair, 1u);
                 if (slot < PAIRWISE_MAX) { pair_key[slot] = key[i]; pair_idx[slot] = j; }
             }
@@ -216,7 +224,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) sb_topk_lists(
     if (partial && !pairs) {  // ties at one key
         u32 at_lo = 0u, n_ties;
         #pragma unroll
-        for (int i = 0; i < ITEMS; ++i) at_lo |= (u32)(i * THREADS + t < n && key[i] == lo) << i;
+        for (int i = 0; i < ITEMS; ++i) at_lo |= (u32)(IN_ROW(i * THREADS + t) && key[i] == lo) << i;
         index_order_ranks(at_lo, ties, &n_ties, seg, warp_sums);
         __syncthreads();  // every thread has read seg[] before the ranks below rewrite it
     }
@@ -226,7 +234,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) sb_topk_lists(
     for (int i = 0; i < ITEMS; ++i) {
         const int j = i * THREADS + t;
         bool kp = false;
-        if (j < n) {
+        if (IN_ROW(j)) {
             if (k >= n) kp = true;
             else if (k > 0) {
                 if (key[i] > hi) kp = true;
@@ -247,7 +255,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) sb_topk_lists(
     #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
         const int j = i * THREADS + t;
-        if (j < n) {
+        if (IN_ROW(j)) {
             const bool kp = (keep >> i) & 1u;
             mrow[j] = kp;
             if (kp) irow[pos[i]] = j;
@@ -258,19 +266,23 @@ extern "C" __global__ void __launch_bounds__(THREADS) sb_topk_lists(
 """
 
 
-def source(*, threads: int, items: int, dtype_code: int, per_row_k: bool, keep_last: bool,
+def source(*, threads: int, items: int, full_row: bool, dtype_code: int, per_row_k: bool, keep_last: bool,
            last_in_budget: bool) -> str:
-    """The kernel source for one specialisation (also what the CPU tests compile with NVRTC when they can)."""
-    return specialise(COMMON_SOURCE + _SOURCE, THREADS=threads, ITEMS=items, PAIRWISE_MAX=PAIRWISE_MAX,
-                      IN_DTYPE=dtype_code, PER_ROW_K=int(per_row_k), KEEP_LAST=int(keep_last),
-                      LAST_IN_BUDGET=int(last_in_budget))
+    """The kernel source for one specialisation (also what the CPU tests compile with NVRTC when they can).
+    ``full_row``: the row has exactly ``threads * items`` entries, so the kernel tests no entry for existence."""
+    if not (threads % 32 == 0 and 2048 % threads == 0 and 1 <= items <= 32):
+        raise ValueError(f"no top-k kernel for {threads} threads x {items} entries: threads divide 2048 in warps, "
+                         "and at most 32 entries a thread (one bit each in a word)")
+    return specialise(COMMON_SOURCE + _SOURCE, THREADS=threads, ITEMS=items, FULL_ROW=int(full_row),
+                      PAIRWISE_MAX=PAIRWISE_MAX, IN_DTYPE=dtype_code, PER_ROW_K=int(per_row_k),
+                      KEEP_LAST=int(keep_last), LAST_IN_BUDGET=int(last_in_budget))
 
 
 @functools.cache
-def _compiled(threads: int, items: int, dtype_code: int, per_row_k: bool, keep_last: bool,
+def _compiled(threads: int, items: int, full_row: bool, dtype_code: int, per_row_k: bool, keep_last: bool,
               last_in_budget: bool) -> Any:
-    src = source(threads=threads, items=items, dtype_code=dtype_code, per_row_k=per_row_k, keep_last=keep_last,
-                 last_in_budget=last_in_budget)
+    src = source(threads=threads, items=items, full_row=full_row, dtype_code=dtype_code, per_row_k=per_row_k,
+                 keep_last=keep_last, last_in_budget=last_in_budget)
     return compile_kernel(src, "sb_topk_lists", "the CUDA top-k kernel")
 
 
@@ -294,7 +306,7 @@ def launch_topk_lists(x: torch.Tensor, k: int | torch.Tensor, out: torch.Tensor,
     sms = torch.cuda.get_device_properties(x.device).multi_processor_count
     threads, items = launch_shape(n, rows, sms)
     per_row = isinstance(k, torch.Tensor)
-    kernel = _compiled(threads, items, DTYPE_CODES[x.dtype], per_row, keep_last, last_in_budget)
+    kernel = _compiled(threads, items, threads * items == n, DTYPE_CODES[x.dtype], per_row, keep_last, last_in_budget)
     k_row = k.to(torch.int64) if per_row else counts  # counts: never read without PER_ROW_K
     kernel(grid=(rows, 1, 1), block=(threads, 1, 1), args=[
         x, k_row, out, indices, counts, n, 0 if per_row else min(int(k), n), x.stride(0)])
