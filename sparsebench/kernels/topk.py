@@ -66,7 +66,8 @@ through L2), more than a whole pass costs here.
 On a CUDA device :func:`topk_select` (the mask plus the block lists, Quest's per-layer call) runs a radix-selection
 CUDA kernel instead for rows of :data:`CUDA_FROM_N` or more entries (:mod:`sparsebench.kernels.cuda_topk`: same result
 bit for bit, histogram passes instead of per-candidate reduction trees): on the H200 14.2 against 22.5 µs for 8 rows
-of 8192 blocks, and Quest's selection at 128K context from 1.6 to 0.71 ms a decode step (``benchmarks/RESULTS.md``).
+of 8192 blocks (12.4 µs since its fifteenth-session rewrite), and Quest's selection at 128K context from 1.6 to 0.71 ms
+a decode step (``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations
