@@ -13,11 +13,6 @@ timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_fastdecode.py -k
 timeout 120 python3 benchmarks/device/topk_rows_probe.py --out $R/rows8 --rows 8 --sizes 2048,8192 \
   --other old=old_kernel/cuda_topk_old.py --variants new:default,old:default > $R/rows8.log 2>&1
 echo "rows8 rc $?"; cat $R/rows8.log
-for run in 1 2 3; do
-  d=$R/att_run$run; mkdir -p $d
-  timeout 120 python3 -m sparsebench.cli bench attention --out $d --contexts 8192,32768,131072 \
-    --methods triton-indices --selections topk-layers,topk-fused --repeats 50 --flush read --check > $d/log.txt 2>&1
-  echo "run $run rc $? $(grep -E '^\| [0-9]+ \| (dense flashinfer \(tensor|triton)' $d/bench_attention.md \
-    | awk -F'|' '{printf "%s %s %s sel %s step %s x %s / ", $2, $3, $4, $7, $10, $11}' | sed 's/dense flashinfer (tensor cores)/FI/g')"
-done
+. benchmarks/device/attention_rounds.sh
+attention_rounds $R 3 topk-layers,topk-fused
 tar czf $OUT/results.tar.gz -C /tmp $(basename $R)

@@ -11,10 +11,6 @@ echo tests rc $?; tail -3 $R/gpu_tests.txt
 timeout 200 python3 benchmarks/device/topk_rows_probe.py --out $R --other old=old_kernel/cuda_topk_old.py \
   --variants ${VARIANTS:-new:default,new:1024x8,new:512x16,new:256x32,old:default,old:1024x8} > $R/probe.log 2>&1
 echo probe rc $?; cat $R/probe.log
-for round in 1 2; do
-  d=$R/att_$round; mkdir -p $d
-  timeout 120 python3 -m sparsebench.cli bench attention --out $d --contexts 8192,32768,131072 \
-    --methods triton-indices --selections topk-layers --repeats 50 --flush read --check > $d/log.txt 2>&1
-  echo "$round rc $? $(grep -E '^\| [0-9]+ \| (dense flashinfer \(tensor|triton)' $d/bench_attention.md | awk -F'|' '{printf "%s %s sel %s step %s x %s /", $2, $3, $7, $10, $11}' | sed 's/dense flashinfer (tensor cores)/FI/g')"
-done
+. benchmarks/device/attention_rounds.sh
+attention_rounds $R 2 topk-layers  # folders att_run1, att_run2 (named att_1, att_2 when these calls ran)
 tar czf $OUT/results.tar.gz -C /tmp $(basename $R)

@@ -18,10 +18,6 @@ timeout 120 /usr/local/cuda/bin/ncu --kernel-name sb_topk_lists --launch-skip 2 
   --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section Occupancy \
   python3 benchmarks/device/topk_rows_probe.py --ncu > $R/ncu.txt 2>&1; echo ncu rc $?
 grep -E "Duration|Elapsed Cycles|SM Active|Issued Warp|Registers|Achieved Occ" $R/ncu.txt
-for round in 1 2; do
-  d=$R/att_$round; mkdir -p $d
-  timeout 120 python3 -m sparsebench.cli bench attention --out $d --contexts 8192,32768,131072 \
-    --methods triton-indices --selections topk-layers --repeats 50 --flush read --check > $d/log.txt 2>&1
-  echo "$round rc $? $(grep -E '^\| [0-9]+ \| (dense flashinfer \(tensor|triton)' $d/bench_attention.md | awk -F'|' '{printf "%s %s sel %s step %s x %s /", $2, $3, $7, $10, $11}' | sed 's/dense flashinfer (tensor cores)/FI/g')"
-done
+. benchmarks/device/attention_rounds.sh
+attention_rounds $R 2 topk-layers  # folders att_run1, att_run2 (named att_1, att_2 when these calls ran)
 tar czf $OUT/results.tar.gz -C /tmp $(basename $R)
