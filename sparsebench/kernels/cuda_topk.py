@@ -31,8 +31,8 @@ warp's loads and stores of one item are 32 consecutive entries)
 
 The fifteenth session rewrote steps 1, 2 and 4 (before: ``ITEMS`` consecutive entries a thread, uncoalesced; a
 min / max pass first; one histogram cleared behind a barrier each pass). For 240 rows of 8192 blocks (30 layers'
-selections at 128K context in one launch) it went from 30.5 to 18.5 µs a launch on the H200
-(``benchmarks/device/topk_rows_probe.py``, ``benchmarks/RESULTS.md``).
+selections at 128K context in one launch) it went from 30.5 to 15.5 µs a launch on the H200, and for Quest's 8 rows
+of 8192 from 14.2 to 12.4 µs (``benchmarks/device/topk_rows_probe.py``, ``benchmarks/RESULTS.md``).
 
 Same semantics as :func:`sparsebench.kernels.topk.topk_mask_reference` bit for bit (ties by lowest index,
 NaN below ``-inf``), the tests compare them on the GPU. No host synchronisation: CUDA-graph safe.
@@ -93,7 +93,8 @@ __device__ __forceinline__ void take_bins(u32* h, u32 (&c)[PER]) {
 // Rank in index order among the flagged entries of the row (bit i of `bits`: entry i * THREADS + t), for each of
 // this thread's entries (flagged or not), into rank[]; *total gets their number. One ballot per item and warp
 // counts a 32-entry segment; one block scan over the SEGS counts in (item, warp) order, which is index order,
-// gives each segment its base. seg[SEGS] and ws[32] are scratch; ends synchronised.
+// gives each segment its base. seg[SEGS] and ws[32] are scratch; seg[] is read after the last barrier, so a caller
+// that writes it again must meet a barrier first.
 __device__ __forceinline__ void index_order_ranks(u32 bits, u32 (&rank)[ITEMS], u32* total, u32* seg, u32* ws) {
     const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
     const u32 below = (1u << lane) - 1u;
@@ -142,7 +143,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) sb_topk_lists(
     if (t == 0) s_npair = 0u;
     __syncthreads();
 
-    // The bracket: keys whose top `done` bits are lo's. `above` entries rank over it, `active` lie in it.
+    // The bracket: keys equal to lo outside low_bits. `above` entries rank over it, `active` lie in it.
     u32 lo = 0u, above = 0u, active = (u32)n, low_bits = FULL;  // low_bits: the bracket's free bits
     if (k > 0 && k < n && n > PAIRWISE_MAX) {
         // Radix passes over 11, 11 and 10 bits, most significant first, until at most PAIRWISE_MAX entries or one
