@@ -83,3 +83,14 @@ def test_decode_sources_compile(head_dim: int) -> None:
     for group, bf16, kv_len, softcap in ((1, True, False, False), (4, False, True, True), (8, True, True, False)):
         compiled(cuda_decode.source(group, head_dim, 16, cfg.tile_blocks, cfg.stages, bf16, kv_len, softcap),
                  options=cuda_decode.OPTIONS)
+
+
+def test_topk_source_rejects_shapes_it_cannot_hold() -> None:
+    """The kernel keeps one bit an entry in a word and splits 2048 bins evenly over whole warps: other shapes are
+    refused before NVRTC sees them."""
+    with pytest.raises(ValueError, match="at most 32 entries a thread"):
+        cuda_topk.source(threads=256, items=33, full_row=False, dtype_code=0, per_row_k=False, keep_last=False,
+                         last_in_budget=False)
+    with pytest.raises(ValueError, match="threads divide 2048"):
+        cuda_topk.source(threads=96, items=8, full_row=False, dtype_code=0, per_row_k=False, keep_last=False,
+                         last_in_budget=False)
