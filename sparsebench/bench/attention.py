@@ -40,12 +40,16 @@ after ``--warmup``; L2 flushed before every timed call unless ``--no-flush``: by
 write``, the default and the earlier tables' method; the dirty lines are written back during the timed call,
 ~8 µs on the H200 for dense and sparse alike) or by reading them (``--flush read``: clean lines, as a decode
 step's weight reads leave the L2). ``--layers N`` times N distinct layers back to back per replay and reports
-per-layer rows (:func:`layered_rows`): the launch and flush are then paid once per N layers, as in a step. The
+per-layer rows (:func:`layered_rows`): the launch and flush are then paid once per N layers, as in a step. With
+``--layers 30`` (the sparse layers of a Llama-3-8B-shaped step) these rows are how issue 5's targets are judged:
+the single-layer rows also carry the replay's floor, about 3-4 µs on the H200 for dense and sparse alike, which a
+decode step pays once, not once a layer (``benchmarks/RESULTS.md``, sixteenth session). The
 memory-bandwidth bound of a row is the bytes it must move (K/V of its blocks, the selection's reads and
 writes, index lists and partial results) over the device-to-device copy bandwidth measured at start.
 
     sparsebench bench attention --out DIR                # GPU: B=1, Hq=32, Hkv=8, D=128, 8K/32K/128K
     sparsebench bench attention --out DIR --check        # also compare every method with the torch backend
+    sparsebench bench attention --out DIR --layers 30 --flush read --check   # inside a decode step (issue 5)
     sparsebench bench attention --out DIR --sweep        # also time Triton kernel configurations
     sparsebench bench attention --out DIR --dry-run      # CPU: Triton interpreter, tiny sizes (checks the script)
 
