@@ -215,7 +215,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "leave the L2)")
     ap.add_argument("--layers", type=int, default=1,
                     help="time this many layers (each its own cache, query and scores) back to back per graph replay "
-                         "and report the time per layer: the steady state inside a decode step (see layered_rows)")
+                         "and report the time per layer: the steady state inside a decode step (see layered_rows); "
+                         "these rows always time the topk-fused and topk-layers selections, whatever --selections says")
     ap.add_argument("--check", action="store_true", help="compare each method's output with the torch backend first")
     ap.add_argument("--sweep", action="store_true",
                     help="also time Triton kernel configurations (tile, warps, stages, then splits) per context")
