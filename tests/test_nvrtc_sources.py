@@ -14,7 +14,7 @@ import re
 
 import pytest
 
-from sparsebench.kernels import cuda_decode, cuda_topk, cuda_topp
+from sparsebench.kernels import cuda_decode, cuda_topk, cuda_topp, cuda_topp_grid
 from sparsebench.kernels.compile_check import nvrtc_compile, nvrtc_library
 
 pytestmark = pytest.mark.skipif(nvrtc_library() is None, reason="needs NVRTC: pip install nvidia-cuda-nvrtc-cu12")
@@ -64,6 +64,17 @@ def test_topp_cluster_shapes_compile(cluster: int) -> None:
         compiled(cuda_topp.source(items=items, dtype_code=0, write_passes=True, bins=bins, threads=threads,
                                   cluster=cluster, smem_keys=cuda_topp.keys_in_shared(threads, items),
                                   pairwise=cuda_topp.pairwise_max(n, threads)))
+
+
+def test_topp_grid_sources_compile() -> None:
+    """The grid top-p kernel (:mod:`cuda_topp_grid`) in the shapes its launch picks (512 and 1024 threads) and the
+    probe's (uneven CTAs a row, the phase timeline), every dtype; its static shared memory leaves a full slice room
+    on an H200."""
+    for (threads, ctas), dtype_code in itertools.product(((512, 4), (1024, 4), (1024, 3), (64, 2)), (0, 1, 2)):
+        compiled(cuda_topp_grid.source(threads=threads, ctas=ctas, dtype_code=dtype_code, write_passes=True))
+    log = compiled(cuda_topp_grid.source(threads=1024, ctas=4, dtype_code=0, write_passes=False, timeline=True))
+    smem = max(int(m) for m in re.findall(r"(\d+) bytes smem", log))
+    assert smem + 4 * cuda_topp_grid.MAX_SLICE <= H200_SMEM_OPTIN
 
 
 def test_topk_sources_compile() -> None:

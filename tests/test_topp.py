@@ -567,6 +567,51 @@ def test_cuda_radix_kernel_clusters(cluster: int) -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("ctas", [2, 3, 4, 8])
+def test_cuda_grid_kernel(ctas: int) -> None:
+    """The grid kernel (a row over ``ctas`` ordinary CTAs that meet in global memory; an exact level-1 histogram,
+    then levels 2-3 on the crossing bin's entries, gathered through the row's list, or on the row itself where they
+    overflow: the uniform and few-level rows) against the exact reference (near-ties aside) on every row kind, dtype
+    and p, at lengths that leave slices uneven or empty, twice in a row (its histograms and barrier words carry over
+    between launches), and replayed from a CUDA graph with new values in place; no row barrier ever gives up
+    waiting."""
+    from sparsebench.kernels.capture import capture
+    from sparsebench.kernels.cuda_topp_grid import MAX_SLICE, grid_timeouts, launch_topp_grid
+
+    gen = torch.Generator().manual_seed(SEED)
+    temps = torch.tensor([1.0, 2.0, 4.0, 8.0]).repeat(2)[:, None]
+    for n in (3, 1000, 4097, 32768, 65536 + 5, 131072):
+        if -(-n // ctas) > MAX_SLICE:
+            continue
+        rows = [*row_kinds(n, gen).values(), *torch.softmax(torch.randn(8, n, generator=gen) * temps, -1)]
+        if n >= 8192:  # 300 equal entries that one or two warps gather: more than a warp's share of the slots
+            crowded = torch.full((n,), 1e-6)
+            crowded[(torch.arange(10)[:, None] * 512 + torch.arange(32)).flatten()[:300]] = 1e-3
+            rows.insert(0, crowded / crowded.sum())
+        probs = torch.stack(rows)[: 128 // ctas]  # every CTA of the grid running at once
+        for dtype, p in itertools.product((torch.float32, torch.bfloat16, torch.float16), PS):
+            x = probs.to(dtype).cuda()
+            passes = torch.full((x.shape[0],), -1, dtype=torch.int32, device="cuda")
+            for _ in range(2):
+                out = torch.empty(x.shape, dtype=torch.uint8, device="cuda")
+                launch_topp_grid(x, p, out, passes, ctas=ctas)
+            where = f"cuda grid {ctas} n={n} {dtype} p={p}"
+            check_mask(x.cpu(), out.bool().cpu(), p, where)
+            check_against_reference(x.cpu(), out.bool().cpu(), p, where)
+            assert set(passes.tolist()) <= {0, 3}, (where, passes.tolist())
+    x = torch.softmax(2 * torch.randn(16, 8192, generator=gen), -1).cuda()
+    out = torch.empty(x.shape, dtype=torch.uint8, device="cuda")
+    graph, _ = capture(lambda: launch_topp_grid(x, 0.9, out, ctas=ctas))
+    for _ in range(3):
+        x.copy_(torch.softmax(3 * torch.randn(16, 8192, generator=gen), -1))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out.bool().cpu(), topp_mask_torch(x.cpu(), 0.9))
+    assert grid_timeouts() == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("n", [8192, 16384, 32768, 65536, 131072])
 def test_cuda_radix_window_takes_one_pass(n: int) -> None:
     """From 8K entries the first pass bins only from half the threshold's lower bound up, finely enough that
@@ -574,8 +619,7 @@ def test_cuda_radix_window_takes_one_pass(n: int) -> None:
     twelfth session; ``benchmarks/topp_pass_model.py`` on 480 such rows a length: one row of 32K took 2); at
     64K-128K the bracket left holds up to a few hundred entries, which pairwise sums resolve
     (:func:`~sparsebench.kernels.cuda_topp.pairwise_max`) instead of a second pass. The masks stay exact."""
-    from sparsebench.kernels.cuda_topp import clusters_supported, max_row
-    from sparsebench.kernels.topp import topp_mask_cuda
+    from sparsebench.kernels.cuda_topp import clusters_supported, launch_topp, max_row
 
     if n > max_row(clusters_supported(torch.device("cuda"))):
         pytest.skip(f"rows of {n} entries need thread-block clusters (compute capability 9.0); without them the "
@@ -583,7 +627,9 @@ def test_cuda_radix_window_takes_one_pass(n: int) -> None:
     gen = torch.Generator().manual_seed(SEED)
     x = torch.softmax(2 * torch.randn(32, n, generator=gen), -1).cuda()
     passes = torch.zeros(32, dtype=torch.int32, device="cuda")
-    mask = topp_mask_cuda(x, 0.9, passes_out=passes)
+    out = torch.empty(x.shape, dtype=torch.uint8, device="cuda")
+    launch_topp(x, 0.9, out, passes, grid=False)  # the radix kernel, also where the grid kernel is the default
+    mask = out.bool()
     check_against_reference(x.cpu(), mask.cpu(), 0.9, f"window n={n}")
     assert max(passes.tolist()) <= 2 and sum(passes.tolist()) <= 32 + 3, passes.tolist()
 
@@ -667,6 +713,15 @@ def test_cuda_radix_scope() -> None:
     assert launch_shape(131072, True, rows=32, sms=132) == (1024, 43, 3)
     assert launch_shape(131072, True, rows=30, sms=132) == (1024, 32, 4)
     assert launch_shape(262144, True, rows=32, sms=132)[2] == 8
+    # The grid kernel by default beyond 32K entries, where four CTAs a row all fit the GPU at once and a slice fits a
+    # CTA's shared memory; the radix kernel elsewhere.
+    from sparsebench.kernels.cuda_topp import uses_grid
+    from sparsebench.kernels.cuda_topp_grid import grid_shape
+
+    assert [uses_grid(n, 32, 132) for n in (32768, 32769, 65536, 131072, 131073)] == [False, True, True, True, False]
+    assert not uses_grid(65536, 34, 132) and uses_grid(65536, 33, 132)
+    assert grid_shape(131072, 32, 132) == (1024, 4) and grid_shape(32768, 32, 132) == (512, 4)
+    assert grid_shape(8192, 100, 132, ctas=2) is None and grid_shape(8192, 66, 132, ctas=2) == (512, 2)
     # Larger last brackets for pairwise sums in longer rows, never more than a thread a candidate; the entries of
     # 1024-thread CTAs with 16 or more a thread wait in shared memory.
     assert [pairwise_max(n, 1024) for n in (1000, 16384, 16385, 65536, 131072, 262144)] == [64, 64, 128, 256, 512, 512]

@@ -98,6 +98,13 @@ a kernel that only loads and writes its rows, 1.4-2.5 µs at 1K-16K), the histog
 overall), or atomic contention (warp-aggregated adds were 1.4-12x slower; warp-aggregated pairwise slots too): the
 *number* of atomics an entry is (one fewer: 5-8% at 1K-8K). No host synchronisation: CUDA-graph safe.
 ``topp_mask(backend="auto")`` picks this kernel on a GPU where NVRTC runs.
+
+Rows over :data:`GRID_FROM` (32K) entries take the grid kernel instead (:mod:`sparsebench.kernels.cuda_topp_grid`:
+four ordinary CTAs a row that meet in global memory) where its CTAs all fit the GPU at once (:func:`uses_grid`): 17.0
+and 21.2 µs at 64K and 128K (seventeenth session), against this kernel's 19.4 and 30.6. Also tried that session and
+not merged: a sampled estimate of the threshold before the passes (a sample's histogram, then one exact pass in
+registers to confirm the bracket it gives), slower at 8K-32K by 2-3.5 µs (the phases it adds cost more than the
+atomics it saves; ``results/h200_2026-11-29_s17/sample/kernel.patch``).
 """
 
 from __future__ import annotations
@@ -125,10 +132,12 @@ __all__ = [
     "PAIRWISE_MAX",
     "check_shape",
     "clusters_supported",
+    "kernel_name",
     "launch_shape",
     "launch_topp",
     "max_row",
     "source",
+    "uses_grid",
 ]
 
 #: Longest row one CTA holds in registers (32 entries a thread, 1024 threads).
@@ -153,6 +162,11 @@ MAX_CLUSTER = 8
 CLUSTER_TABLE = {32768: (2, 512), 65536: (2, 1024), 131072: (4, 1024), 262144: (8, 1024)}
 #: Rows up to this length run in one CTA by default.
 CLUSTER_FROM = 16384
+#: Rows longer than this take the grid kernel (:mod:`sparsebench.kernels.cuda_topp_grid`: four ordinary CTAs a row
+#: that meet in global memory) where the grid fits the GPU at once (:func:`uses_grid`). Measured on the H200
+#: (``benchmarks/RESULTS.md``, seventeenth session; 32 rows): faster than the clusters at 64K and 128K entries, not at
+#: 32K and under, where one CTA or a two-CTA cluster wins.
+GRID_FROM = 32768
 
 #: Largest bracket resolved by pairwise sums instead of another histogram pass, in rows of up to 16K entries
 #: (longer rows allow more: :func:`pairwise_max`).
@@ -823,16 +837,45 @@ def check_shape(n: int, threads: int, bins: int, cluster: int = 1) -> str | None
     return None
 
 
+def uses_grid(n: int, rows: int, sms: int) -> bool:
+    """Whether ``rows`` rows of ``n`` entries take the grid kernel by default on a GPU of ``sms`` multiprocessors:
+    beyond :data:`GRID_FROM` entries, where its CTAs all fit at once (:func:`~sparsebench.kernels.cuda_topp_grid.
+    grid_shape`)."""
+    from sparsebench.kernels.cuda_topp_grid import grid_shape
+
+    return n > GRID_FROM and grid_shape(n, rows, sms) is not None
+
+
+def kernel_name(n: int, rows: int, device: torch.device | int) -> str:
+    """Which CUDA top-p kernel :func:`launch_topp` runs by default for ``rows`` rows of ``n`` entries: "grid",
+    "radix, cluster of C" or "radix, one CTA a row" (for the benchmark's tables)."""
+    props = torch.cuda.get_device_properties(device)
+    if uses_grid(n, rows, props.multi_processor_count):
+        return "grid"
+    cluster = launch_shape(n, props.major >= 9, rows, props.multi_processor_count)[2]
+    return f"radix, cluster of {cluster}" if cluster > 1 else "radix, one CTA a row"
+
+
 def launch_topp(x: torch.Tensor, p: float, out: torch.Tensor, passes_out: torch.Tensor | None = None, *,
                 threads: int | None = None, bins: int | None = None, cluster: int | None = None,
-                smem_keys: bool | None = None) -> None:
+                smem_keys: bool | None = None, grid: bool | None = None) -> None:
     """Write the top-p mask of ``x`` ``[rows, n]`` (float32/bfloat16/float16, last dim contiguous, ``n`` at most
     :func:`max_row`, values validated by the caller) into ``out`` (uint8 ``[rows, n]``); ``passes_out`` (int32
     ``[rows]``) gets each row's histogram passes. :func:`sparsebench.kernels.topp.topp_mask` validates.
     ``threads``, ``bins`` and ``cluster`` override the launch shape and the histogram size, and ``smem_keys``
-    where the entries are kept (default: :func:`keys_in_shared`), for the benchmark's sweeps."""
+    where the entries are kept (default: :func:`keys_in_shared`), for the benchmark's sweeps. ``grid``: the grid
+    kernel (:mod:`sparsebench.kernels.cuda_topp_grid`; ``passes_out`` then gets 3, its levels, or 0) or not; by
+    default where :func:`uses_grid` says so and no radix shape is asked for."""
     rows, n = x.shape
     props = torch.cuda.get_device_properties(x.device)
+    if grid is None:
+        grid = (threads is None and bins is None and cluster is None and smem_keys is None
+                and uses_grid(n, rows, props.multi_processor_count))
+    if grid:
+        from sparsebench.kernels.cuda_topp_grid import launch_topp_grid
+
+        launch_topp_grid(x, p, out, passes_out)
+        return
     can_cluster = props.major >= 9
     default_threads, _, default_cluster = launch_shape(n, can_cluster, rows, props.multi_processor_count)
     if cluster is None or cluster == default_cluster:
