@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Ran the kernel of its call (options reread / fast_sync, since removed: RESULTS.md, seventeenth session).
-# Session 17, call 3: the grid CUDA top-p kernel (sparsebench/kernels/cuda_topp_grid.py): its GPU tests, then its
+# Session 17, calls 3-5: the grid CUDA top-p kernel (sparsebench/kernels/cuda_topp_grid.py): its GPU tests, then its
 # timing at 8K-128K (2 / 4 CTAs a row of 512 / 1024 threads) against the radix kernel's default and torch sum.
 R=/tmp/s17gridk; rm -rf $R; mkdir -p $R
 . benchmarks/device/device_env.sh $R/env.txt

@@ -210,8 +210,9 @@ def main() -> None:
     args = ap.parse_args()
     gen = torch.Generator().manual_seed(0)
     if args.timeline:
+        sms = torch.cuda.get_device_properties(0).multi_processor_count
         recs = [timeline(n, threads, ctas, args.p, args.rows, gen) for n in args.sizes for threads in args.threads
-                for ctas in args.ctas if grid_shape(n, args.rows, 132, ctas) is not None]
+                for ctas in args.ctas if grid_shape(n, args.rows, sms, ctas) is not None]
         save_probe(args.out, "topp_grid_timeline.json", recs, "cycles of thread 0 a CTA, last of 20 plain launches")
         return
     rows = args.rows

@@ -44,8 +44,8 @@ exchanged levels 2 and 3 as histograms too (three barriers, fences around each):
 publishes). Barrier B is cooperative groups' grid sync: thread 0 of the row's first CTA adds ``2**31 - (CTAS - 1)``,
 the others 1, and all wait for the word's top bit to flip. Both leave their words ready for the next launch, whatever
 its shape, so the kernel is CUDA-graph safe. A waiting CTA needs the row's other CTAs running, so
-:func:`launch_topp_grid` refuses grids of more CTAs than multiprocessors (its shared memory allows one CTA a
-multiprocessor). A wait longer than about a second gives up and counts a timeout (:func:`grid_timeouts`); that
+:func:`launch_topp_grid` refuses grids of more CTAs than multiprocessors (every multiprocessor holds at least one of
+its CTAs). A wait longer than about a second gives up and counts a timeout (:func:`grid_timeouts`); that
 launch's masks are wrong. One stream a device at a time: launches share the per-device workspace.
 """
 
@@ -63,12 +63,12 @@ __all__ = ["grid_shape", "grid_timeouts", "launch_topp_grid", "source"]
 
 #: Global-memory words (u64) a row keeps between launches: its level-1 histogram and the published crossing.
 _HIST_WORDS = 2048 + 2
-#: u32 words a row keeps for its barriers: (arrivals, generation) for A and B, the candidate count, the timeouts.
+#: u32 words a row keeps: barrier A's arrivals, barrier B's word, the candidate count, the timeouts, padding.
 _SYNC_WORDS = 8
 #: Candidates (entries of the level-1 crossing bin) a row resolves in shared memory; beyond, each CTA streams the row
 #: again for levels 2 and 3.
 CAND_CAP = 4096
-#: Entries a CTA holds in shared memory at most (128 KB beside the static ~20 KB).
+#: Entries a CTA holds in shared memory at most (128 KB beside its 34 KB of static arrays).
 MAX_SLICE = 32768
 
 _SOURCE = r"""
@@ -433,7 +433,9 @@ _WORKSPACE: dict[tuple[str, int | None], tuple[torch.Tensor, torch.Tensor, torch
 
 def _workspace(device: torch.device, rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-device histograms, barrier words and candidate lists, allocated zeroed once and reused: each launch
-    leaves the histograms cleared and the barriers ready for the next. One stream a device at a time."""
+    leaves the histograms cleared and the barriers ready for the next. One stream a device at a time. A launch has at
+    most one row a multiprocessor (:func:`grid_shape`), so 256 rows' worth is never replaced under a CUDA graph that
+    captured it."""
     key = (device.type, device.index)
     ws = _WORKSPACE.get(key)
     if ws is None or ws[1].numel() < _SYNC_WORDS * rows:
