@@ -115,6 +115,7 @@ from typing import Any
 import torch
 
 from sparsebench.errors import UsageError
+from sparsebench.kernels.cuda_topp_grid import grid_shape, launch_topp_grid
 from sparsebench.kernels.nvrtc import (
     COMMON_SOURCE,
     DTYPE_CODES,
@@ -372,7 +373,7 @@ extern "C" __global__ void CLUSTER_ATTR __launch_bounds__(THREADS, 1) sb_topp_ma
     #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
         const int j = first + i * THREADS + t;
-        KEY(i) = j < last ? __float_as_uint(load_value(xrow, j)) & 0x7fffffffu : 0u;
+        KEY(i) = j < last ? abs_bits(xrow, j) : 0u;
     }
     // The first pass's histogram is cleared while the row loads; each pass clears its bins once they are read.
     for (int w = t; w < HWORDS; w += THREADS) {
@@ -841,8 +842,6 @@ def uses_grid(n: int, rows: int, sms: int) -> bool:
     """Whether ``rows`` rows of ``n`` entries take the grid kernel by default on a GPU of ``sms`` multiprocessors:
     beyond :data:`GRID_FROM` entries, where its CTAs all fit at once (:func:`~sparsebench.kernels.cuda_topp_grid.
     grid_shape`)."""
-    from sparsebench.kernels.cuda_topp_grid import grid_shape
-
     return n > GRID_FROM and grid_shape(n, rows, sms) is not None
 
 
@@ -872,8 +871,6 @@ def launch_topp(x: torch.Tensor, p: float, out: torch.Tensor, passes_out: torch.
         grid = (threads is None and bins is None and cluster is None and smem_keys is None
                 and uses_grid(n, rows, props.multi_processor_count))
     if grid:
-        from sparsebench.kernels.cuda_topp_grid import launch_topp_grid
-
         launch_topp_grid(x, p, out, passes_out)
         return
     can_cluster = props.major >= 9

@@ -3,11 +3,11 @@
 Why this exists next to the one-CTA / cluster kernel (:mod:`sparsebench.kernels.cuda_topp`): that kernel keeps a row
 in one CTA, or a thread-block cluster of 2-4, and rows of 64K-128K entries held 43 entries a thread in shared memory
 and paid three shared-memory atomics for each in their histogram pass: 19.4 and 30.6 µs for 32 rows on the H200,
-2.4x and 3.2x one read of the input, where the project asks for 2x. Here a row takes ``CTAS`` ordinary CTAs (4 by
-default), each holding a slice in shared memory with one shared atomic an entry, and the CTAs meet through global
-memory: 17.0 and 21.2 µs (2.1x and 2.2x; ``benchmarks/RESULTS.md``, seventeenth session). At 32K entries and under it
-loses to the radix kernel (a row barrier and the last CTA's scan cost about 4 µs whatever the length), so
-:func:`~sparsebench.kernels.cuda_topp.launch_topp` takes it only beyond 32K entries.
+2.4x and 3.2x one read of the input, where the project asks for 2x. Here a row takes ``CTAS`` ordinary CTAs
+(:data:`DEFAULT_CTAS`), each holding a slice in shared memory with one shared atomic an entry, and the CTAs meet
+through global memory: 17.0 and 21.2 µs (2.1x and 2.2x; ``benchmarks/RESULTS.md``, seventeenth session). At 32K
+entries and under it loses to the radix kernel (a row barrier and the last CTA's scan cost about 4 µs whatever the
+length), so :func:`~sparsebench.kernels.cuda_topp.launch_topp` takes it only beyond 32K entries.
 
 Algorithm (every CTA of a row; they meet at two row barriers)
 --------------------------------------------------------------
@@ -68,6 +68,8 @@ _SYNC_WORDS = 8
 #: Candidates (entries of the level-1 crossing bin) a row resolves in shared memory; beyond, each CTA streams the row
 #: again for levels 2 and 3.
 CAND_CAP = 4096
+#: CTAs a row by default.
+DEFAULT_CTAS = 4
 #: Entries a CTA holds in shared memory at most (128 KB beside its 34 KB of static arrays).
 MAX_SLICE = 32768
 
@@ -134,10 +136,6 @@ __device__ __forceinline__ void add_significand(u32* hlo, u32* hhi, u32 w, u32 f
 // exponent, so their significands add up to the bin's exact mass in units of 2**(max(e, 1) - 150).
 __device__ __forceinline__ u32 significand(u32 k) { return (k & 0x7fffffu) | (k >= 0x800000u ? 0x800000u : 0u); }
 
-__device__ __forceinline__ u32 key_of(const void* xrow, int j) {
-    return __float_as_uint(load_value(xrow, j)) & 0x7fffffffu;
-}
-
 // Level 1 of the row, by its last CTA to arrive: the row's 2048 bins (cleared once read) in one fixed-point scale,
 // scanned from the top. Stores the crossing bin and the need left in it in its native units, or KEEP_NONE / KEEP_ALL.
 __device__ __forceinline__ void level1_crossing(u64* g1, double p, u64* ws, double* red_d, u32* s_b1, u64* s_need) {
@@ -199,7 +197,7 @@ template <bool ROW> __device__ __forceinline__ void level_adds(const u32* cand, 
                                                               int sel_shift, int bin_shift, u32 bin_mask, u32* hlo,
                                                               u32* hhi) {
     for (int i = threadIdx.x; i < (ROW ? n : m); i += THREADS) {
-        const u32 k = ROW ? key_of(xrow, i) : cand[i];
+        const u32 k = ROW ? abs_bits(xrow, i) : cand[i];
         if (k && (k >> sel_shift) == sel) add_significand(hlo, hhi, HB((k >> bin_shift) & bin_mask), significand(k));
     }
     __syncthreads();
@@ -276,7 +274,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sb_topp_grid(
         #pragma unroll
         for (int u = 0; u < LOADS; ++u) {
             const int j = j0 + u * THREADS;
-            v[u] = j < len ? key_of(xrow, first + j) : 0u;
+            v[u] = j < len ? abs_bits(xrow, first + j) : 0u;
         }
         #pragma unroll
         for (int u = 0; u < LOADS; ++u) {
@@ -458,8 +456,7 @@ def grid_timeouts(device: torch.device | str = "cuda") -> int:
 def grid_shape(n: int, rows: int, sms: int, ctas: int | None = None) -> tuple[int, int] | None:
     """``(threads, ctas)`` for ``rows`` rows of ``n`` entries, or None where the grid would not fit the ``sms``
     multiprocessors at once (its row barriers need every CTA running) or a slice would exceed :data:`MAX_SLICE`."""
-    if ctas is None:
-        ctas = 4
+    ctas = ctas or DEFAULT_CTAS
     if not 1 <= ctas <= 32 or rows * ctas > sms or -(-n // ctas) > MAX_SLICE:
         return None
     return (1024 if -(-n // ctas) > 8192 else 512), ctas
@@ -476,8 +473,8 @@ def launch_topp_grid(x: torch.Tensor, p: float, out: torch.Tensor, passes_out: t
     sms = torch.cuda.get_device_properties(x.device).multi_processor_count
     shape = grid_shape(n, rows, sms, ctas)
     if shape is None:
-        raise UsageError(f"grid CUDA top-p: {rows} rows of {n} entries in {ctas or 4} CTAs a row do not fit "
-                         f"{sms} multiprocessors at once with at most {MAX_SLICE} entries a CTA")
+        raise UsageError(f"grid CUDA top-p: {rows} rows of {n} entries in {ctas or DEFAULT_CTAS} CTAs a row do not "
+                         f"fit {sms} multiprocessors at once with at most {MAX_SLICE} entries a CTA")
     threads = threads or shape[0]
     ctas = shape[1]
     if threads & (threads - 1) or not 64 <= threads <= 1024:

@@ -56,6 +56,11 @@ __device__ __forceinline__ float load_value(const void* base, long long i) {
 #endif
 }
 
+// |x| of element i as float32 bits: their integer order is the value order (-0.0 joins +0.0).
+__device__ __forceinline__ unsigned int abs_bits(const void* base, long long i) {
+    return __float_as_uint(load_value(base, i)) & 0x7fffffffu;
+}
+
 // Row `row` of a float32 (4-byte) or 16-bit array with `stride` elements between rows.
 __device__ __forceinline__ const void* row_of(const void* base, int row, int stride) {
 #if IN_DTYPE == 0
