@@ -713,12 +713,13 @@ def test_cuda_radix_scope() -> None:
     assert launch_shape(131072, True, rows=32, sms=132) == (1024, 43, 3)
     assert launch_shape(131072, True, rows=30, sms=132) == (1024, 32, 4)
     assert launch_shape(262144, True, rows=32, sms=132)[2] == 8
-    # The grid kernel by default beyond 32K entries, where four CTAs a row all fit the GPU at once and a slice fits a
+    # The grid kernel by default beyond 8K entries, where four CTAs a row all fit the GPU at once and a slice fits a
     # CTA's shared memory; the radix kernel elsewhere.
     from sparsebench.kernels.cuda_topp import uses_grid
     from sparsebench.kernels.cuda_topp_grid import grid_shape
 
-    assert [uses_grid(n, 32, 132) for n in (32768, 32769, 65536, 131072, 131073)] == [False, True, True, True, False]
+    sizes = (8192, 8193, 16384, 32768, 65536, 131072, 131073)
+    assert [uses_grid(n, 32, 132) for n in sizes] == [False, True, True, True, True, True, False]
     assert not uses_grid(65536, 34, 132) and uses_grid(65536, 33, 132)
     assert grid_shape(131072, 32, 132) == (1024, 4) and grid_shape(32768, 32, 132) == (512, 4)
     assert grid_shape(8192, 100, 132, ctas=2) is None and grid_shape(8192, 66, 132, ctas=2) == (512, 2)

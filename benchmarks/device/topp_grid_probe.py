@@ -13,7 +13,7 @@ alone (``--parts``, session 17's second call):
   bin's entries to the row's candidate list (one global atomic each: slow, 50 µs at 128K; the kernel reserves one
   range a CTA).
 
-``--timeline`` runs the kernel with its ``MARK`` points on (thread 0's cycle counter at 8 phase boundaries) and
+``--timeline`` runs the kernel with its ``MARK`` points on (thread 0's cycle counter at 10 phase boundaries) and
 prints each phase's median and maximum over the CTAs.
 
     python3 benchmarks/device/topp_grid_probe.py --out DIR [--sizes 8192,...] [--ctas 2,4] [--threads 512,1024]
@@ -35,7 +35,7 @@ from sparsebench.bench.common import save_probe
 from sparsebench.bench.topp import make_probs, time_gpu
 from sparsebench.kernels import topp
 from sparsebench.kernels.cuda_topp import launch_topp
-from sparsebench.kernels.cuda_topp_grid import grid_shape, grid_timeouts, launch_topp_grid
+from sparsebench.kernels.cuda_topp_grid import MAX_PER_THREAD, grid_shape, grid_timeouts, launch_topp_grid
 from sparsebench.kernels.nvrtc import COMMON_SOURCE, compile_kernel, specialise
 
 _SOURCE = r"""
@@ -171,8 +171,13 @@ def _kernels(threads: int, ctas: int) -> tuple:
     return tuple(compile_kernel(src, name, "the grid top-p probe") for name in ("grid_read", "grid_hist", "grid_mask"))
 
 
-PHASES = ("load + level 1", "flush", "barrier A (last CTA: scan)", "gather + list", "barrier B + list read",
-          "levels 2-3", "mask write")
+def _fits(n: int, rows: int, sms: int, ctas: int, threads: int) -> bool:
+    """Whether the grid kernel runs this shape: one wave, and at most MAX_PER_THREAD entries a thread."""
+    return grid_shape(n, rows, sms, ctas) is not None and -(-n // ctas) <= MAX_PER_THREAD * threads
+
+
+PHASES = ("load + level 1", "flush", "barrier A", "level-1 scan", "candidate bits", "count scan + list",
+          "barrier B + list read", "levels 2-3", "mask write")
 
 
 def timeline(n: int, threads: int, ctas: int, p: float, rows: int, gen: torch.Generator) -> dict:
@@ -184,12 +189,12 @@ def timeline(n: int, threads: int, ctas: int, p: float, rows: int, gen: torch.Ge
     for _ in range(20):
         launch_topp_grid(probs, p, out, ctas=ctas, threads=threads, timeline=tl)
     torch.cuda.synchronize()
-    marks = tl[:, :8].cpu()
+    marks = tl[:, : len(PHASES) + 1].cpu()
     d = (marks[:, 1:] - marks[:, :-1]).double()
     rec = {"n": n, "threads": threads, "ctas": ctas,
            "median_cycles": dict(zip(PHASES, d.median(0).values.tolist(), strict=True)),
            "max_cycles": dict(zip(PHASES, d.max(0).values.tolist(), strict=True)),
-           "total_median_cycles": float((marks[:, 7] - marks[:, 0]).double().median())}
+           "total_median_cycles": float((marks[:, -1] - marks[:, 0]).double().median())}
     print(f"timeline N={n} {ctas} x {threads}: total {rec['total_median_cycles']:.0f} cycles (median CTA); "
           + "; ".join(f"{k} {v:.0f} (max {rec['max_cycles'][k]:.0f})" for k, v in rec["median_cycles"].items()),
           flush=True)
@@ -212,7 +217,7 @@ def main() -> None:
     if args.timeline:
         sms = torch.cuda.get_device_properties(0).multi_processor_count
         recs = [timeline(n, threads, ctas, args.p, args.rows, gen) for n in args.sizes for threads in args.threads
-                for ctas in args.ctas if grid_shape(n, args.rows, sms, ctas) is not None]
+                for ctas in args.ctas if _fits(n, args.rows, sms, ctas, threads)]
         save_probe(args.out, "topp_grid_timeline.json", recs, "cycles of thread 0 a CTA, last of 20 plain launches")
         return
     rows = args.rows
@@ -230,7 +235,7 @@ def main() -> None:
             for ctas in args.ctas:
                 chunk = -(-n // ctas)
                 chunk = -(-chunk // 4) * 4
-                if chunk < 4 * threads or grid_shape(n, rows, sms, ctas) is None:  # a vector a thread; one wave
+                if chunk < 4 * threads or not _fits(n, rows, sms, ctas, threads):  # a vector a thread; one wave
                     continue
                 k_read, k_hist, k_mask = _kernels(threads, ctas)
                 dev = probs.device

@@ -165,9 +165,9 @@ CLUSTER_TABLE = {32768: (2, 512), 65536: (2, 1024), 131072: (4, 1024), 262144: (
 CLUSTER_FROM = 16384
 #: Rows longer than this take the grid kernel (:mod:`sparsebench.kernels.cuda_topp_grid`: four ordinary CTAs a row
 #: that meet in global memory) where the grid fits the GPU at once (:func:`uses_grid`). Measured on the H200
-#: (``benchmarks/RESULTS.md``, seventeenth session; 32 rows): faster than the clusters at 64K and 128K entries, not at
-#: 32K and under, where one CTA or a two-CTA cluster wins.
-GRID_FROM = 32768
+#: (``benchmarks/RESULTS.md``, eighteenth session; 32 rows): faster than one CTA or a cluster from 16K entries up,
+#: not at 8K (about 9.8 against 7.0 µs: its two row barriers and the level-1 exchange cost about 4 µs at any length).
+GRID_FROM = 8192
 
 #: Largest bracket resolved by pairwise sums instead of another histogram pass, in rows of up to 16K entries
 #: (longer rows allow more: :func:`pairwise_max`).

@@ -5,9 +5,10 @@ in one CTA, or a thread-block cluster of 2-4, and rows of 64K-128K entries held 
 and paid three shared-memory atomics for each in their histogram pass: 19.4 and 30.6 µs for 32 rows on the H200,
 2.4x and 3.2x one read of the input, where the project asks for 2x. Here a row takes ``CTAS`` ordinary CTAs
 (:data:`DEFAULT_CTAS`), each holding a slice in shared memory with one shared atomic an entry, and the CTAs meet
-through global memory: 17.0 and 21.2 µs (2.1x and 2.2x; ``benchmarks/RESULTS.md``, seventeenth session). At 32K
-entries and under it loses to the radix kernel (a row barrier and the last CTA's scan cost about 4 µs whatever the
-length), so :func:`~sparsebench.kernels.cuda_topp.launch_topp` takes it only beyond 32K entries.
+through global memory: 10.3, 11.7, 14.1 and 17.7 µs at 16K, 32K, 64K and 128K entries (2.75x, 2.24x, 1.75x and
+1.84x one read; ``benchmarks/RESULTS.md``, eighteenth session). At 8K it loses to the radix kernel (9.7 against 7.0
+µs: two row barriers and the level-1 exchange cost about 4 µs at any length), so
+:func:`~sparsebench.kernels.cuda_topp.launch_topp` takes it from 16K entries up.
 
 Algorithm (every CTA of a row; they meet at two row barriers)
 --------------------------------------------------------------
@@ -16,37 +17,41 @@ Entries are ``|x|`` float32 bit patterns (bfloat16 / float16 widened), whose int
 1. **Level 1** (no sum or maximum needed first): each CTA bins its slice by ``key >> 20`` (the exponent and three
    mantissa bits: 2048 bins that cover every positive float, 1/8 of a binade each) and adds each entry's 24-bit
    significand (the hidden bit included) to its bin in shared memory. All entries of a bin share an exponent, so a
-   bin's sum of significands, times ``2**(max(e, 1) - 150)``, is its exact mass. The CTA adds its non-empty bins to
-   the row's histogram in global memory (64-bit atomics) and arrives at barrier A.
-2. The **last CTA to arrive** reads the row's 2048 bins (and clears them for the next launch), and from their float64
-   total ``T`` picks a fixed-point unit that keeps ``F_T`` (the row's mass in units) under ``2**62``. A bin's mass in
-   units is exact, or floored where the bin lies more than ~40 binades under ``T`` (each floor loses under a unit). A
-   set is accepted when its mass in units reaches ``p (F_T + E)(1 + 2**-50) + E + 2``, ``E`` = 2048 + 4 bounding the
-   floors of ``F_T``; its real mass then reaches ``p T``. A scan from the top finds the crossing bin ``b1`` (the mass
-   above it is not accepted, with it it is) and the need left in it, in the bin's own exact units. It publishes
-   ``b1`` together with the barrier's next generation in one 64-bit release store; the others wait for it.
-3. **Candidates**: every CTA gathers its slice's entries of ``b1`` (each warp by ballot into its share of the slots;
-   shared atomics on one counter serialised), reserves a range of the row's list in global memory with one atomic,
-   writes them, and meets the others at barrier B; then each CTA reads the whole list back (up to
-   :data:`CAND_CAP`; rows of softmax(randn x 2) put up to 2220 of 128K entries there).
+   bin's sum of significands, times ``2**(max(e, 1) - 150)``, is its exact mass. The CTA writes all its bins, and
+   the range of the non-empty ones, to its own slot in global memory and arrives at barrier A.
+2. **Every CTA** then reads the row's slots, only within the row's non-empty range and 16 bytes at a time, and scans
+   them itself: nobody waits for another CTA's scan and nothing is published. The fixed-point unit comes from the
+   top non-empty bin and the row length (``F_T``, the row's mass in units, stays under ``2**62`` and is at least
+   ``2**(61 - L)`` for rows of under ``2**L`` entries). A bin's mass in units is exact, or floored for bins far under
+   the top (each floor loses under a unit). A set is accepted when its mass in units reaches
+   ``p (F_T + E)(1 + 2**-50) + E + 2``, ``E`` = 2048 + 4 bounding the floors of ``F_T``; its real mass then reaches
+   ``p T``. A scan from the top finds the crossing bin ``b1`` (the mass above it is not accepted, with it it is) and
+   the need left in it, in the bin's own exact units.
+3. **Candidates**: every CTA marks its slice's entries of ``b1`` (a bit each in a thread's mask), places them by one
+   block scan of the counts into its own list in global memory, and meets the others at barrier B; then each CTA
+   reads every list (the counts and the first entries of each list in one round trip) into shared memory, up to
+   :data:`CAND_CAP` (rows of softmax(randn x 2) put up to 2220 of 128K entries there).
 4. **Levels 2 and 3**, in each CTA alone: the candidates by bits 19-9 (2048 bins of 512 patterns), then those of the
    crossing sub-bin by bits 8-0: exact integer sums. The crossing pattern is ``t*``, the largest value whose
    at-or-above mass is accepted, and every CTA writes ``x >= t*`` over its slice's positive entries (ties at ``t*``
-   all kept). Where the list overflows (uniform rows, a few distinct values), each CTA streams the row again from
+   all kept). Where the lists overflow (uniform rows, a few distinct values), each CTA streams the row again from
    global memory for levels 2 and 3 instead: slower, as exact.
 
-The acceptance margin is about ``1e-15 T``: the mask equals the float64 sort-based reference's
-(:func:`sparsebench.kernels.topp.topp_mask_torch`) except in near-ties, as for the radix kernel. The first design
-exchanged levels 2 and 3 as histograms too (three barriers, fences around each): 8K and 64K entries took 14.4 and 19.0
-µs, against 11.3 and 16.9 now (RESULTS.md, seventeenth session).
+The acceptance margin is under ``5e-10 T`` at 128K entries: the mask equals the float64 sort-based reference's
+(:func:`sparsebench.kernels.topp.topp_mask_torch`) except in near-ties, as for the radix kernel. Measured and not
+kept (RESULTS.md, seventeenth and eighteenth sessions): levels 2 and 3 exchanged as histograms too (three barriers);
+the last CTA scanning level 1 alone and publishing the crossing (about 8000 cycles for barrier A); all four slots'
+2048 bins read in 8-byte words (4600 cycles for the scan); the mask written during the candidates' pass; a shortcut
+past level 3; and batching the low-word atomics before their carries (slower in this kernel and the radix one).
 
-**Row barriers.** Barrier A counts arrivals (acquire-release atomics; the last arriver resets the count before it
-publishes). Barrier B is cooperative groups' grid sync: thread 0 of the row's first CTA adds ``2**31 - (CTAS - 1)``,
-the others 1, and all wait for the word's top bit to flip. Both leave their words ready for the next launch, whatever
-its shape, so the kernel is CUDA-graph safe. A waiting CTA needs the row's other CTAs running, so
-:func:`launch_topp_grid` refuses grids of more CTAs than multiprocessors (every multiprocessor holds at least one of
-its CTAs). A wait longer than about a second gives up and counts a timeout (:func:`grid_timeouts`); that
-launch's masks are wrong. One stream a device at a time: launches share the per-device workspace.
+**Row barriers** are cooperative groups' grid sync: thread 0 of the row's first CTA adds ``2**31 - (CTAS - 1)``, the
+others 1, and all wait for the word's top bit to flip. The arrival is a release reduction with no returned value:
+each CTA reads the bit at its start (it cannot flip before this CTA arrives, and the launch before has completed).
+The words return to their low bits, ready for the next launch whatever its shape, so the kernel is CUDA-graph safe.
+A waiting CTA needs the row's other CTAs running, so :func:`launch_topp_grid` refuses grids of more CTAs than
+multiprocessors (every multiprocessor holds at least one of its CTAs). A wait longer than about a second gives up and
+counts a timeout (:func:`grid_timeouts`); that launch's masks are wrong. One stream a device at a time: launches share
+the per-device workspace.
 """
 
 from __future__ import annotations
@@ -61,9 +66,9 @@ from sparsebench.kernels.nvrtc import COMMON_SOURCE, DTYPE_CODES, allow_dynamic_
 
 __all__ = ["grid_shape", "grid_timeouts", "launch_topp_grid", "source"]
 
-#: Global-memory words (u64) a row keeps between launches: its level-1 histogram and the published crossing.
+#: Global-memory words (u64) of a CTA's slot: its level-1 histogram, its candidate count, padding.
 _HIST_WORDS = 2048 + 2
-#: u32 words a row keeps: barrier A's arrivals, barrier B's word, the candidate count, the timeouts, padding.
+#: u32 words a row keeps between launches: barrier A's word, barrier B's word, padding, the timeouts, padding.
 _SYNC_WORDS = 8
 #: Candidates (entries of the level-1 crossing bin) a row resolves in shared memory; beyond, each CTA streams the row
 #: again for levels 2 and 3.
@@ -72,15 +77,18 @@ CAND_CAP = 4096
 DEFAULT_CTAS = 4
 #: Entries a CTA holds in shared memory at most (128 KB beside its 34 KB of static arrays).
 MAX_SLICE = 32768
+#: Entries a thread holds at most (its candidates are bits of one 64-bit word, a bit an entry).
+MAX_PER_THREAD = 64
 
 _SOURCE = r"""
 #define NB1 2048
 #define NB3 512
+#define HW (NB1 + 2)  // u64 words of a CTA's slot: its level-1 bins, then its candidate count
+#define SPEC (THREADS >= 1024 ? 1 : 2)  // entries a thread of each CTA's list loaded with the counts
 #define HB(b) ((b) + ((b) >> 5))
 #define SPIN_LIMIT (1u << 26)
 #define LOADS 8
 #define WARPS (THREADS / 32)
-#define WCAP (CAND_CAP / WARPS)  // a warp's share of the candidate slots while gathering
 #define KEEP_NONE 0xffffffffu
 #define KEEP_ALL 0xfffffffeu
 // MARK(i): thread 0's cycle counter at phase boundary i, for benchmarks/device/topp_grid_probe.py --timeline.
@@ -89,38 +97,37 @@ _SOURCE = r"""
 #else
 #define MARK(i)
 #endif
-// A row's words: u64 gres[0] = generation << 32 | published level-1 result, gres[1] = its need; u32 sync[0] =
-// barrier A's arrivals, sync[1] = barrier B's word, sync[2] = the row's candidate count, sync[3] = timeouts.
+// A row's u32 words: sync[0] = barrier A's, sync[1] = barrier B's, sync[3] = waits given up. A CTA's u64 slot (HW
+// words): its level-1 bins, then its candidate count; its candidate list: CAND_CAP u32 words.
 
 __device__ __forceinline__ u32 ld_acquire(const u32* p) {
     u32 v;
     asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
     return v;
 }
-__device__ __forceinline__ u64 ld_acquire64(const u64* p) {
-    u64 v;
-    asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
+__device__ __forceinline__ u32 ld_relaxed(const u32* p) {
+    u32 v;
+    asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
     return v;
 }
-__device__ __forceinline__ void st_release64(u64* p, u64 v) {
-    asm volatile("st.release.gpu.global.u64 [%0], %1;" :: "l"(p), "l"(v) : "memory");
-}
-// An arrival: releases what this CTA wrote before its barrier, acquires what the CTAs before it released.
-__device__ __forceinline__ u32 add_acq_rel(u32* p, u32 v) {
-    u32 old;
-    asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], %2;" : "=r"(old) : "l"(p), "r"(v) : "memory");
-    return old;
+// An arrival that releases what this CTA wrote before its barrier (no value returned: nothing waits on it).
+__device__ __forceinline__ void red_release(u32* p, u32 v) {
+    asm volatile("red.release.gpu.global.add.u32 [%0], %1;" :: "l"(p), "r"(v) : "memory");
 }
 
-// Barrier B, as cooperative groups' grid sync: thread 0 arrives with one atomic (the row's first CTA adds
-// 2**31 - (CTAS - 1), the others 1, so the word's top bit flips once all have arrived) and waits for the flip. The
-// word returns to its low bits, so any number of CTAs a row works launch after launch.
-__device__ __forceinline__ void row_barrier(u32* bar, u32* timeouts) {
+// A row barrier, as cooperative groups' grid sync: thread 0 arrives with one reduction (the row's first CTA adds
+// 2**31 - (CTAS - 1), the others 1, so the word's top bit flips once all have arrived, and its low bits return to
+// where they were) and waits for the flip. `sense` is the top bit this CTA read at its start: the flip cannot happen
+// before this CTA arrives, and the launch before this one has completed, so it is the bit before this barrier; the
+// arrival then needs no returned value, which saves a round trip to the L2. Any number of CTAs a row works launch
+// after launch. `before` runs in thread 0 after the CTA has met and before it arrives (a word to publish).
+template <typename F> __device__ __forceinline__ void row_barrier(u32* bar, u32 sense, u32* timeouts, F before) {
     __syncthreads();
     if (threadIdx.x == 0) {
-        const u32 old = add_acq_rel(bar, blockIdx.x % CTAS == 0 ? 0x80000000u - (CTAS - 1u) : 1u);
+        before();
+        red_release(bar, blockIdx.x % CTAS == 0 ? 0x80000000u - (CTAS - 1u) : 1u);
         u32 spins = 0u;
-        while (((ld_acquire(bar) ^ old) & 0x80000000u) == 0u) {
+        while ((ld_acquire(bar) & 0x80000000u) == sense) {
             if (++spins == SPIN_LIMIT) { atomicAdd(timeouts, 1u); break; }
         }
     }
@@ -136,33 +143,44 @@ __device__ __forceinline__ void add_significand(u32* hlo, u32* hhi, u32 w, u32 f
 // exponent, so their significands add up to the bin's exact mass in units of 2**(max(e, 1) - 150).
 __device__ __forceinline__ u32 significand(u32 k) { return (k & 0x7fffffu) | (k >= 0x800000u ? 0x800000u : 0u); }
 
-// Level 1 of the row, by its last CTA to arrive: the row's 2048 bins (cleared once read) in one fixed-point scale,
-// scanned from the top. Stores the crossing bin and the need left in it in its native units, or KEEP_NONE / KEEP_ALL.
-__device__ __forceinline__ void level1_crossing(u64* g1, double p, u64* ws, double* red_d, u32* s_b1, u64* s_need) {
-    constexpr int PER = NB1 / THREADS;
-    const int t = threadIdx.x;
-    u64 s[PER];
-    double td = 0.0;
+// Level 1 of the row, in every CTA alike after barrier A: the sum of the row's CTA histograms (slots of HW words,
+// word NB1 + 1 holding the CTA's non-empty range of bins, low << 32 | top), in one fixed-point scale, scanned from
+// the top. Stores the crossing bin and the need left in it in its native units, or KEEP_NONE / KEEP_ALL. Every CTA
+// reads the same words and computes the same result. The bins are read only within the row's non-empty range (every
+// slot is written whole, so any bin reads true), a thread's PER bins 16 bytes at a time: the row's 128 CTAs reading
+// every slot's 2048 bins in 8-byte words took about 4600 cycles (RESULTS.md, eighteenth session).
+__device__ __forceinline__ void level1_crossing(const u64* hrow, int n, double p, u64* ws, u32* s_b1, u64* s_need) {
+    constexpr int PER = NB1 / THREADS;  // 2 or more, even
+    const int t = threadIdx.x, b0 = NB1 - PER * (t + 1);  // this thread's bins: b0 ... b0 + PER - 1, the top first
+    u32 low = NB1, top = 0u;
     #pragma unroll
-    for (int i = 0; i < PER; ++i) {
-        const int b = NB1 - 1 - (t * PER + i);  // descending: thread 0 holds the top bins
-        s[i] = __ldcg(g1 + b);
-        __stcg(g1 + b, 0ull);
-        td += ldexp((double)s[i], max(b >> 3, 1) - 150);
+    for (int c = 0; c < CTAS; ++c) {
+        const u64 r = __ldcg(hrow + c * HW + NB1 + 1);
+        if ((u32)r) { low = min(low, (u32)(r >> 32)); top = max(top, (u32)r); }
     }
-    td = warp_sum(td);
-    if ((t & 31) == 0) red_d[t >> 5] = td;
-    __syncthreads();
-    td = 0.0;
-    for (int w = 0; w < WARPS; ++w) td += red_d[w];
-    if (!(td > 0.0)) {  // uniform
+    if (top == 0u) {  // every entry zero: uniform
         if (t == 0) *s_b1 = KEEP_NONE;
         __syncthreads();
         return;
     }
-    int et;
-    frexp(td, &et);  // T < 2**et, so F_T < 2**62 in units of 2**(eref - 150)
-    const int eref = et + 150 - 62;
+    u64 s[PER];
+    #pragma unroll
+    for (int i = 0; i < PER; ++i) s[i] = 0ull;
+    if (b0 < (int)top && b0 + PER > (int)low) {
+        #pragma unroll
+        for (int c = 0; c < CTAS; ++c) {
+            #pragma unroll
+            for (int h = 0; h < PER / 2; ++h) {
+                const ulonglong2 v = __ldcg((const ulonglong2*)(hrow + c * HW + b0 + 2 * h));
+                s[PER - 1 - 2 * h] += v.x;
+                s[PER - 2 - 2 * h] += v.y;
+            }
+        }
+    }
+    // The unit 2**(eref - 150): an entry is under 2**(24 + etop - eref) units and the row has n < 2**L of them, so
+    // F_T < 2**62; F_T is at least the top entry, 2**(61 - L) units or more.
+    const int etop = max((int)(top - 1u) >> 3, 1), L = 32 - __clz(n);  // top: the top non-empty bin plus one
+    const int eref = etop + 24 + L - 62;
     u64 f[PER], mine = 0ull;
     #pragma unroll
     for (int i = 0; i < PER; ++i) {
@@ -243,6 +261,30 @@ template <bool ROW> __device__ __forceinline__ u32 resolve(const u32* cand, int 
     return (b2 << 9) | *s_bin;
 }
 
+// The four keys of this CTA's slice from j (zeros past len).
+__device__ __forceinline__ uint4 load_group(const u32* keys, int j, int len) {
+    if (j + 3 < len) return *(const uint4*)&keys[j];
+    uint4 k;
+    k.x = j < len ? keys[j] : 0u;
+    k.y = j + 1 < len ? keys[j + 1] : 0u;
+    k.z = j + 2 < len ? keys[j + 2] : 0u;
+    k.w = 0u;
+    return k;
+}
+
+// The mask bytes of the four entries from j (keys at or above thr >= 1, so never a zero), one 4-byte store where
+// `aligned`.
+__device__ __forceinline__ void mask_group(unsigned char* orow, int j, int len, uint4 k, u32 thr, bool aligned) {
+    const u32 b = (u32)(k.x >= thr) | (u32)(k.y >= thr) << 8 | (u32)(k.z >= thr) << 16 | (u32)(k.w >= thr) << 24;
+    if (aligned && j + 3 < len) {
+        *(u32*)(orow + j) = b;
+    } else {
+        #pragma unroll
+        for (int q = 0; q < 4; ++q)
+            if (j + q < len) orow[j + q] = (unsigned char)((b >> (8 * q)) & 1u);
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(THREADS, 1) sb_topp_grid(
     const void* __restrict__ x, unsigned char* __restrict__ out, int* __restrict__ passes_out, int n, int stride_x,
     int stride_out, double p, int slice, u64* __restrict__ ws_hist, u32* __restrict__ ws_sync,
@@ -252,161 +294,143 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sb_topp_grid(
     __shared__ u32 hlo[HB(NB1)], hhi[HB(NB1)];
     __shared__ u32 cand[CAND_CAP];
     __shared__ u64 ws[32];
-    __shared__ double red_d[32];
-    __shared__ u32 s_b1, s_bin, s_last, s_cnt, s_base, s_wcnt[WARPS];
-    __shared__ u64 s_gres, s_need;
-    const int t = threadIdx.x, lane = t & 31, warp = t >> 5, row = blockIdx.x / CTAS, c = blockIdx.x % CTAS;
-    const int first = c * slice, len = max(0, min(n, first + slice) - first);
-    u64* const g1 = ws_hist + (long long)row * (NB1 + 2);
-    u64* const gres = g1 + NB1;
+    __shared__ u32 s_b1, s_bin, s_top, s_low, s_sense[2];
+    __shared__ u64 s_need;
+    const int t = threadIdx.x, row = blockIdx.x / CTAS, c = blockIdx.x % CTAS;
+    const int first = c * slice, len = max(0, min(n, first + slice) - first), groups = (len + 3) >> 2;
+    unsigned char* const orow = out + (long long)row * stride_out + first;
+    const bool aligned = (((unsigned long long)orow) & 3ull) == 0ull;
+    const u64* const hrow = ws_hist + (long long)row * CTAS * HW;  // the row's CTA slots, in CTA order
+    u64* const hmine = ws_hist + (long long)blockIdx.x * HW;
     u32* const sync = ws_sync + row * 8;
-    u32* const gcand = ws_cand + (long long)row * CAND_CAP;
     for (int w = t; w < HB(NB1); w += THREADS) { hlo[w] = 0u; hhi[w] = 0u; }
+    if (t == 0) {
+        s_top = 0u;
+        s_low = NB1;
+        if (p < 1.0) { s_sense[0] = ld_relaxed(sync) & 0x80000000u; s_sense[1] = ld_relaxed(sync + 1) & 0x80000000u; }
+    }
     __syncthreads();
     MARK(0);
 
-    // Level 1: load the slice, LOADS entries a thread in flight at a time (the atomics would otherwise keep each
-    // load waiting for the last), and bin by exponent and 3 mantissa bits.
+    // Level 1: load the slice, LOADS entries a thread at a time, the next LOADS already in flight while these are
+    // binned (the atomics would otherwise keep each load waiting for the last), by exponent and 3 mantissa bits.
     const bool search = p < 1.0;  // uniform
     const void* xrow = row_of(x, row, stride_x);
+    u32 v[LOADS];
+    #pragma unroll
+    for (int u = 0; u < LOADS; ++u) v[u] = t + u * THREADS < len ? abs_bits(xrow, first + t + u * THREADS) : 0u;
     for (int j0 = t; j0 < len; j0 += LOADS * THREADS) {
-        u32 v[LOADS];
+        u32 w[LOADS];
         #pragma unroll
         for (int u = 0; u < LOADS; ++u) {
-            const int j = j0 + u * THREADS;
-            v[u] = j < len ? abs_bits(xrow, first + j) : 0u;
+            const int j = j0 + (LOADS + u) * THREADS;
+            w[u] = j < len ? abs_bits(xrow, first + j) : 0u;
         }
         #pragma unroll
         for (int u = 0; u < LOADS; ++u) {
             const int j = j0 + u * THREADS;
             if (j < len) keys[j] = v[u];
             if (search && v[u]) add_significand(hlo, hhi, HB(v[u] >> 20), significand(v[u]));
+            v[u] = w[u];
         }
     }
     u32 tstar = 1u;  // p >= 1: every positive entry
     int levels = 0;
     MARK(1);
     if (search) {
-        // This CTA's non-empty bins into the row's histogram (and cleared for levels 2-3).
+        // This CTA's bins, every one, into its own slot (rewritten whole each launch: nothing to clear there), and
+        // cleared here for levels 2-3.
         __syncthreads();
+        u32 low = NB1, top = 0u;  // this CTA's non-empty bins: [low, top)
         for (int b = t; b < NB1; b += THREADS) {
-            const u64 m = ((u64)hhi[HB(b)] << 32) | hlo[HB(b)];
-            if (m) { atomicAdd(g1 + b, m); hlo[HB(b)] = 0u; hhi[HB(b)] = 0u; }
+            const u32 lo = hlo[HB(b)], hi = hhi[HB(b)];
+            __stcg(hmine + b, ((u64)hi << 32) | lo);
+            if (lo | hi) { hlo[HB(b)] = 0u; hhi[HB(b)] = 0u; low = min(low, (u32)b); top = b + 1u; }
         }
-        __syncthreads();
+        #pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            low = min(low, __shfl_xor_sync(FULL, low, o));
+            top = max(top, __shfl_xor_sync(FULL, top, o));
+        }
+        if ((t & 31) == 0 && top) { atomicMin(&s_low, low); atomicMax(&s_top, top); }
         MARK(2);
-        // Barrier A: the last CTA to arrive scans the row's bins and publishes the crossing together with the next
-        // generation (one release store); the others wait for the generation and read the crossing in the same word.
-        if (t == 0) {
-            s_gres = ld_acquire64(gres);  // this launch's generation: it cannot move on before this CTA arrives
-            s_last = add_acq_rel(sync, 1u) == CTAS - 1;
-        }
-        __syncthreads();
-        if (s_last) {
-            level1_crossing(g1, p, ws, red_d, &s_b1, &s_need);
-            if (t == 0) {
-                gres[1] = s_need;
-                sync[0] = 0u;
-                sync[2] = 0u;  // the row's candidate count: no CTA adds to it before this barrier ends
-                st_release64(gres, (((s_gres >> 32) + 1ull) << 32) | s_b1);
-            }
-        } else if (t == 0) {
-            const u32 gen = (u32)(s_gres >> 32);
-            u32 spins = 0u;
-            u64 r;
-            while ((u32)((r = ld_acquire64(gres)) >> 32) == gen) {
-                if (++spins == SPIN_LIMIT) { atomicAdd(sync + 3, 1u); break; }
-            }
-            s_b1 = (u32)r;
-        }
-        __syncthreads();
+        // Barrier A; then every CTA sums the row's slots and finds the crossing itself (no CTA waits on another's
+        // scan, and no result is published).
+        row_barrier(sync, s_sense[0], sync + 3, [&] { __stcg(hmine + NB1 + 1, (u64)s_low << 32 | s_top); });
         MARK(3);
+        level1_crossing(hrow, n, p, ws, &s_b1, &s_need);
+        MARK(4);
         const u32 b1 = s_b1;
         if (b1 == KEEP_NONE) {
             tstar = FULL;
         } else if (b1 != KEEP_ALL) {
-            // The candidates (the row's entries in b1): each warp gathers its own in its share of the slots, by
-            // ballot (shared atomics on one counter serialised: about 7000 cycles at 128K entries); the CTA
-            // reserves its range of the row's list with one atomic, the row meets (barrier B), and each CTA reads
-            // the list back. A warp whose share overflows makes the row's count overflow, so that every CTA takes
-            // the streaming path below.
-            // Four entries a thread a step (one 16-byte shared load); a warp takes the ballots only in the few steps
-            // where one of its lanes holds a candidate.
-            u32 wcount = 0u;
-            const int groups = (len + 3) >> 2;
-            for (int g0 = 0; g0 < groups; g0 += THREADS) {
-                const int j = 4 * (g0 + t);
-                uint4 k4;
-                if (j + 3 < len) {
-                    k4 = *(const uint4*)&keys[j];
-                } else {
-                    k4.x = j < len ? keys[j] : 0u;
-                    k4.y = j + 1 < len ? keys[j + 1] : 0u;
-                    k4.z = j + 2 < len ? keys[j + 2] : 0u;
-                    k4.w = 0u;
-                }
-                const u32 kq[4] = {k4.x, k4.y, k4.z, k4.w};
-                bool hq[4], any = false;
-                #pragma unroll
-                for (int q = 0; q < 4; ++q) { hq[q] = kq[q] && (kq[q] >> 20) == b1; any |= hq[q]; }
-                if (__any_sync(FULL, any)) {
-                    #pragma unroll
-                    for (int q = 0; q < 4; ++q) {
-                        const u32 ballot = __ballot_sync(FULL, hq[q]);
-                        const u32 slot = wcount + __popc(ballot & ((1u << lane) - 1u));
-                        if (hq[q] && slot < WCAP) cand[warp * WCAP + slot] = kq[q];
-                        wcount += __popc(ballot);
-                    }
-                }
-            }
-            if (lane == 0) s_wcnt[warp] = wcount;
-            __syncthreads();
-            u32 before = 0u, mine = 0u, total = 0u;
-            bool spilled = false;
-            for (int w = 0; w < WARPS; ++w) {
-                const u32 wc = s_wcnt[w];
-                if (w < warp) before += min(wc, (u32)WCAP);
-                total += wc;
-                spilled |= wc > WCAP;
-            }
-            mine = min(wcount, (u32)WCAP);
-            if (t == 0) s_base = atomicAdd(sync + 2, spilled ? CAND_CAP + 1u : total);
-            __syncthreads();
-            for (u32 i = lane; i < mine; i += 32)
-                if (s_base + before + i < CAND_CAP) gcand[s_base + before + i] = cand[warp * WCAP + i];
-            MARK(4);
-            row_barrier(sync + 1, sync + 3);
-            if (t == 0) { s_cnt = __ldcg(sync + 2); s_need = __ldcg(gres + 1); }
-            __syncthreads();
-            const u32 m = s_cnt;
             const u64 need = s_need;
-            for (u32 i = t; i < min(m, (u32)CAND_CAP); i += THREADS) cand[i] = __ldcg(gcand + i);
-            __syncthreads();
+            // The candidates (the slice's entries in b1): a bit each in a thread's mask over its groups of four
+            // (group g = st * THREADS + t, bit 4 st + q), one block scan of the counts, and each thread writes its
+            // own into this CTA's list in global memory at its offset; the count goes to the slot's word NB1.
+            // A key k is in b1 when k - lo < width, unsigned (bin 0 without the zeros). The mask is built in two
+            // 32-bit halves: with one 64-bit word and its variable shifts the loop issued about 48 instructions a
+            // step (4600 cycles at 128K entries); unrolled over every possible step, short slices paid for the
+            // steps they do not have.
+            const u32 lo = (b1 << 20) | (b1 == 0u), width = (1u << 20) - (b1 == 0u);
+            u32 half[2] = {0u, 0u};  // steps 0-7, then 8-15 (MAX_PER_THREAD / 4 steps at most)
+            for (int st = 0, g = t; g < groups; ++st, g += THREADS) {
+                const uint4 k4 = load_group(keys, 4 * g, len);
+                const u32 q4 = (k4.x - lo < width ? 1u : 0u) | (k4.y - lo < width ? 2u : 0u)
+                               | (k4.z - lo < width ? 4u : 0u) | (k4.w - lo < width ? 8u : 0u);
+                if (st < 8) half[0] |= q4 << (4 * st);
+                else half[1] |= q4 << (4 * st - 32);
+            }
+            const u64 bits = (u64)half[1] << 32 | half[0];
             MARK(5);
+            u64 total;
+            u64 at = block_scan_once((u64)__popcll(bits), ws, &total);
+            u32* const cmine = ws_cand + (long long)blockIdx.x * CAND_CAP;
+            for (u64 r = bits; r != 0ull && at < CAND_CAP; r &= r - 1ull, ++at) {
+                const int b = __ffsll((long long)r) - 1;
+                cmine[at] = keys[4 * ((b >> 2) * THREADS + t) + (b & 3)];
+            }
+            MARK(6);
+            row_barrier(sync + 1, s_sense[1], sync + 3, [&] { __stcg(hmine + NB1, total); });
+            // Every CTA's count, and (where they all fit) their lists into shared memory, in CTA order: the first
+            // SPEC entries a thread of each list are loaded together with the counts, in one round trip to the L2.
+            u32 cnt[CTAS], spec[CTAS][SPEC], m = 0u;
+            #pragma unroll
+            for (int k = 0; k < CTAS; ++k) {
+                const u32* src = ws_cand + (long long)(row * CTAS + k) * CAND_CAP;
+                cnt[k] = (u32)min(__ldcg(hrow + k * HW + NB1), (u64)CAND_CAP + 1ull);
+                #pragma unroll
+                for (int q = 0; q < SPEC; ++q) spec[k][q] = __ldcg(src + t + q * THREADS);
+            }
+            #pragma unroll
+            for (int k = 0; k < CTAS; ++k) m += cnt[k];
+            if (m <= CAND_CAP) {
+                u32 base = 0u;
+                #pragma unroll
+                for (int k = 0; k < CTAS; ++k) {
+                    #pragma unroll
+                    for (int q = 0; q < SPEC; ++q)
+                        if (t + q * THREADS < cnt[k]) cand[base + t + q * THREADS] = spec[k][q];
+                    const u32* src = ws_cand + (long long)(row * CTAS + k) * CAND_CAP;
+                    for (u32 i = t + SPEC * THREADS; i < cnt[k]; i += THREADS) cand[base + i] = __ldcg(src + i);
+                    base += cnt[k];
+                }
+            }
+            __syncthreads();
+            MARK(7);
             // Levels 2 and 3 on the candidates, or on the row streamed again where they overflowed.
             tstar = m <= CAND_CAP ? resolve<false>(cand, (int)m, xrow, n, b1, need, hlo, hhi, ws, &s_bin, &s_need)
                                   : resolve<true>(cand, 0, xrow, n, b1, need, hlo, hhi, ws, &s_bin, &s_need);
             levels = 3;
-            MARK(6);
+            MARK(8);
         }
     }
-    // The mask, four entries a store where the row's bytes allow (entries other threads loaded: a barrier first,
-    // which the p >= 1 path has not met since the loads).
+    // The mask (entries other threads loaded: a barrier first, which p >= 1 has not met since the loads).
     __syncthreads();
-    unsigned char* orow = out + (long long)row * stride_out + first;
-    if ((((unsigned long long)orow) & 3ull) == 0ull) {
-        const int len4 = len & ~3;
-        for (int j = 4 * t; j < len4; j += 4 * THREADS) {
-            const uint4 k = *(const uint4*)&keys[j];
-            *(u32*)(orow + j) = (u32)(k.x >= tstar && k.x > 0u) | (u32)(k.y >= tstar && k.y > 0u) << 8
-                                | (u32)(k.z >= tstar && k.z > 0u) << 16 | (u32)(k.w >= tstar && k.w > 0u) << 24;
-        }
-        for (int j = len4 + t; j < len; j += THREADS) orow[j] = keys[j] >= tstar && keys[j] > 0u;
-    } else {
-        for (int j = t; j < len; j += THREADS) orow[j] = keys[j] >= tstar && keys[j] > 0u;
-    }
+    for (int g = t; g < groups; g += THREADS)
+        mask_group(orow, 4 * g, len, load_group(keys, 4 * g, len), tstar, aligned);
     if (WRITE_PASSES && t == 0 && c == 0) passes_out[row] = levels;
-    MARK(7);
+    MARK(9);
 }
 """
 
@@ -415,7 +439,8 @@ def source(*, threads: int, ctas: int, dtype_code: int, write_passes: bool, time
     """The kernel source for one specialisation: ``ctas`` CTAs of ``threads`` threads a row. ``timeline``: thread 0
     of each CTA records its cycle counter at 8 phase boundaries (the probe's)."""
     return specialise(COMMON_SOURCE + _SOURCE, THREADS=threads, CTAS=ctas, IN_DTYPE=dtype_code,
-                      WRITE_PASSES=int(write_passes), CAND_CAP=CAND_CAP, TIMELINE=int(timeline))
+                      WRITE_PASSES=int(write_passes), CAND_CAP=CAND_CAP, MAX_PER_THREAD=MAX_PER_THREAD,
+                      TIMELINE=int(timeline))
 
 
 @functools.cache
@@ -429,15 +454,16 @@ def _compiled(threads: int, ctas: int, dtype_code: int, write_passes: bool, time
 _WORKSPACE: dict[tuple[str, int | None], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
 
-def _workspace(device: torch.device, rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-device histograms, barrier words and candidate lists, allocated zeroed once and reused: each launch
-    leaves the histograms cleared and the barriers ready for the next. One stream a device at a time. A launch has at
-    most one row a multiprocessor (:func:`grid_shape`), so 256 rows' worth is never replaced under a CUDA graph that
+def _workspace(device: torch.device, ctas: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-device CTA slots (histogram and candidate count), row barrier words and CTA candidate lists for a launch
+    of ``ctas`` CTAs in all, allocated zeroed once and reused: a launch rewrites what it reads of its slots and lists
+    before reading it, and leaves the barriers ready for the next. One stream a device at a time. A launch has at
+    most one CTA a multiprocessor (:func:`grid_shape`), so 256 CTAs' worth is never replaced under a CUDA graph that
     captured it."""
     key = (device.type, device.index)
     ws = _WORKSPACE.get(key)
-    if ws is None or ws[1].numel() < _SYNC_WORDS * rows:
-        cap = max(rows, 256)
+    if ws is None or ws[1].numel() < _SYNC_WORDS * ctas:
+        cap = max(ctas, 256)
         ws = (torch.zeros(cap * _HIST_WORDS, dtype=torch.int64, device=device),
               torch.zeros(cap * _SYNC_WORDS, dtype=torch.int32, device=device),
               torch.zeros(cap * CAND_CAP, dtype=torch.int32, device=device))
@@ -477,10 +503,11 @@ def launch_topp_grid(x: torch.Tensor, p: float, out: torch.Tensor, passes_out: t
                          f"fit {sms} multiprocessors at once with at most {MAX_SLICE} entries a CTA")
     threads = threads or shape[0]
     ctas = shape[1]
-    if threads & (threads - 1) or not 64 <= threads <= 1024:
-        raise UsageError(f"grid CUDA top-p: threads must be a power of two from 64 to 1024, got {threads}")
     slice_n = -(-n // ctas)
-    hist, sync, cand = _workspace(x.device, rows)
+    if threads & (threads - 1) or not 64 <= threads <= 1024 or slice_n > MAX_PER_THREAD * threads:
+        raise UsageError(f"grid CUDA top-p: threads must be a power of two from 64 to 1024 and hold at most "
+                         f"{MAX_PER_THREAD} entries each, got {threads} threads for {slice_n} entries a CTA")
+    hist, sync, cand = _workspace(x.device, rows * ctas)
     kernel = _compiled(threads, ctas, DTYPE_CODES[x.dtype], passes_out is not None, timeline is not None)
     kernel(grid=(rows * ctas, 1, 1), block=(threads, 1, 1), shared_mem=4 * slice_n, args=[
         x, out, passes_out if passes_out is not None else out, n, x.stride(0), out.stride(0), float(p), slice_n,
