@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from conftest import get_tiny
@@ -155,7 +157,7 @@ def test_top_p_on_the_gpu_is_the_exact_reference(monkeypatch: pytest.MonkeyPatch
         return got
 
     monkeypatch.setattr(specattn_module, "topp_mask_nd", spy)
-    model = get_tiny("llama").cuda()
+    model = copy.deepcopy(get_tiny("llama")).cuda()  # a copy: the shared tiny model stays on the CPU for later tests
     out = TeacherForcedEngine(model, SpecAttn(p=0.9), TorchBackend(), CFG,
                               draft=_all_layer_draft(model)).evaluate(_ids(5).cuda())
     assert seen and all(seen), f"{seen.count(False)} of {len(seen)} selections differ from the reference"

@@ -847,8 +847,9 @@ def topp_mask_cuda(probs: torch.Tensor, p: float, *, check: bool = True,
                    passes_out: torch.Tensor | None = None) -> torch.Tensor:
     """Top-p keep-mask of ``probs`` [R, N] (CUDA; ``N <= 32768``, or ``262144`` on GPUs with thread-block clusters)
     by the radix-selection CUDA kernel
-    (:mod:`sparsebench.kernels.cuda_topp`), or for rows over 32K entries that fit it the grid kernel
-    (:mod:`sparsebench.kernels.cuda_topp_grid`): the semantics above with a near-tie margin of about ``2e-15 T``.
+    (:mod:`sparsebench.kernels.cuda_topp`), or for rows over 8K entries that fit it the grid kernel
+    (:mod:`sparsebench.kernels.cuda_topp_grid`): the semantics above with a near-tie margin of about ``2e-15 T``
+    (the grid kernel's: under ``5e-10 T`` at 128K entries).
     ``passes_out`` (int32 [R], on the device) receives each row's histogram passes (the grid kernel: its 3 levels).
     No host synchronisation with ``check=False``; the grid kernel's CTAs wait for each other, so do not run it on
     two streams of one device at once."""
