@@ -723,6 +723,13 @@ def test_cuda_radix_scope() -> None:
     assert not uses_grid(65536, 34, 132) and uses_grid(65536, 33, 132)
     assert grid_shape(131072, 32, 132) == (1024, 4) and grid_shape(32768, 32, 132) == (512, 4)
     assert grid_shape(8192, 100, 132, ctas=2) is None and grid_shape(8192, 66, 132, ctas=2) == (512, 2)
+    # Every shape it picks leaves a thread at most MAX_PER_THREAD entries (its candidates are bits of one word).
+    from sparsebench.kernels.cuda_topp_grid import MAX_PER_THREAD
+
+    for n in (1, 8193, 32768, 65537, 131072):
+        for ctas in (2, 4, 8):
+            shape = grid_shape(n, 16, 132, ctas=ctas)
+            assert shape is None or -(-n // ctas) <= MAX_PER_THREAD * shape[0], (n, ctas, shape)
     # Larger last brackets for pairwise sums in longer rows, never more than a thread a candidate; the entries of
     # 1024-thread CTAs with 16 or more a thread wait in shared memory.
     assert [pairwise_max(n, 1024) for n in (1000, 16384, 16385, 65536, 131072, 262144)] == [64, 64, 128, 256, 512, 512]
