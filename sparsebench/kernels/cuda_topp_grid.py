@@ -437,7 +437,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sb_topp_grid(
 
 def source(*, threads: int, ctas: int, dtype_code: int, write_passes: bool, timeline: bool = False) -> str:
     """The kernel source for one specialisation: ``ctas`` CTAs of ``threads`` threads a row. ``timeline``: thread 0
-    of each CTA records its cycle counter at 8 phase boundaries (the probe's)."""
+    of each CTA records its cycle counter at 10 phase boundaries (the probe's)."""
     return specialise(COMMON_SOURCE + _SOURCE, THREADS=threads, CTAS=ctas, IN_DTYPE=dtype_code,
                       WRITE_PASSES=int(write_passes), CAND_CAP=CAND_CAP, MAX_PER_THREAD=MAX_PER_THREAD,
                       TIMELINE=int(timeline))
