@@ -66,7 +66,8 @@ from sparsebench.kernels.nvrtc import COMMON_SOURCE, DTYPE_CODES, allow_dynamic_
 
 __all__ = ["grid_shape", "grid_timeouts", "launch_topp_grid", "source"]
 
-#: Global-memory words (u64) of a CTA's slot: its level-1 histogram, its candidate count, padding.
+#: Global-memory words (u64) of a CTA's slot (the kernel's ``HW``): its level-1 histogram, its candidate count, the
+#: range of its non-empty bins.
 _HIST_WORDS = 2048 + 2
 #: u32 words a row keeps between launches: barrier A's word, barrier B's word, padding, the timeouts, padding.
 _SYNC_WORDS = 8
@@ -83,12 +84,10 @@ MAX_PER_THREAD = 64
 _SOURCE = r"""
 #define NB1 2048
 #define NB3 512
-#define HW (NB1 + 2)  // u64 words of a CTA's slot: its level-1 bins, then its candidate count
 #define SPEC (THREADS >= 1024 ? 1 : 2)  // entries a thread of each CTA's list loaded with the counts
 #define HB(b) ((b) + ((b) >> 5))
 #define SPIN_LIMIT (1u << 26)
 #define LOADS 8
-#define WARPS (THREADS / 32)
 #define KEEP_NONE 0xffffffffu
 #define KEEP_ALL 0xfffffffeu
 // MARK(i): thread 0's cycle counter at phase boundary i, for benchmarks/device/topp_grid_probe.py --timeline.
@@ -98,7 +97,8 @@ _SOURCE = r"""
 #define MARK(i)
 #endif
 // A row's u32 words: sync[0] = barrier A's, sync[1] = barrier B's, sync[3] = waits given up. A CTA's u64 slot (HW
-// words): its level-1 bins, then its candidate count; its candidate list: CAND_CAP u32 words.
+// words): its level-1 bins, its candidate count (word NB1), its non-empty bins' range (word NB1 + 1, low << 32 | top);
+// its candidate list: CAND_CAP u32 words.
 
 __device__ __forceinline__ u32 ld_acquire(const u32* p) {
     u32 v;
@@ -304,17 +304,17 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sb_topp_grid(
     u64* const hmine = ws_hist + (long long)blockIdx.x * HW;
     u32* const sync = ws_sync + row * 8;
     for (int w = t; w < HB(NB1); w += THREADS) { hlo[w] = 0u; hhi[w] = 0u; }
+    const bool search = p < 1.0;  // uniform
     if (t == 0) {
         s_top = 0u;
         s_low = NB1;
-        if (p < 1.0) { s_sense[0] = ld_relaxed(sync) & 0x80000000u; s_sense[1] = ld_relaxed(sync + 1) & 0x80000000u; }
+        if (search) { s_sense[0] = ld_relaxed(sync) & 0x80000000u; s_sense[1] = ld_relaxed(sync + 1) & 0x80000000u; }
     }
     __syncthreads();
     MARK(0);
 
     // Level 1: load the slice, LOADS entries a thread at a time, the next LOADS already in flight while these are
     // binned (the atomics would otherwise keep each load waiting for the last), by exponent and 3 mantissa bits.
-    const bool search = p < 1.0;  // uniform
     const void* xrow = row_of(x, row, stride_x);
     u32 v[LOADS];
     #pragma unroll
@@ -440,7 +440,7 @@ def source(*, threads: int, ctas: int, dtype_code: int, write_passes: bool, time
     of each CTA records its cycle counter at 10 phase boundaries (the probe's)."""
     return specialise(COMMON_SOURCE + _SOURCE, THREADS=threads, CTAS=ctas, IN_DTYPE=dtype_code,
                       WRITE_PASSES=int(write_passes), CAND_CAP=CAND_CAP, MAX_PER_THREAD=MAX_PER_THREAD,
-                      TIMELINE=int(timeline))
+                      HW=_HIST_WORDS, TIMELINE=int(timeline))
 
 
 @functools.cache
