@@ -39,6 +39,9 @@ from sparsebench.kernels.topp import (
 PS = (1e-6, 0.5, 0.9, 0.95, 0.99, 0.999999, 1.0)
 #: Relative margin within which a prefix "nearly" reaches p; the kernel's own margin is below 1e-5.
 NEAR = 1e-5
+#: The grid CUDA kernel's: its acceptance margin is under 5e-10 T up to 128K entries, the reference's float64
+#: prefix sums err by about 1e-11 T.
+GRID_NEAR = 1e-9
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,26 +149,30 @@ def check_mask(probs: torch.Tensor, mask: torch.Tensor, p: float, where: str) ->
             assert torch.equal(mr, xr > 0), f"{ctx}: p=1 must keep exactly the positive entries"
 
 
-def check_against_reference(probs: torch.Tensor, mask: torch.Tensor, p: float, where: str) -> int:
+def check_against_reference(probs: torch.Tensor, mask: torch.Tensor, p: float, where: str,
+                            near: float = NEAR) -> int:
     """Assert the mask equals the reference's except for near-ties; return the number of near-tie rows.
 
-    A near-tie row may keep one more distinct value than the reference, and only when the reference's
-    own set reaches p by less than the relative margin ``NEAR``.
+    A near-tie row may keep more distinct values than the reference (never fewer), and only when the reference's
+    own set reaches p by less than the relative margin ``near``, and the kernel's set without its lowest value
+    does too: the next lower values a kernel's acceptance margin needs. That can be several tail entries when p is
+    close to 1 (the grid kernel's margin, up to ``5e-10 T`` at 128K entries, is more than one entry of ``1e-10 T``;
+    seen in session 19 from both the merged kernel and the one before, each matching its design's arithmetic).
     """
     x = probs.double().reshape(-1, probs.shape[-1])
     mask = mask.reshape(x.shape)
     ref = topp_mask_torch(probs.reshape(x.shape), p)
-    near = 0
+    near_ties = 0
     for r in torch.nonzero((mask != ref).any(-1)).flatten().tolist():
         xr = x[r]
         total = float(xr.sum())
         t_ref, t_got = float(xr[ref[r]].min()), float(xr[mask[r]].min())
         ctx = f"{where} row {r} p={p} seed={SEED}"
-        below = xr[xr < t_ref]
-        assert below.numel() and t_got == float(below.max()), f"{ctx}: differs from reference beyond a near-tie"
-        assert float(xr[ref[r]].sum()) < p * total * (1 + NEAR), f"{ctx}: differs without a near-tie"
-        near += 1
-    return near
+        assert t_got < t_ref, f"{ctx}: keeps less than the reference"
+        assert float(xr[ref[r]].sum()) < p * total * (1 + near), f"{ctx}: differs without a near-tie"
+        assert float(xr[xr > t_got].sum()) < p * total * (1 + near), f"{ctx}: keeps more than a near-tie needs"
+        near_ties += 1
+    return near_ties
 
 
 # ---------------------------------------------------------------------------------------------
@@ -588,6 +595,11 @@ def test_cuda_grid_kernel(ctas: int) -> None:
             crowded = torch.full((n,), 1e-6)
             crowded[(torch.arange(10)[:, None] * 512 + torch.arange(32)).flatten()[:300]] = 1e-3
             rows.insert(0, crowded / crowded.sum())
+            # 3000 distinct entries in one level-1 bin (an eighth of a binade) holding the crossing: more candidates
+            # than the 5-bit levels take at 512 threads a CTA (4 a thread), so the 2048-bin levels run.
+            one_bin = torch.full((n,), 1e-9)
+            one_bin[torch.randperm(n, generator=gen)[:3000]] = 2.0**-12 * (1 + torch.rand(3000, generator=gen) / 8)
+            rows.insert(0, one_bin)
         probs = torch.stack(rows)[: 128 // ctas]  # every CTA of the grid running at once
         for dtype, p in itertools.product((torch.float32, torch.bfloat16, torch.float16), PS):
             x = probs.to(dtype).cuda()
@@ -597,7 +609,7 @@ def test_cuda_grid_kernel(ctas: int) -> None:
                 launch_topp_grid(x, p, out, passes, ctas=ctas)
             where = f"cuda grid {ctas} n={n} {dtype} p={p}"
             check_mask(x.cpu(), out.bool().cpu(), p, where)
-            check_against_reference(x.cpu(), out.bool().cpu(), p, where)
+            check_against_reference(x.cpu(), out.bool().cpu(), p, where, near=GRID_NEAR)
             assert set(passes.tolist()) <= {0, 3}, (where, passes.tolist())
     x = torch.softmax(2 * torch.randn(16, 8192, generator=gen), -1).cuda()
     out = torch.empty(x.shape, dtype=torch.uint8, device="cuda")

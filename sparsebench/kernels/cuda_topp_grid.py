@@ -5,9 +5,9 @@ in one CTA, or a thread-block cluster of 2-4, and rows of 64K-128K entries held 
 and paid three shared-memory atomics for each in their histogram pass: 19.4 and 30.6 µs for 32 rows on the H200,
 2.4x and 3.2x one read of the input, where the project asks for 2x. Here a row takes ``CTAS`` ordinary CTAs
 (:data:`DEFAULT_CTAS`), each holding a slice in shared memory with one shared atomic an entry, and the CTAs meet
-through global memory: 10.3, 11.7, 14.1 and 17.7 µs at 16K, 32K, 64K and 128K entries (2.75x, 2.24x, 1.75x and
-1.84x one read; ``benchmarks/RESULTS.md``, eighteenth session). At 8K it loses to the radix kernel (9.7 against 7.0
-µs: two row barriers and the level-1 exchange cost about 4 µs at any length), so
+through global memory: 9.7-9.9, 11.2, 13.7-13.8 and 17.3-17.4 µs at 16K, 32K, 64K and 128K entries (2.6x, 2.1x,
+1.7x and 1.8x one read; ``benchmarks/RESULTS.md``, nineteenth session). At 8K it loses to the radix kernel (9.6
+against 7.0 µs: two row barriers and the level-1 exchange cost about 4 µs at any length), so
 :func:`~sparsebench.kernels.cuda_topp.launch_topp` takes it from 16K entries up.
 
 Algorithm (every CTA of a row; they meet at two row barriers)
@@ -20,7 +20,9 @@ Entries are ``|x|`` float32 bit patterns (bfloat16 / float16 widened), whose int
    bin's sum of significands, times ``2**(max(e, 1) - 150)``, is its exact mass. The CTA writes all its bins, and
    the range of the non-empty ones, to its own slot in global memory and arrives at barrier A.
 2. **Every CTA** then reads the row's slots, only within the row's non-empty range and 16 bytes at a time, and scans
-   them itself: nobody waits for another CTA's scan and nothing is published. The fixed-point unit comes from the
+   them itself: nobody waits for another CTA's scan and nothing is published. The bins within 4 binades of the
+   CTA's own non-empty range are requested with the ranges, in the same round trip; the rest, if the row's range
+   needs them, after. The fixed-point unit comes from the
    top non-empty bin and the row length (``F_T``, the row's mass in units, stays under ``2**62`` and is at least
    ``2**(61 - L)`` for rows of under ``2**L`` entries). A bin's mass in units is exact, or floored for bins far under
    the top (each floor loses under a unit). A set is accepted when its mass in units reaches
@@ -32,7 +34,9 @@ Entries are ``|x|`` float32 bit patterns (bfloat16 / float16 widened), whose int
    reads every list (the counts and the first entries of each list in one round trip) into shared memory, up to
    :data:`CAND_CAP` (rows of softmax(randn x 2) put up to 2220 of 128K entries there).
 4. **Levels 2 and 3**, in each CTA alone: the candidates by bits 19-9 (2048 bins of 512 patterns), then those of the
-   crossing sub-bin by bits 8-0: exact integer sums. The crossing pattern is ``t*``, the largest value whose
+   crossing sub-bin by bits 8-0: exact integer sums. Up to four candidates a thread (most rows) take four levels of
+   5 bits instead: each warp adds into its own 32 bins and warp 0 alone sums and scans them, so a level costs two
+   block barriers and no block-wide scan (0.1-0.3 µs less). The crossing pattern is ``t*``, the largest value whose
    at-or-above mass is accepted, and every CTA writes ``x >= t*`` over its slice's positive entries (ties at ``t*``
    all kept). Where the lists overflow (uniform rows, a few distinct values), each CTA streams the row again from
    global memory for levels 2 and 3 instead: slower, as exact.
@@ -42,11 +46,15 @@ The acceptance margin is under ``5e-10 T`` at 128K entries: the mask equals the 
 kept (RESULTS.md, seventeenth and eighteenth sessions): levels 2 and 3 exchanged as histograms too (three barriers);
 the last CTA scanning level 1 alone and publishing the crossing (about 8000 cycles for barrier A); all four slots'
 2048 bins read in 8-byte words (4600 cycles for the scan); the mask written during the candidates' pass; a shortcut
-past level 3; and batching the low-word atomics before their carries (slower in this kernel and the radix one).
+past level 3; batching the low-word atomics before their carries (slower in this kernel and the radix one); and
+(nineteenth session) a row's CTAs as one thread-block cluster, exchanging through distributed shared memory: barrier
+A took half the cycles, the level-1 reads of the other CTAs' bins 1200 more, and 32 rows in four-CTA clusters took
+17-36 µs (at 70 registers a thread, seemingly two waves).
 
 **Row barriers** are cooperative groups' grid sync: thread 0 of the row's first CTA adds ``2**31 - (CTAS - 1)``, the
 others 1, and all wait for the word's top bit to flip. The arrival is a release reduction with no returned value:
-each CTA reads the bit at its start (it cannot flip before this CTA arrives, and the launch before has completed).
+each CTA's thread 0 loads the bit into a register at its start, the load in flight while the bins are cleared and
+the slice loads (it cannot flip before this CTA arrives, and the launch before has completed).
 The words return to their low bits, ready for the next launch whatever its shape, so the kernel is CUDA-graph safe.
 A waiting CTA needs the row's other CTAs running, so :func:`launch_topp_grid` refuses grids of more CTAs than
 multiprocessors (every multiprocessor holds at least one of its CTAs). A wait longer than about a second gives up and
@@ -88,6 +96,8 @@ _SOURCE = r"""
 #define HB(b) ((b) + ((b) >> 5))
 #define SPIN_LIMIT (1u << 26)
 #define LOADS 8
+#define SPEC_MARGIN 32  // bins (4 binades) past a CTA's own range it reads before it knows the row's
+#define NARROW_MAX (4 * THREADS)  // candidates resolve_narrow takes
 #define KEEP_NONE 0xffffffffu
 #define KEEP_ALL 0xfffffffeu
 // MARK(i): thread 0's cycle counter at phase boundary i, for benchmarks/device/topp_grid_probe.py --timeline.
@@ -143,15 +153,32 @@ __device__ __forceinline__ void add_significand(u32* hlo, u32* hhi, u32 w, u32 f
 // exponent, so their significands add up to the bin's exact mass in units of 2**(max(e, 1) - 150).
 __device__ __forceinline__ u32 significand(u32 k) { return (k & 0x7fffffu) | (k >= 0x800000u ? 0x800000u : 0u); }
 
+// A thread's PER bins from b0 in each of the row's CTA slots, 16 bytes a load.
+template <int PER>
+__device__ __forceinline__ void load_slot_bins(const u64* hrow, int b0, ulonglong2 (&v)[CTAS][PER / 2]) {
+    #pragma unroll
+    for (int c = 0; c < CTAS; ++c) {
+        #pragma unroll
+        for (int h = 0; h < PER / 2; ++h) v[c][h] = __ldcg((const ulonglong2*)(hrow + c * HW + b0 + 2 * h));
+    }
+}
+
 // Level 1 of the row, in every CTA alike after barrier A: the sum of the row's CTA histograms (slots of HW words,
 // word NB1 + 1 holding the CTA's non-empty range of bins, low << 32 | top), in one fixed-point scale, scanned from
 // the top. Stores the crossing bin and the need left in it in its native units, or KEEP_NONE / KEEP_ALL. Every CTA
 // reads the same words and computes the same result. The bins are read only within the row's non-empty range (every
 // slot is written whole, so any bin reads true), a thread's PER bins 16 bytes at a time: the row's 128 CTAs reading
-// every slot's 2048 bins in 8-byte words took about 4600 cycles (RESULTS.md, eighteenth session).
-__device__ __forceinline__ void level1_crossing(const u64* hrow, int n, double p, u64* ws, u32* s_b1, u64* s_need) {
+// every slot's 2048 bins in 8-byte words took about 4600 cycles (RESULTS.md, eighteenth session). Bins within
+// SPEC_MARGIN of this CTA's own non-empty range [own_low, own_top) are requested together with the ranges: one round
+// trip where the row's range falls inside that window, as the slices of a row mostly do; the others, where the row's
+// range needs them, after.
+__device__ __forceinline__ void level1_crossing(const u64* hrow, u32 own_low, u32 own_top, int n, double p, u64* ws,
+                                                u32* s_b1, u64* s_need) {
     constexpr int PER = NB1 / THREADS;  // 2 or more, even
     const int t = threadIdx.x, b0 = NB1 - PER * (t + 1);  // this thread's bins: b0 ... b0 + PER - 1, the top first
+    const bool early = own_top != 0u && b0 < (int)own_top + SPEC_MARGIN && b0 + PER + SPEC_MARGIN > (int)own_low;
+    ulonglong2 v[CTAS][PER / 2];
+    if (early) load_slot_bins<PER>(hrow, b0, v);
     u32 low = NB1, top = 0u;
     #pragma unroll
     for (int c = 0; c < CTAS; ++c) {
@@ -167,13 +194,13 @@ __device__ __forceinline__ void level1_crossing(const u64* hrow, int n, double p
     #pragma unroll
     for (int i = 0; i < PER; ++i) s[i] = 0ull;
     if (b0 < (int)top && b0 + PER > (int)low) {
+        if (!early) load_slot_bins<PER>(hrow, b0, v);
         #pragma unroll
         for (int c = 0; c < CTAS; ++c) {
             #pragma unroll
             for (int h = 0; h < PER / 2; ++h) {
-                const ulonglong2 v = __ldcg((const ulonglong2*)(hrow + c * HW + b0 + 2 * h));
-                s[PER - 1 - 2 * h] += v.x;
-                s[PER - 2 - 2 * h] += v.y;
+                s[PER - 1 - 2 * h] += v[c][h].x;
+                s[PER - 2 - 2 * h] += v[c][h].y;
             }
         }
     }
@@ -261,6 +288,45 @@ template <bool ROW> __device__ __forceinline__ u32 resolve(const u32* cand, int 
     return (b2 << 9) | *s_bin;
 }
 
+// Levels 2-5 inside bin b1 where the candidates are few (m <= NARROW_MAX), in this CTA alone: 5 bits a level (bits
+// 19-15, 14-10, 9-5, 4-0 of the crossing sub-bin). Each warp adds its candidates' significands into its own 32 bins
+// (part[warp * 32 + bin], zero on entry and left zero: at most 4 candidates a lane, so a word stays under 2**31), and
+// warp 0 alone sums the warps' bins and scans them with shuffles: a level costs two block barriers, where the 2048-
+// and 512-bin levels of resolve() each pay a block-wide scan. Returns t*.
+__device__ __forceinline__ u32 resolve_narrow(const u32* cand, int m, u32 b1, u64 need, u32* part, u32* s_bin,
+                                              u64* s_need) {
+    const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
+    u32 prefix = b1;  // the key's bits above the level's 5
+    #pragma unroll 1
+    for (int sh = 15; sh >= 0; sh -= 5) {
+        for (int i = t; i < m; i += THREADS) {
+            const u32 k = cand[i];
+            if (k && (k >> (sh + 5)) == prefix) atomicAdd(&part[warp * 32 + ((k >> sh) & 31u)], significand(k));
+        }
+        __syncthreads();
+        if (warp == 0) {
+            const int w = 31 - lane;  // lane 0 holds the top bin
+            u64 s = 0ull;
+            #pragma unroll
+            for (int q = 0; q < THREADS / 32; ++q) {
+                s += part[q * 32 + w];
+                part[q * 32 + w] = 0u;
+            }
+            u64 inc = s;
+            #pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+                const u64 y = __shfl_up_sync(FULL, inc, o);
+                if (lane >= o) inc += y;
+            }
+            if (inc - s < need && inc >= need) { *s_bin = (u32)w; *s_need = need - (inc - s); }
+        }
+        __syncthreads();
+        prefix = (prefix << 5) | *s_bin;
+        need = *s_need;
+    }
+    return prefix;
+}
+
 // The four keys of this CTA's slice from j (zeros past len).
 __device__ __forceinline__ uint4 load_group(const u32* keys, int j, int len) {
     if (j + 3 < len) return *(const uint4*)&keys[j];
@@ -294,7 +360,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sb_topp_grid(
     __shared__ u32 hlo[HB(NB1)], hhi[HB(NB1)];
     __shared__ u32 cand[CAND_CAP];
     __shared__ u64 ws[32];
-    __shared__ u32 s_b1, s_bin, s_top, s_low, s_sense[2];
+    __shared__ u32 s_b1, s_bin, s_top, s_low;
     __shared__ u64 s_need;
     const int t = threadIdx.x, row = blockIdx.x / CTAS, c = blockIdx.x % CTAS;
     const int first = c * slice, len = max(0, min(n, first + slice) - first), groups = (len + 3) >> 2;
@@ -303,22 +369,25 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sb_topp_grid(
     const u64* const hrow = ws_hist + (long long)row * CTAS * HW;  // the row's CTA slots, in CTA order
     u64* const hmine = ws_hist + (long long)blockIdx.x * HW;
     u32* const sync = ws_sync + row * 8;
-    for (int w = t; w < HB(NB1); w += THREADS) { hlo[w] = 0u; hhi[w] = 0u; }
     const bool search = p < 1.0;  // uniform
-    if (t == 0) {
-        s_top = 0u;
-        s_low = NB1;
-        if (search) { s_sense[0] = ld_relaxed(sync) & 0x80000000u; s_sense[1] = ld_relaxed(sync + 1) & 0x80000000u; }
-    }
-    __syncthreads();
-    MARK(0);
-
-    // Level 1: load the slice, LOADS entries a thread at a time, the next LOADS already in flight while these are
-    // binned (the atomics would otherwise keep each load waiting for the last), by exponent and 3 mantissa bits.
+    // The barriers' sense bits (thread 0 alone waits at the barriers) and the slice's first LOADS entries a thread,
+    // requested before the bins are cleared: neither round trip holds up the block's first barrier.
+    u32 sense_a = 0u, sense_b = 0u;
+    if (t == 0 && search) { sense_a = ld_relaxed(sync); sense_b = ld_relaxed(sync + 1); }
     const void* xrow = row_of(x, row, stride_x);
     u32 v[LOADS];
     #pragma unroll
     for (int u = 0; u < LOADS; ++u) v[u] = t + u * THREADS < len ? abs_bits(xrow, first + t + u * THREADS) : 0u;
+    for (int w = t; w < HB(NB1); w += THREADS) { hlo[w] = 0u; hhi[w] = 0u; }
+    if (t == 0) {
+        s_top = 0u;
+        s_low = NB1;
+    }
+    __syncthreads();
+    MARK(0);
+
+    // Level 1: the slice, LOADS entries a thread at a time, the next LOADS already in flight while these are binned
+    // (the atomics would otherwise keep each load waiting for the last), by exponent and 3 mantissa bits.
     for (int j0 = t; j0 < len; j0 += LOADS * THREADS) {
         u32 w[LOADS];
         #pragma unroll
@@ -356,9 +425,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sb_topp_grid(
         MARK(2);
         // Barrier A; then every CTA sums the row's slots and finds the crossing itself (no CTA waits on another's
         // scan, and no result is published).
-        row_barrier(sync, s_sense[0], sync + 3, [&] { __stcg(hmine + NB1 + 1, (u64)s_low << 32 | s_top); });
+        row_barrier(sync, sense_a & 0x80000000u, sync + 3,
+                    [&] { __stcg(hmine + NB1 + 1, (u64)s_low << 32 | s_top); });
         MARK(3);
-        level1_crossing(hrow, n, p, ws, &s_b1, &s_need);
+        level1_crossing(hrow, s_low, s_top, n, p, ws, &s_b1, &s_need);
         MARK(4);
         const u32 b1 = s_b1;
         if (b1 == KEEP_NONE) {
@@ -391,7 +461,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sb_topp_grid(
                 cmine[at] = keys[4 * ((b >> 2) * THREADS + t) + (b & 3)];
             }
             MARK(6);
-            row_barrier(sync + 1, s_sense[1], sync + 3, [&] { __stcg(hmine + NB1, total); });
+            row_barrier(sync + 1, sense_b & 0x80000000u, sync + 3, [&] { __stcg(hmine + NB1, total); });
             // Every CTA's count, and (where they all fit) their lists into shared memory, in CTA order: the first
             // SPEC entries a thread of each list are loaded together with the counts, in one round trip to the L2.
             u32 cnt[CTAS], spec[CTAS][SPEC], m = 0u;
@@ -419,8 +489,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sb_topp_grid(
             __syncthreads();
             MARK(7);
             // Levels 2 and 3 on the candidates, or on the row streamed again where they overflowed.
-            tstar = m <= CAND_CAP ? resolve<false>(cand, (int)m, xrow, n, b1, need, hlo, hhi, ws, &s_bin, &s_need)
-                                  : resolve<true>(cand, 0, xrow, n, b1, need, hlo, hhi, ws, &s_bin, &s_need);
+            tstar = m <= NARROW_MAX ? resolve_narrow(cand, (int)m, b1, need, hlo, &s_bin, &s_need)
+                    : m <= CAND_CAP ? resolve<false>(cand, (int)m, xrow, n, b1, need, hlo, hhi, ws, &s_bin, &s_need)
+                                    : resolve<true>(cand, 0, xrow, n, b1, need, hlo, hhi, ws, &s_bin, &s_need);
             levels = 3;
             MARK(8);
         }
