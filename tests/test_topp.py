@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -572,18 +573,11 @@ def test_cuda_radix_kernel_clusters(cluster: int) -> None:
             assert int(passes.max()) <= 3, (n, cluster, dtype, p, passes.tolist())
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("ctas", [2, 3, 4, 8])
-def test_cuda_grid_kernel(ctas: int) -> None:
-    """The grid kernel (a row over ``ctas`` ordinary CTAs that meet in global memory; an exact level-1 histogram,
-    then levels 2-3 on the crossing bin's entries, gathered through the row's list, or on the row itself where they
-    overflow: the uniform and few-level rows) against the exact reference (near-ties aside) on every row kind, dtype
-    and p, at lengths that leave slices uneven or empty, twice in a row (its histograms and barrier words carry over
-    between launches), and replayed from a CUDA graph with new values in place; no row barrier ever gives up
-    waiting."""
-    from sparsebench.kernels.capture import capture
-    from sparsebench.kernels.cuda_topp_grid import MAX_SLICE, grid_timeouts, launch_topp_grid
+def grid_test_rows(ctas: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(n, rows)`` of :func:`test_cuda_grid_kernel` at each length a grid of ``ctas`` CTAs a row takes, from the
+    run's seed (``benchmarks/device/session19_diag.py`` rebuilds them): every row kind, softmax rows at temperatures
+    1-8, and from 8K entries two rows for the candidate lists."""
+    from sparsebench.kernels.cuda_topp_grid import MAX_SLICE
 
     gen = torch.Generator().manual_seed(SEED)
     temps = torch.tensor([1.0, 2.0, 4.0, 8.0]).repeat(2)[:, None]
@@ -600,7 +594,23 @@ def test_cuda_grid_kernel(ctas: int) -> None:
             one_bin = torch.full((n,), 1e-9)
             one_bin[torch.randperm(n, generator=gen)[:3000]] = 2.0**-12 * (1 + torch.rand(3000, generator=gen) / 8)
             rows.insert(0, one_bin)
-        probs = torch.stack(rows)[: 128 // ctas]  # every CTA of the grid running at once
+        yield n, torch.stack(rows)[: 128 // ctas]  # every CTA of the grid running at once
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("ctas", [2, 3, 4, 8])
+def test_cuda_grid_kernel(ctas: int) -> None:
+    """The grid kernel (a row over ``ctas`` ordinary CTAs that meet in global memory; an exact level-1 histogram,
+    then levels 2-3 on the crossing bin's entries, gathered through the row's list, or on the row itself where they
+    overflow: the uniform and few-level rows) against the exact reference (near-ties aside) on every row kind, dtype
+    and p, at lengths that leave slices uneven or empty, twice in a row (its histograms and barrier words carry over
+    between launches), and replayed from a CUDA graph with new values in place; no row barrier ever gives up
+    waiting."""
+    from sparsebench.kernels.capture import capture
+    from sparsebench.kernels.cuda_topp_grid import grid_timeouts, launch_topp_grid
+
+    for n, probs in grid_test_rows(ctas):
         for dtype, p in itertools.product((torch.float32, torch.bfloat16, torch.float16), PS):
             x = probs.to(dtype).cuda()
             passes = torch.full((x.shape[0],), -1, dtype=torch.int32, device="cuda")
@@ -611,6 +621,7 @@ def test_cuda_grid_kernel(ctas: int) -> None:
             check_mask(x.cpu(), out.bool().cpu(), p, where)
             check_against_reference(x.cpu(), out.bool().cpu(), p, where, near=GRID_NEAR)
             assert set(passes.tolist()) <= {0, 3}, (where, passes.tolist())
+    gen = torch.Generator().manual_seed(SEED + 1)
     x = torch.softmax(2 * torch.randn(16, 8192, generator=gen), -1).cuda()
     out = torch.empty(x.shape, dtype=torch.uint8, device="cuda")
     graph, _ = capture(lambda: launch_topp_grid(x, 0.9, out, ctas=ctas))

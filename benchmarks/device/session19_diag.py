@@ -17,28 +17,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
-from test_topp import PS, SEED, check_against_reference, row_kinds
+from test_topp import PS, check_against_reference, grid_test_rows
 
 from sparsebench.kernels import cuda_topp_grid as grid
 
 
 def rows_of_test(ctas: int, n_wanted: int) -> torch.Tensor:
     """The rows test_cuda_grid_kernel builds at n_wanted (the same generator sequence)."""
-    gen = torch.Generator().manual_seed(SEED)
-    temps = torch.tensor([1.0, 2.0, 4.0, 8.0]).repeat(2)[:, None]
-    for n in (3, 1000, 4097, 32768, 65536 + 5, 131072):
-        if -(-n // ctas) > grid.MAX_SLICE:
-            continue
-        rows = [*row_kinds(n, gen).values(), *torch.softmax(torch.randn(8, n, generator=gen) * temps, -1)]
-        if n >= 8192:
-            crowded = torch.full((n,), 1e-6)
-            crowded[(torch.arange(10)[:, None] * 512 + torch.arange(32)).flatten()[:300]] = 1e-3
-            rows.insert(0, crowded / crowded.sum())
-            one_bin = torch.full((n,), 1e-9)
-            one_bin[torch.randperm(n, generator=gen)[:3000]] = 2.0**-12 * (1 + torch.rand(3000, generator=gen) / 8)
-            rows.insert(0, one_bin)
+    for n, probs in grid_test_rows(ctas):
         if n == n_wanted:
-            return torch.stack(rows)[: 128 // ctas]
+            return probs
     raise ValueError(n_wanted)
 
 
