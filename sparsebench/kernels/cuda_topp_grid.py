@@ -5,7 +5,7 @@ in one CTA, or a thread-block cluster of 2-4, and rows of 64K-128K entries held 
 and paid three shared-memory atomics for each in their histogram pass: 19.4 and 30.6 µs for 32 rows on the H200,
 2.4x and 3.2x one read of the input, where the project asks for 2x. Here a row takes ``CTAS`` ordinary CTAs
 (:data:`DEFAULT_CTAS`), each holding a slice in shared memory with one shared atomic an entry, and the CTAs meet
-through global memory: 9.7-9.9, 11.2, 13.7-13.8 and 17.3-17.4 µs at 16K, 32K, 64K and 128K entries (2.6x, 2.1x,
+through global memory: 9.7-9.8, 11.1-11.2, 13.7-13.8 and 17.3-17.4 µs at 16K, 32K, 64K and 128K entries (2.6x, 2.1x,
 1.7x and 1.8x one read; ``benchmarks/RESULTS.md``, nineteenth session). At 8K it loses to the radix kernel (9.6
 against 7.0 µs: two row barriers and the level-1 exchange cost about 4 µs at any length), so
 :func:`~sparsebench.kernels.cuda_topp.launch_topp` takes it from 16K entries up.
