@@ -53,7 +53,7 @@ A took half the cycles, the level-1 reads of the other CTAs' bins 1200 more, and
 
 **Row barriers** are cooperative groups' grid sync: thread 0 of the row's first CTA adds ``2**31 - (CTAS - 1)``, the
 others 1, and all wait for the word's top bit to flip. The arrival is a release reduction with no returned value:
-each CTA's thread 0 loads the bit into a register at its start, the load in flight while the bins are cleared and
+each CTA's thread 0 loads the word into a register at its start, the load in flight while the bins are cleared and
 the slice loads (it cannot flip before this CTA arrives, and the launch before has completed).
 The words return to their low bits, ready for the next launch whatever its shape, so the kernel is CUDA-graph safe.
 A waiting CTA needs the row's other CTAs running, so :func:`launch_topp_grid` refuses grids of more CTAs than
@@ -127,17 +127,18 @@ __device__ __forceinline__ void red_release(u32* p, u32 v) {
 
 // A row barrier, as cooperative groups' grid sync: thread 0 arrives with one reduction (the row's first CTA adds
 // 2**31 - (CTAS - 1), the others 1, so the word's top bit flips once all have arrived, and its low bits return to
-// where they were) and waits for the flip. `sense` is the top bit this CTA read at its start: the flip cannot happen
-// before this CTA arrives, and the launch before this one has completed, so it is the bit before this barrier; the
-// arrival then needs no returned value, which saves a round trip to the L2. Any number of CTAs a row works launch
-// after launch. `before` runs in thread 0 after the CTA has met and before it arrives (a word to publish).
-template <typename F> __device__ __forceinline__ void row_barrier(u32* bar, u32 sense, u32* timeouts, F before) {
+// where they were) and waits for the flip. `start` is the word as this CTA read it at its start: the flip cannot
+// happen before this CTA arrives, and the launch before this one has completed, so its top bit is the one before
+// this barrier; the arrival then needs no returned value, which saves a round trip to the L2. Any number of CTAs a
+// row works launch after launch. `before` runs in thread 0 after the CTA has met and before it arrives (a word to
+// publish).
+template <typename F> __device__ __forceinline__ void row_barrier(u32* bar, u32 start, u32* timeouts, F before) {
     __syncthreads();
     if (threadIdx.x == 0) {
         before();
         red_release(bar, blockIdx.x % CTAS == 0 ? 0x80000000u - (CTAS - 1u) : 1u);
         u32 spins = 0u;
-        while ((ld_acquire(bar) & 0x80000000u) == sense) {
+        while (((ld_acquire(bar) ^ start) & 0x80000000u) == 0u) {
             if (++spins == SPIN_LIMIT) { atomicAdd(timeouts, 1u); break; }
         }
     }
@@ -370,10 +371,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sb_topp_grid(
     u64* const hmine = ws_hist + (long long)blockIdx.x * HW;
     u32* const sync = ws_sync + row * 8;
     const bool search = p < 1.0;  // uniform
-    // The barriers' sense bits (thread 0 alone waits at the barriers) and the slice's first LOADS entries a thread,
-    // requested before the bins are cleared: neither round trip holds up the block's first barrier.
-    u32 sense_a = 0u, sense_b = 0u;
-    if (t == 0 && search) { sense_a = ld_relaxed(sync); sense_b = ld_relaxed(sync + 1); }
+    // The barrier words as they stand (thread 0 alone waits at the barriers) and the slice's first LOADS entries a
+    // thread, requested before the bins are cleared: neither round trip holds up the block's first barrier.
+    u32 start_a = 0u, start_b = 0u;
+    if (t == 0 && search) { start_a = ld_relaxed(sync); start_b = ld_relaxed(sync + 1); }
     const void* xrow = row_of(x, row, stride_x);
     u32 v[LOADS];
     #pragma unroll
@@ -425,8 +426,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sb_topp_grid(
         MARK(2);
         // Barrier A; then every CTA sums the row's slots and finds the crossing itself (no CTA waits on another's
         // scan, and no result is published).
-        row_barrier(sync, sense_a & 0x80000000u, sync + 3,
-                    [&] { __stcg(hmine + NB1 + 1, (u64)s_low << 32 | s_top); });
+        row_barrier(sync, start_a, sync + 3, [&] { __stcg(hmine + NB1 + 1, (u64)s_low << 32 | s_top); });
         MARK(3);
         level1_crossing(hrow, s_low, s_top, n, p, ws, &s_b1, &s_need);
         MARK(4);
@@ -461,7 +461,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sb_topp_grid(
                 cmine[at] = keys[4 * ((b >> 2) * THREADS + t) + (b & 3)];
             }
             MARK(6);
-            row_barrier(sync + 1, sense_b & 0x80000000u, sync + 3, [&] { __stcg(hmine + NB1, total); });
+            row_barrier(sync + 1, start_b, sync + 3, [&] { __stcg(hmine + NB1, total); });
             // Every CTA's count, and (where they all fit) their lists into shared memory, in CTA order: the first
             // SPEC entries a thread of each list are loaded together with the counts, in one round trip to the L2.
             u32 cnt[CTAS], spec[CTAS][SPEC], m = 0u;
