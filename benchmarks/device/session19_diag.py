@@ -30,18 +30,27 @@ def rows_of_test(ctas: int, n_wanted: int) -> torch.Tensor:
     raise ValueError(n_wanted)
 
 
-def design_tstar(x: torch.Tensor, p: float) -> int | None:
-    """The grid kernel's t* (float32 |x| bit pattern) by its design's integer arithmetic; None: keeps nothing."""
-    keys = (x.float().contiguous().view(torch.int32) & 0x7FFFFFFF).long()
+def abs_keys(x: torch.Tensor) -> torch.Tensor:
+    """|x| as float32 bit patterns (int64), the kernel's keys."""
+    return (x.float().contiguous().view(torch.int32) & 0x7FFFFFFF).long()
+
+
+def significand(keys: torch.Tensor) -> torch.Tensor:
+    """The keys' significands with the hidden bit (subnormals without), as the kernel adds them."""
+    return (keys & 0x7FFFFF) | torch.where(keys >= 0x800000, 0x800000, 0)
+
+
+def design_tstar(keys: torch.Tensor, p: float) -> int | None:
+    """The grid kernel's t* over ``keys`` (:func:`abs_keys`) by its design's integer arithmetic; None: keeps
+    nothing."""
     n = keys.numel()
     NB1 = 2048
-    sig = (keys & 0x7FFFFF) | torch.where(keys >= 0x800000, 0x800000, 0)
     nz = keys != 0
     if not nz.any():
         return None
     if p >= 1.0:
         return 1
-    bins = torch.zeros(NB1, dtype=torch.int64).scatter_add_(0, (keys >> 20)[nz], sig[nz])
+    bins = torch.zeros(NB1, dtype=torch.int64).scatter_add_(0, (keys >> 20)[nz], significand(keys[nz]))
     top = int(torch.nonzero(bins).max()) + 1
     etop = max((top - 1) >> 3, 1)
     L = n.bit_length()
@@ -62,22 +71,18 @@ def design_tstar(x: torch.Tensor, p: float) -> int | None:
             sh = max(b >> 3, 1) - eref
             r = target - above
             need = (r + (1 << sh) - 1) >> sh if sh >= 0 else r << -sh
-            cand = keys[nz & ((keys >> 20) == b)]
-            vals, counts = torch.unique(cand, sorted=True, return_counts=True)
-            csig = (vals & 0x7FFFFF) | torch.where(vals >= 0x800000, 0x800000, 0)
-            mass = (csig * counts).flip(0).cumsum(0)
-            i = int(torch.nonzero(mass >= need)[0])
-            return int(vals.flip(0)[i])
+            vals, counts = torch.unique(keys[nz & ((keys >> 20) == b)], sorted=True, return_counts=True)
+            mass = (significand(vals) * counts).flip(0).cumsum(0)
+            return int(vals.flip(0)[int(torch.nonzero(mass >= need)[0])])
         above += f[b]
     raise AssertionError("no crossing")
 
 
 def design_mask(x: torch.Tensor, p: float) -> torch.Tensor:
-    keys = (x.float().contiguous().view(torch.int32) & 0x7FFFFFFF).long()
-    t = design_tstar(x, p)
-    if t is None:
-        return torch.zeros_like(keys, dtype=torch.bool)
-    return keys >= t
+    """The grid kernel's mask of the row ``x`` by its design's arithmetic."""
+    keys = abs_keys(x)
+    t = design_tstar(keys, p)
+    return torch.zeros_like(keys, dtype=torch.bool) if t is None else keys >= t
 
 
 def main() -> None:
