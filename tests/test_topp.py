@@ -602,11 +602,12 @@ def grid_test_rows(ctas: int) -> Iterator[tuple[int, torch.Tensor]]:
 @pytest.mark.parametrize("ctas", [2, 3, 4, 8])
 def test_cuda_grid_kernel(ctas: int) -> None:
     """The grid kernel (a row over ``ctas`` ordinary CTAs that meet in global memory; an exact level-1 histogram,
-    then levels 2-3 on the crossing bin's entries, gathered through the row's list, or on the row itself where they
-    overflow: the uniform and few-level rows) against the exact reference (near-ties aside) on every row kind, dtype
-    and p, at lengths that leave slices uneven or empty, twice in a row (its histograms and barrier words carry over
-    between launches), and replayed from a CUDA graph with new values in place; no row barrier ever gives up
-    waiting."""
+    then levels 2-3 on the crossing bin's entries, gathered through the CTAs' lists (slices over 512 threads, rows
+    over 32 entries a thread) or from the row each CTA holds in registers (the shorter rows here), or on the row
+    itself where they overflow: the uniform and few-level rows) against the exact reference (near-ties aside) on every
+    row kind, dtype and p, at lengths that leave slices uneven or empty, twice in a row (its histograms and barrier
+    words carry over between launches), and replayed from a CUDA graph with new values in place; no row barrier
+    ever gives up waiting."""
     from sparsebench.kernels.capture import capture
     from sparsebench.kernels.cuda_topp_grid import grid_timeouts, launch_topp_grid
 

@@ -5,9 +5,9 @@ in one CTA, or a thread-block cluster of 2-4, and rows of 64K-128K entries held 
 and paid three shared-memory atomics for each in their histogram pass: 19.4 and 30.6 µs for 32 rows on the H200,
 2.4x and 3.2x one read of the input, where the project asks for 2x. Here a row takes ``CTAS`` ordinary CTAs
 (:data:`DEFAULT_CTAS`), each holding a slice in shared memory with one shared atomic an entry, and the CTAs meet
-through global memory: 9.7-9.8, 11.1-11.2, 13.7-13.8 and 17.3-17.4 µs at 16K, 32K, 64K and 128K entries (2.6x, 2.1x,
-1.7x and 1.8x one read; ``benchmarks/RESULTS.md``, nineteenth session). At 8K it loses to the radix kernel (9.6
-against 7.0 µs: two row barriers and the level-1 exchange cost about 4 µs at any length), so
+through global memory: 9.2-9.3, 10.8, 13.5 and 17.3 µs at 16K, 32K, 64K and 128K entries (2.4-2.5x, 2.1x, 1.7x and
+1.8x one read; ``benchmarks/RESULTS.md``, twentieth session). At 8K it loses to the radix kernel (8.6-8.7
+against 7.0 µs: the row barriers and the level-1 exchange cost 3-4 µs at any length), so
 :func:`~sparsebench.kernels.cuda_topp.launch_topp` takes it from 16K entries up.
 
 Algorithm (every CTA of a row; they meet at two row barriers)
@@ -29,10 +29,15 @@ Entries are ``|x|`` float32 bit patterns (bfloat16 / float16 widened), whose int
    ``p (F_T + E)(1 + 2**-50) + E + 2``, ``E`` = 2048 + 4 bounding the floors of ``F_T``; its real mass then reaches
    ``p T``. A scan from the top finds the crossing bin ``b1`` (the mass above it is not accepted, with it it is) and
    the need left in it, in the bin's own exact units.
-3. **Candidates**: every CTA marks its slice's entries of ``b1`` (a bit each in a thread's mask), places them by one
-   block scan of the counts into its own list in global memory, and meets the others at barrier B; then each CTA
-   reads every list (the counts and the first entries of each list in one round trip) into shared memory, up to
-   :data:`CAND_CAP` (rows of softmax(randn x 2) put up to 2220 of 128K entries there).
+3. **Candidates**: every CTA marks its slice's entries of ``b1`` (a bit each in a thread's mask), places them into
+   its own list in global memory (each warp takes its slots with one shared atomic, no block scan), and meets the
+   others at barrier B; then each CTA reads every list (the counts and the first entries of each list in one round
+   trip) into shared memory, up to :data:`CAND_CAP` (rows of softmax(randn x 2) put up to 2220 of 128K entries
+   there). Rows of at most 32 entries a thread of 512-thread CTAs (16K entries in four CTAs) skip the lists and
+   barrier B: each thread loads its 32 entries of the whole row into registers before barrier A (as stored,
+   converted only when used, so that nothing waits on those loads before the barrier), and each CTA gathers the
+   row's candidates from them itself (0.5-0.7 µs less at 16K; at 1024 threads, 64 registers a thread, they would
+   spill).
 4. **Levels 2 and 3**, in each CTA alone: the candidates by bits 19-9 (2048 bins of 512 patterns), then those of the
    crossing sub-bin by bits 8-0: exact integer sums. Up to four candidates a thread (most rows) take four levels of
    5 bits instead: each warp adds into its own 32 bins and warp 0 alone sums and scans them, so a level costs two
@@ -49,7 +54,12 @@ the last CTA scanning level 1 alone and publishing the crossing (about 8000 cycl
 past level 3; batching the low-word atomics before their carries (slower in this kernel and the radix one); and
 (nineteenth session) a row's CTAs as one thread-block cluster, exchanging through distributed shared memory: barrier
 A took half the cycles, the level-1 reads of the other CTAs' bins 1200 more, and 32 rows in four-CTA clusters took
-17-36 µs (at 70 registers a thread, seemingly two waves).
+17-36 µs (at 70 registers a thread, seemingly two waves). Twentieth session: one CTA a row with no exchange at all
+(8K 7.3-7.6 µs against the radix kernel's 7.0); levels 2-5 in warp 0 alone (its same-bin atomics made a row's tail CTA
+take 15,000 cycles); a pairwise ending after level 2 (faster at 8K, slower from 32K, where the crossing sub-bin holds
+more candidates); the whole row copied into shared memory with ``cp.async`` instead of registers (at 32K, 13.2
+against 10.8 µs: the copies' issue and the scan of 64 entries a thread cost more than barrier B); the rare resolve
+paths out of line (slower).
 
 **Row barriers** are cooperative groups' grid sync: thread 0 of the row's first CTA adds ``2**31 - (CTAS - 1)``, the
 others 1, and all wait for the word's top bit to flip. The arrival is a release reduction with no returned value:
@@ -100,6 +110,8 @@ _SOURCE = r"""
 #define NARROW_MAX (4 * THREADS)  // candidates resolve_narrow takes
 #define KEEP_NONE 0xffffffffu
 #define KEEP_ALL 0xfffffffeu
+#define PRE 32  // entries of the whole row a thread holds at most, where the CTA gathers the row's candidates itself
+#define REREAD (THREADS <= 512)  // at 1024 threads (64 registers a thread) the PRE registers would spill
 // MARK(i): thread 0's cycle counter at phase boundary i, for benchmarks/device/topp_grid_probe.py --timeline.
 #if TIMELINE
 #define MARK(i) do { if (threadIdx.x == 0) timeline[blockIdx.x * 16 + (i)] = clock64(); } while (0)
@@ -328,6 +340,22 @@ __device__ __forceinline__ u32 resolve_narrow(const u32* cand, int m, u32 b1, u6
     return prefix;
 }
 
+// This lane's first slot among c slots it takes from *counter (shared memory): its warp's inclusive scan of the
+// counts and one atomic a warp, where a block scan would cost a block barrier. The order across warps is arbitrary:
+// a list is only summed.
+__device__ __forceinline__ u32 warp_reserve(u32 c, u32* counter) {
+    const int lane = threadIdx.x & 31;
+    u32 inc = c;
+    #pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const u32 y = __shfl_up_sync(FULL, inc, o);
+        if (lane >= o) inc += y;
+    }
+    u32 base = 0u;
+    if (lane == 31 && inc) base = atomicAdd(counter, inc);
+    return __shfl_sync(FULL, base, 31) + inc - c;
+}
+
 // The four keys of this CTA's slice from j (zeros past len).
 __device__ __forceinline__ uint4 load_group(const u32* keys, int j, int len) {
     if (j + 3 < len) return *(const uint4*)&keys[j];
@@ -361,7 +389,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sb_topp_grid(
     __shared__ u32 hlo[HB(NB1)], hhi[HB(NB1)];
     __shared__ u32 cand[CAND_CAP];
     __shared__ u64 ws[32];
-    __shared__ u32 s_b1, s_bin, s_top, s_low;
+    __shared__ u32 s_b1, s_bin, s_top, s_low, s_count;
     __shared__ u64 s_need;
     const int t = threadIdx.x, row = blockIdx.x / CTAS, c = blockIdx.x % CTAS;
     const int first = c * slice, len = max(0, min(n, first + slice) - first), groups = (len + 3) >> 2;
@@ -383,6 +411,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sb_topp_grid(
     if (t == 0) {
         s_top = 0u;
         s_low = NB1;
+        s_count = 0u;
     }
     __syncthreads();
     MARK(0);
@@ -408,6 +437,15 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sb_topp_grid(
     int levels = 0;
     MARK(1);
     if (search) {
+        // REREAD (rows of up to PRE entries a thread): the whole row as stored, requested now so that it arrives while
+        // the CTA meets the others at barrier A (nothing uses a value before then); each CTA then gathers the row's
+        // candidates itself, and no CTA waits at barrier B or reads another's list.
+        const bool reread = REREAD && n <= PRE * THREADS;
+        u32 pre[PRE];
+        if (reread) {
+            #pragma unroll
+            for (int i = 0; i < PRE; ++i) pre[i] = t + i * THREADS < n ? raw_bits(xrow, t + i * THREADS) : 0u;
+        }
         // This CTA's bins, every one, into its own slot (rewritten whole each launch: nothing to clear there), and
         // cleared here for levels 2-3.
         __syncthreads();
@@ -435,55 +473,74 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sb_topp_grid(
             tstar = FULL;
         } else if (b1 != KEEP_ALL) {
             const u64 need = s_need;
-            // The candidates (the slice's entries in b1): a bit each in a thread's mask over its groups of four
-            // (group g = st * THREADS + t, bit 4 st + q), one block scan of the counts, and each thread writes its
-            // own into this CTA's list in global memory at its offset; the count goes to the slot's word NB1.
+            // The candidates (the row's entries in b1): where the row is in registers (pre), the bits of a thread's
+            // entries, and each thread writes its own into shared memory at its warp's slots. Otherwise the slice's:
+            // a bit each in a thread's mask over its groups of four (group g = st * THREADS + t, bit 4 st + q), and
+            // each thread writes its own into this CTA's list in global memory at its warp's slots; the count goes
+            // to the slot's word NB1.
             // A key k is in b1 when k - lo < width, unsigned (bin 0 without the zeros). The mask is built in two
             // 32-bit halves: with one 64-bit word and its variable shifts the loop issued about 48 instructions a
             // step (4600 cycles at 128K entries); unrolled over every possible step, short slices paid for the
             // steps they do not have.
             const u32 lo = (b1 << 20) | (b1 == 0u), width = (1u << 20) - (b1 == 0u);
-            u32 half[2] = {0u, 0u};  // steps 0-7, then 8-15 (MAX_PER_THREAD / 4 steps at most)
-            for (int st = 0, g = t; g < groups; ++st, g += THREADS) {
-                const uint4 k4 = load_group(keys, 4 * g, len);
-                const u32 q4 = (k4.x - lo < width ? 1u : 0u) | (k4.y - lo < width ? 2u : 0u)
-                               | (k4.z - lo < width ? 4u : 0u) | (k4.w - lo < width ? 8u : 0u);
-                if (st < 8) half[0] |= q4 << (4 * st);
-                else half[1] |= q4 << (4 * st - 32);
-            }
-            const u64 bits = (u64)half[1] << 32 | half[0];
-            MARK(5);
-            u64 total;
-            u64 at = block_scan_once((u64)__popcll(bits), ws, &total);
-            u32* const cmine = ws_cand + (long long)blockIdx.x * CAND_CAP;
-            for (u64 r = bits; r != 0ull && at < CAND_CAP; r &= r - 1ull, ++at) {
-                const int b = __ffsll((long long)r) - 1;
-                cmine[at] = keys[4 * ((b >> 2) * THREADS + t) + (b & 3)];
-            }
-            MARK(6);
-            row_barrier(sync + 1, start_b, sync + 3, [&] { __stcg(hmine + NB1, total); });
-            // Every CTA's count, and (where they all fit) their lists into shared memory, in CTA order: the first
-            // SPEC entries a thread of each list are loaded together with the counts, in one round trip to the L2.
-            u32 cnt[CTAS], spec[CTAS][SPEC], m = 0u;
-            #pragma unroll
-            for (int k = 0; k < CTAS; ++k) {
-                const u32* src = ws_cand + (long long)(row * CTAS + k) * CAND_CAP;
-                cnt[k] = (u32)min(__ldcg(hrow + k * HW + NB1), (u64)CAND_CAP + 1ull);
+            u32 m;
+            if (reread) {
+                u32 in = 0u;  // bit i: pre[i] is in b1
                 #pragma unroll
-                for (int q = 0; q < SPEC; ++q) spec[k][q] = __ldcg(src + t + q * THREADS);
-            }
-            #pragma unroll
-            for (int k = 0; k < CTAS; ++k) m += cnt[k];
-            if (m <= CAND_CAP) {
-                u32 base = 0u;
+                for (int i = 0; i < PRE; ++i) in |= (key_of_raw(pre[i]) - lo < width ? 1u : 0u) << i;
+                MARK(5);
+                u32 at = warp_reserve(__popc(in), &s_count);
+                #pragma unroll
+                for (int i = 0; i < PRE; ++i) {  // unrolled, so that pre stays in registers
+                    if (((in >> i) & 1u) && at < CAND_CAP) cand[at] = key_of_raw(pre[i]);
+                    at += (in >> i) & 1u;
+                }
+                __syncthreads();
+                MARK(6);
+                m = min(s_count, (u32)CAND_CAP + 1u);
+            } else {
+                u32 half[2] = {0u, 0u};  // steps 0-7, then 8-15 (MAX_PER_THREAD / 4 steps at most)
+                for (int st = 0, g = t; g < groups; ++st, g += THREADS) {
+                    const uint4 k4 = load_group(keys, 4 * g, len);
+                    const u32 q4 = (k4.x - lo < width ? 1u : 0u) | (k4.y - lo < width ? 2u : 0u)
+                                   | (k4.z - lo < width ? 4u : 0u) | (k4.w - lo < width ? 8u : 0u);
+                    if (st < 8) half[0] |= q4 << (4 * st);
+                    else half[1] |= q4 << (4 * st - 32);
+                }
+                const u64 bits = (u64)half[1] << 32 | half[0];
+                MARK(5);
+                u32 at = warp_reserve(__popcll(bits), &s_count);
+                u32* const cmine = ws_cand + (long long)blockIdx.x * CAND_CAP;
+                for (u64 r = bits; r != 0ull && at < CAND_CAP; r &= r - 1ull, ++at) {
+                    const int b = __ffsll((long long)r) - 1;
+                    cmine[at] = keys[4 * ((b >> 2) * THREADS + t) + (b & 3)];
+                }
+                MARK(6);
+                row_barrier(sync + 1, start_b, sync + 3, [&] { __stcg(hmine + NB1, (u64)s_count); });
+                // Every CTA's count, and (where they all fit) their lists into shared memory, in CTA order: the first
+                // SPEC entries a thread of each list are loaded together with the counts, in one round trip to the L2.
+                u32 cnt[CTAS], spec[CTAS][SPEC];
+                m = 0u;
                 #pragma unroll
                 for (int k = 0; k < CTAS; ++k) {
-                    #pragma unroll
-                    for (int q = 0; q < SPEC; ++q)
-                        if (t + q * THREADS < cnt[k]) cand[base + t + q * THREADS] = spec[k][q];
                     const u32* src = ws_cand + (long long)(row * CTAS + k) * CAND_CAP;
-                    for (u32 i = t + SPEC * THREADS; i < cnt[k]; i += THREADS) cand[base + i] = __ldcg(src + i);
-                    base += cnt[k];
+                    cnt[k] = (u32)min(__ldcg(hrow + k * HW + NB1), (u64)CAND_CAP + 1ull);
+                    #pragma unroll
+                    for (int q = 0; q < SPEC; ++q) spec[k][q] = __ldcg(src + t + q * THREADS);
+                }
+                #pragma unroll
+                for (int k = 0; k < CTAS; ++k) m += cnt[k];
+                if (m <= CAND_CAP) {
+                    u32 base = 0u;
+                    #pragma unroll
+                    for (int k = 0; k < CTAS; ++k) {
+                        #pragma unroll
+                        for (int q = 0; q < SPEC; ++q)
+                            if (t + q * THREADS < cnt[k]) cand[base + t + q * THREADS] = spec[k][q];
+                        const u32* src = ws_cand + (long long)(row * CTAS + k) * CAND_CAP;
+                        for (u32 i = t + SPEC * THREADS; i < cnt[k]; i += THREADS) cand[base + i] = __ldcg(src + i);
+                        base += cnt[k];
+                    }
                 }
             }
             __syncthreads();

@@ -56,10 +56,31 @@ __device__ __forceinline__ float load_value(const void* base, long long i) {
 #endif
 }
 
-// |x| of element i as float32 bits: their integer order is the value order (-0.0 joins +0.0).
-__device__ __forceinline__ unsigned int abs_bits(const void* base, long long i) {
-    return __float_as_uint(load_value(base, i)) & 0x7fffffffu;
+// Element i's bits as stored (float32, or the 16 bits of bfloat16 / float16), for key_of_raw to convert later: a
+// load nothing waits on until its value is used.
+__device__ __forceinline__ u32 raw_bits(const void* base, long long i) {
+#if IN_DTYPE == 0
+    return ((const u32*)base)[i];
+#else
+    return ((const u16*)base)[i];
+#endif
 }
+
+// |x| as float32 bits from raw_bits' value: their integer order is the value order (-0.0 joins +0.0).
+__device__ __forceinline__ u32 key_of_raw(u32 r) {
+#if IN_DTYPE == 0
+    return r & 0x7fffffffu;
+#elif IN_DTYPE == 1
+    return (r << 16) & 0x7fffffffu;
+#else
+    float f;
+    asm("{ .reg .f16 t; mov.b16 t, %1; cvt.f32.f16 %0, t; }" : "=f"(f) : "h"((u16)r));
+    return __float_as_uint(f) & 0x7fffffffu;
+#endif
+}
+
+// |x| of element i as float32 bits.
+__device__ __forceinline__ u32 abs_bits(const void* base, long long i) { return key_of_raw(raw_bits(base, i)); }
 
 // Row `row` of a float32 (4-byte) or 16-bit array with `stride` elements between rows.
 __device__ __forceinline__ const void* row_of(const void* base, int row, int stride) {
