@@ -3,7 +3,8 @@
 # untracked copies of earlier trees (A/B in one call), and the issue's `bench topp` command.
 #   bash benchmarks/device/session18_ab.sh NAME "new ab_v1 ..." [SIZES [CTAS [THREADS]]]   (new = the working tree)
 # TESTS: the pytest -k expression (default: the grid kernel and auto); BENCH_RUNS: runs of `bench topp` (default 1).
-# The timeline runs at SIZES from 16K up, 4 CTAs of 512 and 1024 threads; the probe at SIZES, CTAS and THREADS.
+# The timeline runs at TL_SIZES (default: SIZES from 16K up), TL_CTAS (default 4) and TL_THREADS (default 512,1024);
+# the probe at SIZES, CTAS and THREADS.
 NAME=$1; TREES=$2; SIZES=${3:-16384,32768,65536,131072}; CTAS=${4:-4}; THREADS=${5:-512,1024}
 R=/tmp/$NAME; rm -rf $R; mkdir -p $R
 . benchmarks/device/device_env.sh $R/env.txt
@@ -11,13 +12,14 @@ timeout 300 python3 -m pytest -q -m gpu tests/test_topp.py -k "${TESTS:-cuda_gri
 echo "tests rc $?"; grep -v "^$" $R/gpu_tests.txt | tail -6 | cut -c1-300
 for tree in $TREES; do
   if [ $tree = new ]; then D=$PWD; else D=$PWD/$tree; fi
-  (cd $D && PYTHONPATH=/tmp/site:$D timeout 60 python3 benchmarks/device/topp_grid_probe.py --out $R/timeline_$tree \
-    --timeline --sizes $(echo $SIZES | tr , '\n' | awk '$1 >= 16384' | paste -sd,) --ctas 4 --threads 512,1024) > $R/timeline_$tree.log 2>&1
+  (cd $D && PYTHONPATH=/tmp/site:$D timeout 120 python3 benchmarks/device/topp_grid_probe.py --out $R/timeline_$tree \
+    --timeline --sizes ${TL_SIZES:-$(echo $SIZES | tr , '\n' | awk '$1 >= 16384' | paste -sd,)} --ctas ${TL_CTAS:-4} \
+    --threads ${TL_THREADS:-512,1024}) > $R/timeline_$tree.log 2>&1
   echo "timeline $tree rc $?"; grep -vi warn $R/timeline_$tree.log | cut -c1-420
 done
 for tree in $TREES; do
   if [ $tree = new ]; then D=$PWD; else D=$PWD/$tree; fi
-  (cd $D && PYTHONPATH=/tmp/site:$D timeout 120 python3 benchmarks/device/topp_grid_probe.py --out $R/grid_$tree \
+  (cd $D && PYTHONPATH=/tmp/site:$D timeout 240 python3 benchmarks/device/topp_grid_probe.py --out $R/grid_$tree \
     --sizes $SIZES --ctas $CTAS --threads $THREADS) > $R/grid_$tree.log 2>&1
   echo "grid $tree rc $?"; grep -vi warn $R/grid_$tree.log | cut -c1-120
 done
