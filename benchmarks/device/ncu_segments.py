@@ -13,7 +13,8 @@ from __future__ import annotations
 import csv
 import sys
 
-MEMORY_OPS = ("ATOMS", "ATOMG", "RED", "SHFL", "LDG", "STG", "LDS", "STS", "BAR", "CCTL", "MEMBAR", "VOTE", "REDUX",
+#: Operations listed per stretch (memory, barriers, warp-wide, float64, bit counts): enough to tell the phases apart.
+NOTABLE_OPS = ("ATOMS", "ATOMG", "RED", "SHFL", "LDG", "STG", "LDS", "STS", "BAR", "CCTL", "MEMBAR", "VOTE", "REDUX",
               "DADD", "DMUL", "DFMA", "F2I", "I2F", "POPC", "FLO", "LDGSTS")
 
 
@@ -40,7 +41,7 @@ def main(path: str) -> None:
         for i, name in stalls:
             why[name] = why.get(name, 0) + _int(r[i])
         op = (text.split()[1] if text.startswith("@") else text.split()[0]).split(".")[0] if text else ""
-        if op in MEMORY_OPS:
+        if op in NOTABLE_OPS:
             ops.add(op)
         if ("BAR.SYNC" in text and _int(r[executed]) > 0) or k == len(data) - 1:
             top = ", ".join(f"{n} {v}" for n, v in sorted(why.items(), key=lambda x: -x[1])[:4] if v)
