@@ -581,7 +581,7 @@ def grid_test_rows(ctas: int) -> Iterator[tuple[int, torch.Tensor]]:
 
     gen = torch.Generator().manual_seed(SEED)
     temps = torch.tensor([1.0, 2.0, 4.0, 8.0]).repeat(2)[:, None]
-    for n in (3, 1000, 4097, 32768, 65536 + 5, 131072):
+    for n in (3, 1000, 4097, 8192, 16384, 32768, 65536 + 5, 131072):
         if -(-n // ctas) > MAX_SLICE:
             continue
         rows = [*row_kinds(n, gen).values(), *torch.softmax(torch.randn(8, n, generator=gen) * temps, -1)]
@@ -594,6 +594,11 @@ def grid_test_rows(ctas: int) -> Iterator[tuple[int, torch.Tensor]]:
             one_bin = torch.full((n,), 1e-9)
             one_bin[torch.randperm(n, generator=gen)[:3000]] = 2.0**-12 * (1 + torch.rand(3000, generator=gen) / 8)
             rows.insert(0, one_bin)
+            # As many in one level-2 bin (1/256 of a binade): too many to resolve pairwise, so levels run after it.
+            one_sub_bin = torch.full((n,), 1e-9)
+            sub_bin = 2.0**-12 * (1 + torch.rand(3000, generator=gen) / 256)
+            one_sub_bin[torch.randperm(n, generator=gen)[:3000]] = sub_bin
+            rows.insert(0, one_sub_bin)
         yield n, torch.stack(rows)[: 128 // ctas]  # every CTA of the grid running at once
 
 

@@ -82,7 +82,7 @@ import torch
 from sparsebench.errors import UsageError
 from sparsebench.kernels.nvrtc import COMMON_SOURCE, DTYPE_CODES, allow_dynamic_shared, compile_kernel, specialise
 
-__all__ = ["grid_shape", "grid_timeouts", "launch_topp_grid", "source"]
+__all__ = ["grid_shape", "grid_timeouts", "launch_topp_grid", "row_in_registers", "source"]
 
 #: Global-memory words (u64) of a CTA's slot (the kernel's ``HW``): its level-1 histogram, its candidate count, the
 #: range of its non-empty bins.
@@ -110,8 +110,7 @@ _SOURCE = r"""
 #define NARROW_MAX (4 * THREADS)  // candidates resolve_narrow takes
 #define KEEP_NONE 0xffffffffu
 #define KEEP_ALL 0xfffffffeu
-#define PRE 32  // entries of the whole row a thread holds at most, where the CTA gathers the row's candidates itself
-#define REREAD (THREADS <= 512)  // at 1024 threads (64 registers a thread) the PRE registers would spill
+#define PAIR_MAX 256  // entries of the level-2 crossing bin resolved pairwise (their u32 sums cannot wrap)
 // MARK(i): thread 0's cycle counter at phase boundary i, for benchmarks/device/topp_grid_probe.py --timeline.
 #if TIMELINE
 #define MARK(i) do { if (threadIdx.x == 0) timeline[blockIdx.x * 16 + (i)] = clock64(); } while (0)
@@ -301,43 +300,118 @@ template <bool ROW> __device__ __forceinline__ u32 resolve(const u32* cand, int 
     return (b2 << 9) | *s_bin;
 }
 
-// Levels 2-5 inside bin b1 where the candidates are few (m <= NARROW_MAX), in this CTA alone: 5 bits a level (bits
-// 19-15, 14-10, 9-5, 4-0 of the crossing sub-bin). Each warp adds its candidates' significands into its own 32 bins
-// (part[warp * 32 + bin], zero on entry and left zero: at most 4 candidates a lane, so a word stays under 2**31), and
-// warp 0 alone sums the warps' bins and scans them with shuffles: a level costs two block barriers, where the 2048-
-// and 512-bin levels of resolve() each pay a block-wide scan. Returns t*.
-__device__ __forceinline__ u32 resolve_narrow(const u32* cand, int m, u32 b1, u64 need, u32* part, u32* s_bin,
-                                              u64* s_need) {
-    const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
-    u32 prefix = b1;  // the key's bits above the level's 5
+// In a whole warp: the crossing of 32 bins scanned from the top, lane l holding bin 31 - l's sum s: the bin whose
+// at-or-above sum first reaches need (into bin) and the need left inside it (into left), in every lane. False where
+// no bin reaches need (their sum is under it).
+__device__ __forceinline__ bool warp_crossing32(u64 s, u64 need, u32& bin, u64& left) {
+    const int lane = threadIdx.x & 31;
+    u64 inc = s;
+    #pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const u64 y = __shfl_up_sync(FULL, inc, o);
+        if (lane >= o) inc += y;
+    }
+    const u32 hits = __ballot_sync(FULL, inc - s < need && inc >= need);
+    if (hits == 0u) return false;
+    const int src = __ffs(hits) - 1;
+    bin = (u32)(31 - src);
+    left = __shfl_sync(FULL, need - (inc - s), src);
+    return true;
+}
+
+// Adds the significands of the candidates whose bits above sh + 5 are `prefix` into their warp's 32 bins of bits
+// sh + 4 ... sh (part[warp * 32 + bin]; at most 4 candidates a lane, m <= NARROW_MAX, so a word stays under 2**31).
+__device__ __forceinline__ void warp_bins_add(const u32* cand, int m, u32 prefix, int sh, u32* part) {
+    const int warp = threadIdx.x >> 5;
+    for (int i = threadIdx.x; i < m; i += THREADS) {
+        const u32 k = cand[i];
+        if (k && (k >> (sh + 5)) == prefix) atomicAdd(&part[warp * 32 + ((k >> sh) & 31u)], significand(k));
+    }
+}
+
+// This lane's bin of the warps' part bins summed (bin 31 - lane: lane 0 holds the top bin).
+__device__ __forceinline__ u64 warp_bins_sum(const u32* part) {
+    const int lane = threadIdx.x & 31;
+    u64 s = 0ull;
+    #pragma unroll
+    for (int q = 0; q < THREADS / 32; ++q) s += part[q * 32 + 31 - lane];
+    return s;
+}
+
+// Levels of 5 bits inside a level-1 bin where the candidates are few (m <= NARROW_MAX), in this CTA alone, from bit
+// sh0 down, of the candidates whose bits above sh0 + 5 are `prefix`: each warp adds its candidates into its own 32
+// bins (part, zero on entry and left zero), and warp 0 alone sums the warps' bins and scans them with shuffles: a
+// level costs two block barriers, where the 2048- and 512-bin levels of resolve() each pay a block-wide scan.
+// Returns t*.
+__device__ __forceinline__ u32 resolve_narrow(const u32* cand, int m, u32 prefix, int sh0, u64 need, u32* part,
+                                              u32* s_bin, u64* s_need) {
+    const int t = threadIdx.x, lane = t & 31;
     #pragma unroll 1
-    for (int sh = 15; sh >= 0; sh -= 5) {
-        for (int i = t; i < m; i += THREADS) {
-            const u32 k = cand[i];
-            if (k && (k >> (sh + 5)) == prefix) atomicAdd(&part[warp * 32 + ((k >> sh) & 31u)], significand(k));
-        }
+    for (int sh = sh0; sh >= 0; sh -= 5) {
+        warp_bins_add(cand, m, prefix, sh, part);
         __syncthreads();
-        if (warp == 0) {
-            const int w = 31 - lane;  // lane 0 holds the top bin
-            u64 s = 0ull;
+        if (t < 32) {
+            const u64 s = warp_bins_sum(part);
             #pragma unroll
-            for (int q = 0; q < THREADS / 32; ++q) {
-                s += part[q * 32 + w];
-                part[q * 32 + w] = 0u;
-            }
-            u64 inc = s;
-            #pragma unroll
-            for (int o = 1; o < 32; o <<= 1) {
-                const u64 y = __shfl_up_sync(FULL, inc, o);
-                if (lane >= o) inc += y;
-            }
-            if (inc - s < need && inc >= need) { *s_bin = (u32)w; *s_need = need - (inc - s); }
+            for (int q = 0; q < THREADS / 32; ++q) part[q * 32 + 31 - lane] = 0u;
+            u32 bin;
+            u64 left;
+            if (warp_crossing32(s, need, bin, left) && lane == 0) { *s_bin = bin; *s_need = left; }
         }
         __syncthreads();
         prefix = (prefix << 5) | *s_bin;
         need = *s_need;
     }
     return prefix;
+}
+
+// Levels 2-5 where the candidates are few (m <= NARROW_MAX), ending pairwise. Level 2 (bits 19-15) as a level of
+// resolve_narrow, except that every warp sums the warps' bins (part2, zero on entry) and finds the crossing bin
+// itself: no barrier for warp 0's result. Then every thread takes that bin's entries of cand (rare: an atomic slot
+// each) into sel as significands, which within the bin (one exponent) order as the keys do. After one barrier,
+// where the bin holds at most PAIR_MAX entries, thread i sums the significands at or above its own (u32: under
+// 256 * 2**24) and, where that reaches the need left, offers its own to *s_tmax (a maximum: ties at t* all count), and
+// the caller reads t* after its next barrier (returns true; t* = prefix2 << 15 | *s_tmax's low 15 bits). Otherwise
+// levels 3-5 of resolve_narrow run on part (zero) and t* comes back in tstar. sel (PAIR_MAX + 4 words) is zero on
+// entry, so that the 16-byte reads past the bin's entries add nothing. Three levels (six block barriers) fewer than
+// resolve_narrow alone: 1600-1650 cycles at 16K-32K entries (RESULTS.md, twenty-first session).
+__device__ __forceinline__ bool resolve_pairwise(const u32* cand, int m, u32 b1, u64 need, u32* part2, u32* part,
+                                                 u32* sel, u32* s_sel, u32* s_tmax, u32* s_bin, u64* s_need,
+                                                 u32& prefix2, u32& tstar) {
+    const int t = threadIdx.x;
+    warp_bins_add(cand, m, b1, 15, part2);
+    __syncthreads();
+    u32 b2;
+    u64 need2;
+    if (!warp_crossing32(warp_bins_sum(part2), need, b2, need2)) {  // cannot happen: b1's mass reaches need
+        tstar = resolve_narrow(cand, m, b1, 15, need, part, s_bin, s_need);
+        return false;
+    }
+    prefix2 = (b1 << 5) | b2;
+    for (int i = t; i < m; i += THREADS) {
+        const u32 k = cand[i];
+        if ((k >> 15) == prefix2) {
+            const u32 slot = atomicAdd(s_sel, 1u);
+            if (slot < PAIR_MAX) sel[slot] = significand(k);
+        }
+    }
+    __syncthreads();
+    const u32 cnt2 = *s_sel;
+    if (cnt2 > PAIR_MAX) {
+        tstar = resolve_narrow(cand, m, prefix2, 10, need2, part, s_bin, s_need);
+        return false;
+    }
+    if ((t & ~31) < (int)cnt2) {  // whole warps, for the reduction
+        const u32 me = t < (int)cnt2 ? sel[t] : 0u;
+        u32 acc = 0u;
+        for (int j = 0; j < (int)cnt2; j += 4) {
+            const uint4 q = *(const uint4*)&sel[j];
+            acc += (q.x >= me ? q.x : 0u) + (q.y >= me ? q.y : 0u) + (q.z >= me ? q.z : 0u) + (q.w >= me ? q.w : 0u);
+        }
+        const u32 best = __reduce_max_sync(FULL, t < (int)cnt2 && (u64)acc >= need2 ? me : 0u);
+        if ((t & 31) == 0 && best) atomicMax(s_tmax, best);
+    }
+    return true;
 }
 
 // This lane's first slot among c slots it takes from *counter (shared memory): its warp's inclusive scan of the
@@ -389,7 +463,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sb_topp_grid(
     __shared__ u32 hlo[HB(NB1)], hhi[HB(NB1)];
     __shared__ u32 cand[CAND_CAP];
     __shared__ u64 ws[32];
-    __shared__ u32 s_b1, s_bin, s_top, s_low, s_count;
+    __shared__ u32 s_b1, s_bin, s_top, s_low, s_count, s_sel, s_tmax;
+    __shared__ __align__(16) u32 sel[PAIR_MAX + 4];
     __shared__ u64 s_need;
     const int t = threadIdx.x, row = blockIdx.x / CTAS, c = blockIdx.x % CTAS;
     const int first = c * slice, len = max(0, min(n, first + slice) - first), groups = (len + 3) >> 2;
@@ -408,10 +483,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sb_topp_grid(
     #pragma unroll
     for (int u = 0; u < LOADS; ++u) v[u] = t + u * THREADS < len ? abs_bits(xrow, first + t + u * THREADS) : 0u;
     for (int w = t; w < HB(NB1); w += THREADS) { hlo[w] = 0u; hhi[w] = 0u; }
+    for (int w = t; w < PAIR_MAX + 4; w += THREADS) sel[w] = 0u;
     if (t == 0) {
         s_top = 0u;
         s_low = NB1;
         s_count = 0u;
+        s_sel = 0u;
+        s_tmax = 0u;
     }
     __syncthreads();
     MARK(0);
@@ -435,13 +513,15 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sb_topp_grid(
     }
     u32 tstar = 1u;  // p >= 1: every positive entry
     int levels = 0;
+    bool pair = false;  // t* comes from resolve_pairwise, after the mask's barrier
+    u32 prefix2 = 0u;
     MARK(1);
     if (search) {
         // REREAD (rows of up to PRE entries a thread): the whole row as stored, requested now so that it arrives while
         // the CTA meets the others at barrier A (nothing uses a value before then); each CTA then gathers the row's
         // candidates itself, and no CTA waits at barrier B or reads another's list.
-        const bool reread = REREAD && n <= PRE * THREADS;
-        u32 pre[PRE];
+        constexpr bool reread = PRE > 0;
+        u32 pre[PRE > 0 ? PRE : 1];
         if (reread) {
             #pragma unroll
             for (int i = 0; i < PRE; ++i) pre[i] = t + i * THREADS < n ? raw_bits(xrow, t + i * THREADS) : 0u;
@@ -545,16 +625,22 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sb_topp_grid(
             }
             __syncthreads();
             MARK(7);
-            // Levels 2 and 3 on the candidates, or on the row streamed again where they overflowed.
-            tstar = m <= NARROW_MAX ? resolve_narrow(cand, (int)m, b1, need, hlo, &s_bin, &s_need)
-                    : m <= CAND_CAP ? resolve<false>(cand, (int)m, xrow, n, b1, need, hlo, hhi, ws, &s_bin, &s_need)
-                                    : resolve<true>(cand, 0, xrow, n, b1, need, hlo, hhi, ws, &s_bin, &s_need);
+            // Levels 2-5 on few candidates, ending pairwise (level 2's bins in hhi, those below in hlo); levels 2
+            // and 3 of 2048 and 512 bins on more; on the row streamed again where they overflowed.
+            if (m <= NARROW_MAX)
+                pair = resolve_pairwise(cand, (int)m, b1, need, hhi, hlo, sel, &s_sel, &s_tmax, &s_bin, &s_need,
+                                        prefix2, tstar);
+            else if (m <= CAND_CAP)
+                tstar = resolve<false>(cand, (int)m, xrow, n, b1, need, hlo, hhi, ws, &s_bin, &s_need);
+            else
+                tstar = resolve<true>(cand, 0, xrow, n, b1, need, hlo, hhi, ws, &s_bin, &s_need);
             levels = 3;
             MARK(8);
         }
     }
     // The mask (entries other threads loaded: a barrier first, which p >= 1 has not met since the loads).
     __syncthreads();
+    if (pair) tstar = (prefix2 << 15) | (s_tmax & 0x7fffu);
     for (int g = t; g < groups; g += THREADS)
         mask_group(orow, 4 * g, len, load_group(keys, 4 * g, len), tstar, aligned);
     if (WRITE_PASSES && t == 0 && c == 0) passes_out[row] = levels;
@@ -563,18 +649,31 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sb_topp_grid(
 """
 
 
-def source(*, threads: int, ctas: int, dtype_code: int, write_passes: bool, timeline: bool = False) -> str:
-    """The kernel source for one specialisation: ``ctas`` CTAs of ``threads`` threads a row. ``timeline``: thread 0
-    of each CTA records its cycle counter at 10 phase boundaries (the probe's)."""
+def row_in_registers(n: int, threads: int) -> int:
+    """Entries of the whole row each thread holds in registers (the kernel's ``PRE``: 8, 16 or 32), or 0 where the
+    row takes the CTAs' candidate lists instead: over 32 entries a thread, or at 1024 threads, whose 64 registers a
+    thread the 32 entries would spill. Sized to the row, so that shorter rows pay no unrolled steps for entries they
+    do not have."""
+    per_thread = -(-n // threads)
+    if threads > 512 or per_thread > 32:
+        return 0
+    return next(size for size in (8, 16, 32) if per_thread <= size)
+
+
+def source(*, threads: int, ctas: int, dtype_code: int, write_passes: bool, timeline: bool = False,
+           pre: int = 0) -> str:
+    """The kernel source for one specialisation: ``ctas`` CTAs of ``threads`` threads a row, ``pre`` entries of the
+    row a thread in registers (:func:`row_in_registers`; 0: the lists). ``timeline``: thread 0 of each CTA records its
+    cycle counter at 10 phase boundaries (the probe's)."""
     return specialise(COMMON_SOURCE + _SOURCE, THREADS=threads, CTAS=ctas, IN_DTYPE=dtype_code,
                       WRITE_PASSES=int(write_passes), CAND_CAP=CAND_CAP, MAX_PER_THREAD=MAX_PER_THREAD,
-                      HW=_HIST_WORDS, TIMELINE=int(timeline))
+                      HW=_HIST_WORDS, TIMELINE=int(timeline), PRE=pre)
 
 
 @functools.cache
-def _compiled(threads: int, ctas: int, dtype_code: int, write_passes: bool, timeline: bool) -> Any:
+def _compiled(threads: int, ctas: int, dtype_code: int, write_passes: bool, timeline: bool, pre: int) -> Any:
     kernel = compile_kernel(source(threads=threads, ctas=ctas, dtype_code=dtype_code, write_passes=write_passes,
-                                   timeline=timeline), "sb_topp_grid", "the grid CUDA top-p kernel")
+                                   timeline=timeline, pre=pre), "sb_topp_grid", "the grid CUDA top-p kernel")
     allow_dynamic_shared(kernel, 4 * MAX_SLICE, "the grid CUDA top-p kernel")
     return kernel
 
@@ -636,7 +735,8 @@ def launch_topp_grid(x: torch.Tensor, p: float, out: torch.Tensor, passes_out: t
         raise UsageError(f"grid CUDA top-p: threads must be a power of two from 64 to 1024 and hold at most "
                          f"{MAX_PER_THREAD} entries each, got {threads} threads for {slice_n} entries a CTA")
     hist, sync, cand = _workspace(x.device, rows * ctas)
-    kernel = _compiled(threads, ctas, DTYPE_CODES[x.dtype], passes_out is not None, timeline is not None)
+    kernel = _compiled(threads, ctas, DTYPE_CODES[x.dtype], passes_out is not None, timeline is not None,
+                       row_in_registers(n, threads))
     kernel(grid=(rows * ctas, 1, 1), block=(threads, 1, 1), shared_mem=4 * slice_n, args=[
         x, out, passes_out if passes_out is not None else out, n, x.stride(0), out.stride(0), float(p), slice_n,
         hist, sync, cand, timeline if timeline is not None else hist])
