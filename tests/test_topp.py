@@ -751,6 +751,7 @@ def test_cuda_radix_scope() -> None:
     assert [uses_grid(n, 32, 132) for n in sizes] == [False, True, True, True, True, True, False]
     assert not uses_grid(65536, 34, 132) and uses_grid(65536, 33, 132)
     assert grid_shape(131072, 32, 132) == (1024, 4) and grid_shape(32768, 32, 132) == (512, 4)
+    assert grid_shape(65536, 32, 132) == (512, 4)  # 32 entries a thread: faster than 1024 threads (21st session)
     assert grid_shape(8192, 100, 132, ctas=2) is None and grid_shape(8192, 66, 132, ctas=2) == (512, 2)
     # Every shape it picks leaves a thread at most MAX_PER_THREAD entries (its candidates are bits of one word).
     from sparsebench.kernels.cuda_topp_grid import MAX_PER_THREAD

@@ -3,13 +3,13 @@
 # binned while the candidates are placed) against untracked copies of earlier trees: session18_ab.sh's grid GPU tests,
 # timeline at 16K-32K and probe at 8K-128K, then an 8K sweep of CTAs a row and threads (the grid kernel against the
 # radix one, which 8K takes now).
-#   bash benchmarks/device/session21_ab.sh NAME "new ab_x ..."
+#   bash benchmarks/device/session21_ab.sh NAME "new ab_x ..."   (SWEEP8K: the trees of the 8K sweep, default all)
 NAME=$1; TREES=$2
 TL_SIZES=16384,32768 TL_CTAS=4 TL_THREADS=512 BENCH_RUNS=0 TESTS="cuda_grid or auto" \
   bash benchmarks/device/session18_ab.sh ${NAME} "$TREES" 8192,16384,32768,65536,131072 4 512,1024 2>&1 \
   | grep -v "^WARNING\|pip\|^timeline N" | cut -c1-100
 R=/tmp/$NAME
-for tree in $TREES; do
+for tree in ${SWEEP8K:-$TREES}; do
   if [ $tree = new ]; then D=$PWD; else D=$PWD/$tree; fi
   (cd $D && PYTHONPATH=/tmp/site:$D timeout 120 python3 benchmarks/device/topp_grid_probe.py --out $R/grid8k_$tree \
     --sizes 8192 --ctas 2,4 --threads 256,512) > $R/grid8k_$tree.log 2>&1

@@ -82,7 +82,7 @@ import torch
 from sparsebench.errors import UsageError
 from sparsebench.kernels.nvrtc import COMMON_SOURCE, DTYPE_CODES, allow_dynamic_shared, compile_kernel, specialise
 
-__all__ = ["grid_shape", "grid_timeouts", "launch_topp_grid", "row_in_registers", "source"]
+__all__ = ["grid_shape", "grid_timeouts", "launch_topp_grid", "source"]
 
 #: Global-memory words (u64) of a CTA's slot (the kernel's ``HW``): its level-1 histogram, its candidate count, the
 #: range of its non-empty bins.
@@ -110,6 +110,8 @@ _SOURCE = r"""
 #define NARROW_MAX (4 * THREADS)  // candidates resolve_narrow takes
 #define KEEP_NONE 0xffffffffu
 #define KEEP_ALL 0xfffffffeu
+#define PRE 32  // entries of the whole row a thread holds at most, where the CTA gathers the row's candidates itself
+#define REREAD (THREADS <= 512)  // at 1024 threads (64 registers a thread) the PRE registers would spill
 #define PAIR_MAX 256  // entries of the level-2 crossing bin resolved pairwise (their u32 sums cannot wrap)
 // MARK(i): thread 0's cycle counter at phase boundary i, for benchmarks/device/topp_grid_probe.py --timeline.
 #if TIMELINE
@@ -191,10 +193,12 @@ __device__ __forceinline__ void level1_crossing(const u64* hrow, u32 own_low, u3
     const bool early = own_top != 0u && b0 < (int)own_top + SPEC_MARGIN && b0 + PER + SPEC_MARGIN > (int)own_low;
     ulonglong2 v[CTAS][PER / 2];
     if (early) load_slot_bins<PER>(hrow, b0, v);
-    u32 low = NB1, top = 0u;
+    u32 low = NB1, top = 0u, clow[CTAS], ctop[CTAS];  // a slot holds only its own non-empty bins [clow, ctop)
     #pragma unroll
     for (int c = 0; c < CTAS; ++c) {
         const u64 r = __ldcg(hrow + c * HW + NB1 + 1);
+        clow[c] = (u32)(r >> 32);
+        ctop[c] = (u32)r;
         if ((u32)r) { low = min(low, (u32)(r >> 32)); top = max(top, (u32)r); }
     }
     if (top == 0u) {  // every entry zero: uniform
@@ -211,8 +215,9 @@ __device__ __forceinline__ void level1_crossing(const u64* hrow, u32 own_low, u3
         for (int c = 0; c < CTAS; ++c) {
             #pragma unroll
             for (int h = 0; h < PER / 2; ++h) {
-                s[PER - 1 - 2 * h] += v[c][h].x;
-                s[PER - 2 - 2 * h] += v[c][h].y;
+                const u32 b = (u32)(b0 + 2 * h);  // bins b (x) and b + 1 (y)
+                s[PER - 1 - 2 * h] += b - clow[c] < ctop[c] - clow[c] ? v[c][h].x : 0ull;
+                s[PER - 2 - 2 * h] += b + 1u - clow[c] < ctop[c] - clow[c] ? v[c][h].y : 0ull;
             }
         }
     }
@@ -520,8 +525,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sb_topp_grid(
         // REREAD (rows of up to PRE entries a thread): the whole row as stored, requested now so that it arrives while
         // the CTA meets the others at barrier A (nothing uses a value before then); each CTA then gathers the row's
         // candidates itself, and no CTA waits at barrier B or reads another's list.
-        constexpr bool reread = PRE > 0;
-        u32 pre[PRE > 0 ? PRE : 1];
+        const bool reread = REREAD && n <= PRE * THREADS;
+        u32 pre[PRE];
         if (reread) {
             #pragma unroll
             for (int i = 0; i < PRE; ++i) pre[i] = t + i * THREADS < n ? raw_bits(xrow, t + i * THREADS) : 0u;
@@ -530,9 +535,12 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sb_topp_grid(
         // cleared here for levels 2-3.
         __syncthreads();
         u32 low = NB1, top = 0u;  // this CTA's non-empty bins: [low, top)
-        for (int b = t; b < NB1; b += THREADS) {
+        u64 mine[NB1 / THREADS];
+        #pragma unroll
+        for (int i = 0; i < NB1 / THREADS; ++i) {
+            const int b = t + i * THREADS;
             const u32 lo = hlo[HB(b)], hi = hhi[HB(b)];
-            __stcg(hmine + b, ((u64)hi << 32) | lo);
+            mine[i] = ((u64)hi << 32) | lo;
             if (lo | hi) { hlo[HB(b)] = 0u; hhi[HB(b)] = 0u; low = min(low, (u32)b); top = b + 1u; }
         }
         #pragma unroll
@@ -541,6 +549,15 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sb_topp_grid(
             top = max(top, __shfl_xor_sync(FULL, top, o));
         }
         if ((t & 31) == 0 && top) { atomicMin(&s_low, low); atomicMax(&s_top, top); }
+        __syncthreads();
+        {  // only the non-empty range into the slot: readers take a slot's bins within its own range alone
+            const u32 l = s_low, h = s_top;
+            #pragma unroll
+            for (int i = 0; i < NB1 / THREADS; ++i) {
+                const u32 b = (u32)(t + i * THREADS);
+                if (b - l < h - l) __stcg(hmine + b, mine[i]);
+            }
+        }
         MARK(2);
         // Barrier A; then every CTA sums the row's slots and finds the crossing itself (no CTA waits on another's
         // scan, and no result is published).
@@ -627,9 +644,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sb_topp_grid(
             MARK(7);
             // Levels 2-5 on few candidates, ending pairwise (level 2's bins in hhi, those below in hlo); levels 2
             // and 3 of 2048 and 512 bins on more; on the row streamed again where they overflowed.
-            if (m <= NARROW_MAX)
+            if (m <= NARROW_MAX && THREADS <= 512)
                 pair = resolve_pairwise(cand, (int)m, b1, need, hhi, hlo, sel, &s_sel, &s_tmax, &s_bin, &s_need,
                                         prefix2, tstar);
+            else if (m <= NARROW_MAX)
+                tstar = resolve_narrow(cand, (int)m, b1, 15, need, hlo, &s_bin, &s_need);
             else if (m <= CAND_CAP)
                 tstar = resolve<false>(cand, (int)m, xrow, n, b1, need, hlo, hhi, ws, &s_bin, &s_need);
             else
@@ -649,31 +668,18 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sb_topp_grid(
 """
 
 
-def row_in_registers(n: int, threads: int) -> int:
-    """Entries of the whole row each thread holds in registers (the kernel's ``PRE``: 8, 16 or 32), or 0 where the
-    row takes the CTAs' candidate lists instead: over 32 entries a thread, or at 1024 threads, whose 64 registers a
-    thread the 32 entries would spill. Sized to the row, so that shorter rows pay no unrolled steps for entries they
-    do not have."""
-    per_thread = -(-n // threads)
-    if threads > 512 or per_thread > 32:
-        return 0
-    return next(size for size in (8, 16, 32) if per_thread <= size)
-
-
-def source(*, threads: int, ctas: int, dtype_code: int, write_passes: bool, timeline: bool = False,
-           pre: int = 0) -> str:
-    """The kernel source for one specialisation: ``ctas`` CTAs of ``threads`` threads a row, ``pre`` entries of the
-    row a thread in registers (:func:`row_in_registers`; 0: the lists). ``timeline``: thread 0 of each CTA records its
-    cycle counter at 10 phase boundaries (the probe's)."""
+def source(*, threads: int, ctas: int, dtype_code: int, write_passes: bool, timeline: bool = False) -> str:
+    """The kernel source for one specialisation: ``ctas`` CTAs of ``threads`` threads a row. ``timeline``: thread 0
+    of each CTA records its cycle counter at 10 phase boundaries (the probe's)."""
     return specialise(COMMON_SOURCE + _SOURCE, THREADS=threads, CTAS=ctas, IN_DTYPE=dtype_code,
                       WRITE_PASSES=int(write_passes), CAND_CAP=CAND_CAP, MAX_PER_THREAD=MAX_PER_THREAD,
-                      HW=_HIST_WORDS, TIMELINE=int(timeline), PRE=pre)
+                      HW=_HIST_WORDS, TIMELINE=int(timeline))
 
 
 @functools.cache
-def _compiled(threads: int, ctas: int, dtype_code: int, write_passes: bool, timeline: bool, pre: int) -> Any:
+def _compiled(threads: int, ctas: int, dtype_code: int, write_passes: bool, timeline: bool) -> Any:
     kernel = compile_kernel(source(threads=threads, ctas=ctas, dtype_code=dtype_code, write_passes=write_passes,
-                                   timeline=timeline, pre=pre), "sb_topp_grid", "the grid CUDA top-p kernel")
+                                   timeline=timeline), "sb_topp_grid", "the grid CUDA top-p kernel")
     allow_dynamic_shared(kernel, 4 * MAX_SLICE, "the grid CUDA top-p kernel")
     return kernel
 
@@ -712,7 +718,7 @@ def grid_shape(n: int, rows: int, sms: int, ctas: int | None = None) -> tuple[in
     ctas = ctas or DEFAULT_CTAS
     if not 1 <= ctas <= 32 or rows * ctas > sms or -(-n // ctas) > MAX_SLICE:
         return None
-    return (1024 if -(-n // ctas) > 8192 else 512), ctas
+    return (1024 if -(-n // ctas) > 16384 else 512), ctas
 
 
 def launch_topp_grid(x: torch.Tensor, p: float, out: torch.Tensor, passes_out: torch.Tensor | None = None, *,
@@ -735,8 +741,7 @@ def launch_topp_grid(x: torch.Tensor, p: float, out: torch.Tensor, passes_out: t
         raise UsageError(f"grid CUDA top-p: threads must be a power of two from 64 to 1024 and hold at most "
                          f"{MAX_PER_THREAD} entries each, got {threads} threads for {slice_n} entries a CTA")
     hist, sync, cand = _workspace(x.device, rows * ctas)
-    kernel = _compiled(threads, ctas, DTYPE_CODES[x.dtype], passes_out is not None, timeline is not None,
-                       row_in_registers(n, threads))
+    kernel = _compiled(threads, ctas, DTYPE_CODES[x.dtype], passes_out is not None, timeline is not None)
     kernel(grid=(rows * ctas, 1, 1), block=(threads, 1, 1), shared_mem=4 * slice_n, args=[
         x, out, passes_out if passes_out is not None else out, n, x.stride(0), out.stride(0), float(p), slice_n,
         hist, sync, cand, timeline if timeline is not None else hist])
