@@ -590,11 +590,12 @@ def grid_test_rows(ctas: int) -> Iterator[tuple[int, torch.Tensor]]:
             crowded[(torch.arange(10)[:, None] * 512 + torch.arange(32)).flatten()[:300]] = 1e-3
             rows.insert(0, crowded / crowded.sum())
             # 3000 distinct entries in one level-1 bin (an eighth of a binade) holding the crossing: more candidates
-            # than the 5-bit levels take at 512 threads a CTA (4 a thread), so the 2048-bin levels run.
+            # than the 5-bit levels take at 512 threads a CTA (4 a thread), so the 2048-bin levels run; at 1024
+            # threads they end pairwise. The 300 crowded ones above are too many to end pairwise (PAIR_MAX).
             one_bin = torch.full((n,), 1e-9)
             one_bin[torch.randperm(n, generator=gen)[:3000]] = 2.0**-12 * (1 + torch.rand(3000, generator=gen) / 8)
             rows.insert(0, one_bin)
-            # As many in one level-2 bin (1/256 of a binade): too many to resolve pairwise, so levels run after it.
+            # As many in one level-2 bin (1/256 of a binade): too many to end pairwise, so 5-bit levels run after it.
             one_sub_bin = torch.full((n,), 1e-9)
             sub_bin = 2.0**-12 * (1 + torch.rand(3000, generator=gen) / 256)
             one_sub_bin[torch.randperm(n, generator=gen)[:3000]] = sub_bin
@@ -607,12 +608,13 @@ def grid_test_rows(ctas: int) -> Iterator[tuple[int, torch.Tensor]]:
 @pytest.mark.parametrize("ctas", [2, 3, 4, 8])
 def test_cuda_grid_kernel(ctas: int) -> None:
     """The grid kernel (a row over ``ctas`` ordinary CTAs that meet in global memory; an exact level-1 histogram,
-    then levels 2-3 on the crossing bin's entries, gathered through the CTAs' lists (slices over 512 threads, rows
-    over 32 entries a thread) or from the row each CTA holds in registers (the shorter rows here), or on the row
-    itself where they overflow: the uniform and few-level rows) against the exact reference (near-ties aside) on every
-    row kind, dtype and p, at lengths that leave slices uneven or empty, twice in a row (its histograms and barrier
-    words carry over between launches), and replayed from a CUDA graph with new values in place; no row barrier
-    ever gives up waiting."""
+    then the levels below on the crossing bin's entries, gathered through the CTAs' lists (slices over 512 threads,
+    rows over 32 entries a thread) or from the row each CTA holds in registers (the shorter rows here), ending
+    pairwise in the level-2 crossing bin, or in more levels where that bin or the candidates are many (the crowded
+    and one-bin rows), or on the row itself where they overflow: the uniform and few-level rows) against the exact
+    reference (near-ties aside) on every row kind, dtype and p, at lengths that leave slices uneven or empty, twice
+    in a row (its histograms and barrier words carry over between launches), and replayed from a CUDA graph with new
+    values in place; no row barrier ever gives up waiting."""
     from sparsebench.kernels.capture import capture
     from sparsebench.kernels.cuda_topp_grid import grid_timeouts, launch_topp_grid
 

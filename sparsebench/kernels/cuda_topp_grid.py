@@ -5,9 +5,10 @@ in one CTA, or a thread-block cluster of 2-4, and rows of 64K-128K entries held 
 and paid three shared-memory atomics for each in their histogram pass: 19.4 and 30.6 µs for 32 rows on the H200,
 2.4x and 3.2x one read of the input, where the project asks for 2x. Here a row takes ``CTAS`` ordinary CTAs
 (:data:`DEFAULT_CTAS`), each holding a slice in shared memory with one shared atomic an entry, and the CTAs meet
-through global memory: 9.2-9.3, 10.8, 13.5 and 17.3 µs at 16K, 32K, 64K and 128K entries (2.4-2.5x, 2.1x, 1.7x and
-1.8x one read; ``benchmarks/RESULTS.md``, twentieth session). At 8K it loses to the radix kernel (8.6-8.7
-against 7.0 µs: the row barriers and the level-1 exchange cost 3-4 µs at any length), so
+through global memory: 8.6-8.7, 10.4, 12.9-13.0 and 17.3-17.4 µs at 16K, 32K, 64K and 128K entries (2.29-2.30x,
+1.99x, 1.60x and 1.80-1.81x one read; ``benchmarks/RESULTS.md``, twenty-first session). At 8K it loses to the radix
+kernel (8.4 against 7.0 µs, before the range-only slot writes; 7.5 with registers sized to the row, not merged: the
+row barriers and the level-1 exchange cost 3-4 µs at any length), so
 :func:`~sparsebench.kernels.cuda_topp.launch_topp` takes it from 16K entries up.
 
 Algorithm (every CTA of a row; they meet at two row barriers)
@@ -17,8 +18,10 @@ Entries are ``|x|`` float32 bit patterns (bfloat16 / float16 widened), whose int
 1. **Level 1** (no sum or maximum needed first): each CTA bins its slice by ``key >> 20`` (the exponent and three
    mantissa bits: 2048 bins that cover every positive float, 1/8 of a binade each) and adds each entry's 24-bit
    significand (the hidden bit included) to its bin in shared memory. All entries of a bin share an exponent, so a
-   bin's sum of significands, times ``2**(max(e, 1) - 150)``, is its exact mass. The CTA writes all its bins, and
-   the range of the non-empty ones, to its own slot in global memory and arrives at barrier A.
+   bin's sum of significands, times ``2**(max(e, 1) - 150)``, is its exact mass. The CTA writes its non-empty range
+   of bins, and that range, to its own slot in global memory and arrives at barrier A (a slot's bins outside its
+   range are stale and read as zero: 140-220 bins of softmax(randn x 2) rows, not 2048; 0.1 µs less at 16K-32K,
+   0.35 at 128K).
 2. **Every CTA** then reads the row's slots, only within the row's non-empty range and 16 bytes at a time, and scans
    them itself: nobody waits for another CTA's scan and nothing is published. The bins within 4 binades of the
    CTA's own non-empty range are requested with the ranges, in the same round trip; the rest, if the row's range
@@ -38,13 +41,17 @@ Entries are ``|x|`` float32 bit patterns (bfloat16 / float16 widened), whose int
    converted only when used, so that nothing waits on those loads before the barrier), and each CTA gathers the
    row's candidates from them itself (0.5-0.7 µs less at 16K; at 1024 threads, 64 registers a thread, they would
    spill).
-4. **Levels 2 and 3**, in each CTA alone: the candidates by bits 19-9 (2048 bins of 512 patterns), then those of the
-   crossing sub-bin by bits 8-0: exact integer sums. Up to four candidates a thread (most rows) take four levels of
-   5 bits instead: each warp adds into its own 32 bins and warp 0 alone sums and scans them, so a level costs two
-   block barriers and no block-wide scan (0.1-0.3 µs less). The crossing pattern is ``t*``, the largest value whose
-   at-or-above mass is accepted, and every CTA writes ``x >= t*`` over its slice's positive entries (ties at ``t*``
-   all kept). Where the lists overflow (uniform rows, a few distinct values), each CTA streams the row again from
-   global memory for levels 2 and 3 instead: slower, as exact.
+4. **The levels below**, in each CTA alone, in exact integer sums. Up to four candidates a thread (most rows):
+   level 2 by bits 19-15 into each warp's own 32 bins, which every warp sums and scans itself (no barrier for a
+   result); then the entries of the crossing level-2 bin (1/256 of a binade: 9-28 of them at 8K-32K entries of
+   softmax(randn x 2), up to 84 at 128K), where they are at most :data:`PAIR_MAX`, each sum the significands at or
+   above their own, pairwise: two block barriers in all, where four more levels of 5 bits cost eight (0.2-0.3 µs
+   less at 16K-32K, twenty-first session). A larger crossing bin takes those levels (bits 14-10, 9-5, 4-0: each
+   warp adds into its own 32 bins and warp 0 sums and scans them). More candidates take levels of 2048 and 512
+   bins (bits 19-9, then 8-0). The crossing pattern is ``t*``, the largest value whose at-or-above mass is accepted,
+   and every CTA writes ``x >= t*`` over its slice's positive entries (ties at ``t*`` all kept). Where the lists
+   overflow (uniform rows, a few distinct values), each CTA streams the row again from global memory for levels 2
+   and 3 instead: slower, as exact.
 
 The acceptance margin is under ``5e-10 T`` at 128K entries: the mask equals the float64 sort-based reference's
 (:func:`sparsebench.kernels.topp.topp_mask_torch`) except in near-ties, as for the radix kernel. Measured and not
@@ -56,10 +63,16 @@ past level 3; batching the low-word atomics before their carries (slower in this
 A took half the cycles, the level-1 reads of the other CTAs' bins 1200 more, and 32 rows in four-CTA clusters took
 17-36 µs (at 70 registers a thread, seemingly two waves). Twentieth session: one CTA a row with no exchange at all
 (8K 7.3-7.6 µs against the radix kernel's 7.0); levels 2-5 in warp 0 alone (its same-bin atomics made a row's tail CTA
-take 15,000 cycles); a pairwise ending after level 2 (faster at 8K, slower from 32K, where the crossing sub-bin holds
-more candidates); the whole row copied into shared memory with ``cp.async`` instead of registers (at 32K, 13.2
-against 10.8 µs: the copies' issue and the scan of 64 entries a thread cost more than barrier B); the rare resolve
-paths out of line (slower).
+take 15,000 cycles); a pairwise ending after level 2 in warp 0 alone (faster at 8K, slower from 32K: that warp
+scanned all the candidates for the crossing sub-bin's, 32 at a time; step 4's ending has every thread select them);
+the whole row copied into shared memory with ``cp.async`` instead of registers (at 32K, 13.2 against 10.8 µs: the
+copies' issue and the scan of 64 entries a thread cost more than barrier B); the rare resolve paths out of line
+(slower). Twenty-first session: level 2 binned while the candidates are placed, its bins published with the lists
+(the atomics inside the unrolled placement loop cost about 1900 cycles at 16K, more than the pass they saved); the
+row's registers sized to the row length (8, 16 or 32 entries a thread: 8K 0.9 µs faster, but the kernel built for
+rows in lists ran 32K-64K 0.4-0.6 µs slower than the one that holds the registers unused); a ballot a column
+gathering the candidates from registers (no faster); at 1024 threads, levels 2-5 without the pairwise ending
+(0.5 µs slower at 128K).
 
 **Row barriers** are cooperative groups' grid sync: thread 0 of the row's first CTA adds ``2**31 - (CTAS - 1)``, the
 others 1, and all wait for the word's top bit to flip. The arrival is a release reduction with no returned value:
@@ -180,12 +193,12 @@ __device__ __forceinline__ void load_slot_bins(const u64* hrow, int b0, ulonglon
 // Level 1 of the row, in every CTA alike after barrier A: the sum of the row's CTA histograms (slots of HW words,
 // word NB1 + 1 holding the CTA's non-empty range of bins, low << 32 | top), in one fixed-point scale, scanned from
 // the top. Stores the crossing bin and the need left in it in its native units, or KEEP_NONE / KEEP_ALL. Every CTA
-// reads the same words and computes the same result. The bins are read only within the row's non-empty range (every
-// slot is written whole, so any bin reads true), a thread's PER bins 16 bytes at a time: the row's 128 CTAs reading
-// every slot's 2048 bins in 8-byte words took about 4600 cycles (RESULTS.md, eighteenth session). Bins within
-// SPEC_MARGIN of this CTA's own non-empty range [own_low, own_top) are requested together with the ranges: one round
-// trip where the row's range falls inside that window, as the slices of a row mostly do; the others, where the row's
-// range needs them, after.
+// reads the same words and computes the same result. The bins are read only within the row's non-empty range, and
+// a slot's bins count only within the slot's own range (a CTA writes no others), a thread's PER bins 16 bytes at a
+// time: the row's 128 CTAs reading every slot's 2048 bins in 8-byte words took about 4600 cycles (RESULTS.md,
+// eighteenth session). Bins within SPEC_MARGIN of this CTA's own non-empty range [own_low, own_top) are requested
+// together with the ranges: one round trip where the row's range falls inside that window, as the slices of a row
+// mostly do; the others, where the row's range needs them, after.
 __device__ __forceinline__ void level1_crossing(const u64* hrow, u32 own_low, u32 own_top, int n, double p, u64* ws,
                                                 u32* s_b1, u64* s_need) {
     constexpr int PER = NB1 / THREADS;  // 2 or more, even
@@ -378,8 +391,8 @@ __device__ __forceinline__ u32 resolve_narrow(const u32* cand, int m, u32 prefix
 // 256 * 2**24) and, where that reaches the need left, offers its own to *s_tmax (a maximum: ties at t* all count), and
 // the caller reads t* after its next barrier (returns true; t* = prefix2 << 15 | *s_tmax's low 15 bits). Otherwise
 // levels 3-5 of resolve_narrow run on part (zero) and t* comes back in tstar. sel (PAIR_MAX + 4 words) is zero on
-// entry, so that the 16-byte reads past the bin's entries add nothing. Three levels (six block barriers) fewer than
-// resolve_narrow alone: 1600-1650 cycles at 16K-32K entries (RESULTS.md, twenty-first session).
+// entry, so that the 16-byte reads past the bin's entries add nothing. Six block barriers fewer than resolve_narrow
+// alone: 700-1000 cycles less at 16K-32K entries (median CTA; RESULTS.md, twenty-first session).
 __device__ __forceinline__ bool resolve_pairwise(const u32* cand, int m, u32 b1, u64 need, u32* part2, u32* part,
                                                  u32* sel, u32* s_sel, u32* s_tmax, u32* s_bin, u64* s_need,
                                                  u32& prefix2, u32& tstar) {
@@ -531,8 +544,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sb_topp_grid(
             #pragma unroll
             for (int i = 0; i < PRE; ++i) pre[i] = t + i * THREADS < n ? raw_bits(xrow, t + i * THREADS) : 0u;
         }
-        // This CTA's bins, every one, into its own slot (rewritten whole each launch: nothing to clear there), and
-        // cleared here for levels 2-3.
+        // This CTA's non-empty range of bins into its own slot (the others there are stale: readers skip them), and
+        // the bins cleared here for the levels below.
         __syncthreads();
         u32 low = NB1, top = 0u;  // this CTA's non-empty bins: [low, top)
         u64 mine[NB1 / THREADS];
@@ -644,11 +657,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sb_topp_grid(
             MARK(7);
             // Levels 2-5 on few candidates, ending pairwise (level 2's bins in hhi, those below in hlo); levels 2
             // and 3 of 2048 and 512 bins on more; on the row streamed again where they overflowed.
-            if (m <= NARROW_MAX && THREADS <= 512)
+            if (m <= NARROW_MAX)
                 pair = resolve_pairwise(cand, (int)m, b1, need, hhi, hlo, sel, &s_sel, &s_tmax, &s_bin, &s_need,
                                         prefix2, tstar);
-            else if (m <= NARROW_MAX)
-                tstar = resolve_narrow(cand, (int)m, b1, 15, need, hlo, &s_bin, &s_need);
             else if (m <= CAND_CAP)
                 tstar = resolve<false>(cand, (int)m, xrow, n, b1, need, hlo, hhi, ws, &s_bin, &s_need);
             else
