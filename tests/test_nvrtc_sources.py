@@ -15,7 +15,7 @@ import re
 import pytest
 
 from sparsebench.kernels import cuda_decode, cuda_topk, cuda_topp, cuda_topp_grid
-from sparsebench.kernels.compile_check import nvrtc_compile, nvrtc_library
+from sparsebench.kernels.compile_check import nvrtc_compile, nvrtc_library, nvrtc_sass
 
 pytestmark = pytest.mark.skipif(nvrtc_library() is None, reason="needs NVRTC: pip install nvidia-cuda-nvrtc-cu12")
 
@@ -105,3 +105,19 @@ def test_topk_source_rejects_shapes_it_cannot_hold() -> None:
     with pytest.raises(ValueError, match="threads divide 2048"):
         cuda_topk.source(threads=96, items=8, full_row=False, dtype_code=0, per_row_k=False, keep_last=False,
                          last_in_budget=False)
+
+
+def test_nvrtc_sass_lists_the_instructions() -> None:
+    """:func:`nvrtc_sass` returns a kernel's SASS, one instruction a line (how the grid top-p's register gather was
+    found rebuilding its store address at every unrolled step), and reports a compile error as such."""
+    pytest.importorskip("triton")
+    source = 'extern "C" __global__ void k(float* x) { x[threadIdx.x] = 2.0f * x[threadIdx.x]; }'
+    try:
+        sass = nvrtc_sass(source)
+    except RuntimeError as exc:  # a Triton without its NVIDIA backend has no disassembler
+        pytest.skip(str(exc))
+    assert any(line.split()[1].startswith("LDG") for line in sass), sass
+    assert any(line.split()[1].startswith("STG") for line in sass), sass
+    assert any(line.split()[1] == "EXIT" for line in sass), sass
+    with pytest.raises(RuntimeError, match="NVRTC compile failed"):
+        nvrtc_sass("this is not CUDA")

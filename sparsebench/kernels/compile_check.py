@@ -14,6 +14,7 @@ Usage (tests): replace a kernel module's ``_jit`` with a :class:`LaunchRecorder`
 The NVRTC-compiled CUDA kernels (:mod:`sparsebench.kernels.nvrtc`) get the same check from
 :func:`nvrtc_compile`, through the NVRTC library of the ``nvidia-cuda-nvrtc-cu12`` wheel (a dev dependency): the
 device compiles them only when first launched, so without this a syntax or PTX error costs a GPU run.
+:func:`nvrtc_sass` lists the machine code itself, for reading what the compiler made of a hot loop.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any
 import torch
 
 __all__ = ["Launch", "LaunchRecorder", "compile_launch", "nvidia_compiler_available", "nvrtc_compile",
-           "nvrtc_library"]
+           "nvrtc_library", "nvrtc_sass"]
 
 _POINTER_TYPES = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.float64: "*fp64",
                   torch.int8: "*i8", torch.uint8: "*u8", torch.int16: "*i16", torch.int32: "*i32",
@@ -128,16 +129,15 @@ def nvrtc_library() -> Any:
     return None
 
 
-def nvrtc_compile(source: str, *, arch: str = "sm_90", options: tuple[str, ...] = ("-std=c++17",)) -> str:
-    """Compile CUDA ``source`` to ``arch`` machine code (through ``ptxas``) with the wheel's NVRTC; return the
-    compiler log (``ptxas -v``: registers, spills, shared memory). Raises ``RuntimeError`` with the log on a compile
-    error, and when no NVRTC library is installed."""
+def _nvrtc_program(source: str, arch: str, options: tuple[str, ...], want_cubin: bool) -> tuple[str, bytes]:
+    """Compile ``source`` with the wheel's NVRTC: the compiler log (``ptxas -v``) and, if asked, the cubin."""
     lib = nvrtc_library()
     if lib is None:
         raise RuntimeError("no NVRTC library: pip install nvidia-cuda-nvrtc-cu12")
     prog = ctypes.c_void_p()
     if lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), b"kernel.cu", 0, None, None) != 0:
         raise RuntimeError("nvrtcCreateProgram failed")
+    cubin = b""
     try:
         opts = [f"--gpu-architecture={arch}".encode(), b"--ptxas-options=-v", *(o.encode() for o in options)]
         status = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
@@ -145,9 +145,45 @@ def nvrtc_compile(source: str, *, arch: str = "sm_90", options: tuple[str, ...] 
         lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
         log = ctypes.create_string_buffer(size.value)
         lib.nvrtcGetProgramLog(prog, log)
+        if status == 0 and want_cubin:
+            lib.nvrtcGetCUBINSize(prog, ctypes.byref(size))
+            buf = ctypes.create_string_buffer(size.value)
+            lib.nvrtcGetCUBIN(prog, buf)
+            cubin = buf.raw
     finally:
         lib.nvrtcDestroyProgram(ctypes.byref(prog))
     text = log.value.decode(errors="replace")
     if status != 0:
         raise RuntimeError(f"NVRTC compile failed:\n{text}")
-    return text
+    return text, cubin
+
+
+def nvrtc_compile(source: str, *, arch: str = "sm_90", options: tuple[str, ...] = ("-std=c++17",)) -> str:
+    """Compile CUDA ``source`` to ``arch`` machine code (through ``ptxas``) with the wheel's NVRTC; return the
+    compiler log (``ptxas -v``: registers, spills, shared memory). Raises ``RuntimeError`` with the log on a compile
+    error, and when no NVRTC library is installed."""
+    return _nvrtc_program(source, arch, options, want_cubin=False)[0]
+
+
+def nvrtc_sass(source: str, *, arch: str = "sm_90", options: tuple[str, ...] = ("-std=c++17",)) -> list[str]:
+    """The SASS instructions of CUDA ``source`` compiled for ``arch``, one line each (``nvdisasm`` of the NVRTC
+    cubin, the disassembler from Triton's NVIDIA backend). Why: what the compiler made of a kernel's hot loop (an
+    address rebuilt at every unrolled step, say) can be read and counted here, with no GPU. Raises
+    ``RuntimeError`` where NVRTC or the disassembler is missing."""
+    import re
+    import subprocess
+    import tempfile
+
+    try:
+        import triton
+    except ImportError as exc:
+        raise RuntimeError("nvdisasm comes with Triton's NVIDIA backend: pip install triton") from exc
+    nvdisasm = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
+    if not nvdisasm.exists():
+        raise RuntimeError(f"no disassembler at {nvdisasm}")
+    cubin = _nvrtc_program(source, arch, options, want_cubin=True)[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "kernel.cubin"
+        path.write_bytes(cubin)
+        listing = subprocess.run([str(nvdisasm), "-c", str(path)], capture_output=True, text=True, check=True).stdout
+    return [line.strip() for line in listing.splitlines() if re.match(r"\s+/\*[0-9a-f]{4,}\*/", line)]

@@ -101,7 +101,7 @@ overall), or atomic contention (warp-aggregated adds were 1.4-12x slower; warp-a
 
 Rows over :data:`GRID_FROM` (8K) entries take the grid kernel instead (:mod:`sparsebench.kernels.cuda_topp_grid`:
 four ordinary CTAs a row that meet in global memory) where its CTAs all fit the GPU at once (:func:`uses_grid`):
-8.6-8.7 / 10.4 / 12.9 / 17.3-17.4 µs at 16K / 32K / 64K / 128K (twenty-first session), against this kernel's
+8.3 / 10.4 / 12.9 / 17.3-17.4 µs at 16K / 32K / 64K / 128K (twenty-first session), against this kernel's
 10.9 / 14.1 / 19.4 / 30.6. Tried and not merged: a sampled estimate of the threshold before the passes (a sample's
 histogram, then one exact pass in registers to confirm the bracket it gives), slower at 8K-32K by 2-3.5 µs (the
 phases it adds cost more than the atomics it saves; ``results/h200_2026-11-29_s17/sample/kernel.patch``); and each

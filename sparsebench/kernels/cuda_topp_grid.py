@@ -5,8 +5,8 @@ in one CTA, or a thread-block cluster of 2-4, and rows of 64K-128K entries held 
 and paid three shared-memory atomics for each in their histogram pass: 19.4 and 30.6 µs for 32 rows on the H200,
 2.4x and 3.2x one read of the input, where the project asks for 2x. Here a row takes ``CTAS`` ordinary CTAs
 (:data:`DEFAULT_CTAS`), each holding a slice in shared memory with one shared atomic an entry, and the CTAs meet
-through global memory: 8.6-8.7, 10.4, 12.9-13.0 and 17.3-17.4 µs at 16K, 32K, 64K and 128K entries (2.29-2.30x,
-1.99x, 1.60x and 1.80-1.81x one read; ``benchmarks/RESULTS.md``, twenty-first session). At 8K it loses to the radix
+through global memory: 8.3, 10.4, 12.9-13.0 and 17.3-17.4 µs at 16K, 32K, 64K and 128K entries (2.20-2.22x, 1.99x,
+1.60x and 1.80-1.83x one read; ``benchmarks/RESULTS.md``, twenty-first session). At 8K it loses to the radix
 kernel (8.4 against 7.0 µs, before the range-only slot writes; 7.5 with registers sized to the row, not merged: the
 row barriers and the level-1 exchange cost 3-4 µs at any length), so
 :func:`~sparsebench.kernels.cuda_topp.launch_topp` takes it from 16K entries up.
@@ -599,11 +599,19 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sb_topp_grid(
                 #pragma unroll
                 for (int i = 0; i < PRE; ++i) in |= (key_of_raw(pre[i]) - lo < width ? 1u : 0u) << i;
                 MARK(5);
-                u32 at = warp_reserve(__popc(in), &s_count);
-                #pragma unroll
-                for (int i = 0; i < PRE; ++i) {  // unrolled, so that pre stays in registers
-                    if (((in >> i) & 1u) && at < CAND_CAP) cand[at] = key_of_raw(pre[i]);
-                    at += (in >> i) & 1u;
+                const u32 at = warp_reserve(__popc(in), &s_count);
+                if (at + __popc(in) <= CAND_CAP) {  // else the count alone matters: m > CAND_CAP streams the row
+                    // One shared-space address, stepped past each candidate stored: through generic pointers the
+                    // compiler rebuilt the array's address at every one of the 32 steps (9 SASS instructions a step,
+                    // now 3; 16K 8.66 -> 8.27 µs, twenty-first session).
+                    u32 dst = (u32)__cvta_generic_to_shared(cand + at);
+                    #pragma unroll
+                    for (int i = 0; i < PRE; ++i) {  // unrolled, so that pre stays in registers
+                        if ((in >> i) & 1u) {
+                            asm volatile("st.shared.u32 [%0], %1;" :: "r"(dst), "r"(key_of_raw(pre[i])) : "memory");
+                            dst += 4u;
+                        }
+                    }
                 }
                 __syncthreads();
                 MARK(6);
