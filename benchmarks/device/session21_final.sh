@@ -2,7 +2,8 @@
 # Session 21, the last calls: every GPU test of tests/test_topp.py on the grid kernel with the pairwise ending (any
 # thread count), range-only slot writes and 512 threads up to 16K entries a CTA; the probe against an untracked copy of
 # main (ab_main); the phase timeline; the issue's `bench topp` command three times (main suite) and once on
-# SpecAttn's shapes. Saves after each step: a call cut short keeps what ran.
+# SpecAttn's shapes. Saves after each step: a call cut short keeps what ran. (The bench loops moved to
+# topp_bench_runs.sh after calls 4 and 6 ran: the same commands.)
 #   bash benchmarks/device/session21_final.sh [NAME]   (PROBE=0: without the probe against ab_main)
 NAME=${1:-s21final}; R=/tmp/$NAME; rm -rf $R; mkdir -p $R
 save() { tar czf $OUT/results.tar.gz -C /tmp $NAME; }
@@ -15,12 +16,9 @@ for tree in $([ "${PROBE:-1}" = 1 ] && echo new ab_main); do
     --sizes 16384,32768,65536,131072 --ctas 4 --threads 512,1024) > $R/grid_$tree.log 2>&1
   echo "grid $tree rc $?"; grep -vi warn $R/grid_$tree.log | cut -c1-100; save
 done
-for run in 1 2 3; do
-  timeout 60 python3 -m sparsebench.cli bench topp --out $R/topp_$run --suites main --calls-per-replay 20 --no-flush \
-    > $R/topp_$run.log 2>&1; echo "bench $run rc $?"; grep -i "cuda " $R/topp_$run.log | cut -c1-100; save
-done
-timeout 40 python3 -m sparsebench.cli bench topp --out $R/topp_specattn --suites specattn --calls-per-replay 20 \
-  --no-flush > $R/topp_specattn.log 2>&1; echo "bench rc $?"; grep -ci "bad rows 0\|ok" $R/topp_specattn.log; save
+. benchmarks/device/topp_bench_runs.sh
+topp_bench_runs 3
+topp_bench_specattn
 timeout 60 python3 benchmarks/device/topp_grid_probe.py --out $R/timeline --timeline --sizes 16384,32768,65536 \
   --ctas 4 --threads 512 > $R/timeline.log 2>&1; echo "timeline rc $?"; grep "timeline N" $R/timeline.log | cut -c1-80
 save

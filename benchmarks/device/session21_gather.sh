@@ -13,7 +13,5 @@ for tree in new ab_main; do
     --sizes 16384,32768 --ctas 4 --threads 512) > $R/grid_$tree.log 2>&1
   echo "grid $tree rc $?"; grep -vi warn $R/grid_$tree.log | cut -c1-64; save
 done
-for run in 1 2; do
-  timeout 45 python3 -m sparsebench.cli bench topp --out $R/topp_$run --suites main --calls-per-replay 20 --no-flush \
-    > $R/topp_$run.log 2>&1; echo "bench $run rc $?"; grep -i "cuda " $R/topp_$run.log | cut -c1-100; save
-done
+. benchmarks/device/topp_bench_runs.sh
+topp_bench_runs 2  # (call 7 ran this loop inline, with a 45 s timeout a run)
