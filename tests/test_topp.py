@@ -69,6 +69,8 @@ def row_kinds(n: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
     tiny = torch.softmax(torch.randn(n, generator=gen) * 3, -1)
     tiny[torch.rand(n, generator=gen) < 0.5] *= 1e-38  # subnormals: the bit-pattern search must order them
     rows["subnormal"] = tiny
+    # Every entry subnormal (exponent field 0, no hidden bit): the threshold itself lies among them.
+    rows["all_subnormal"] = torch.softmax(torch.randn(n, generator=gen) * 2, -1) * 1e-38
     rows["all_zero"] = torch.zeros(n)
     return rows
 
@@ -107,6 +109,10 @@ def make_cases(gen: torch.Generator) -> list[dict]:
         cases.append(dict(name=f"n300_p{p}_{kw}", probs=probs, kinds=list(kinds), p=p, kw=kw))
     for dtype in (torch.bfloat16, torch.float16):
         kinds = row_kinds(64, gen)
+        if dtype == torch.bfloat16:
+            # Triton's interpreter widens bfloat16 subnormals wrongly (3.0e-39 loads as 3.7e-40 with triton 3.9.0 on
+            # the CPU), so those rows would test the interpreter; the GPU tests run them in every dtype.
+            del kinds["all_subnormal"]
         cases.append(dict(name=f"{dtype}", probs=torch.stack(list(kinds.values())).to(dtype),
                           kinds=list(kinds), p=0.9, kw={}))
     base = torch.softmax(torch.randn(40, 6, generator=gen) * 2, 0)
