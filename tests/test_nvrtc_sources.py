@@ -15,7 +15,7 @@ import re
 import pytest
 
 from sparsebench.kernels import cuda_decode, cuda_topk, cuda_topp, cuda_topp_grid
-from sparsebench.kernels.compile_check import nvrtc_compile, nvrtc_library, nvrtc_sass
+from sparsebench.kernels.compile_check import nvdisasm_path, nvrtc_compile, nvrtc_library, nvrtc_sass
 
 pytestmark = pytest.mark.skipif(nvrtc_library() is None, reason="needs NVRTC: pip install nvidia-cuda-nvrtc-cu12")
 
@@ -107,15 +107,11 @@ def test_topk_source_rejects_shapes_it_cannot_hold() -> None:
                          last_in_budget=False)
 
 
+@pytest.mark.skipif(nvdisasm_path() is None, reason="needs nvdisasm, from Triton's NVIDIA backend")
 def test_nvrtc_sass_lists_the_instructions() -> None:
     """:func:`nvrtc_sass` returns a kernel's SASS, one instruction a line (how the grid top-p's register gather was
     found rebuilding its store address at every unrolled step), and reports a compile error as such."""
-    pytest.importorskip("triton")
-    source = 'extern "C" __global__ void k(float* x) { x[threadIdx.x] = 2.0f * x[threadIdx.x]; }'
-    try:
-        sass = nvrtc_sass(source)
-    except RuntimeError as exc:  # a Triton without its NVIDIA backend has no disassembler
-        pytest.skip(str(exc))
+    sass = nvrtc_sass('extern "C" __global__ void k(float* x) { x[threadIdx.x] = 2.0f * x[threadIdx.x]; }')
     assert any(line.split()[1].startswith("LDG") for line in sass), sass
     assert any(line.split()[1].startswith("STG") for line in sass), sass
     assert any(line.split()[1] == "EXIT" for line in sass), sass

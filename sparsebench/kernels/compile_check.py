@@ -23,6 +23,9 @@ import ctypes
 import functools
 import importlib.util
 import inspect
+import re
+import subprocess
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +33,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["Launch", "LaunchRecorder", "compile_launch", "nvidia_compiler_available", "nvrtc_compile",
-           "nvrtc_library", "nvrtc_sass"]
+__all__ = ["Launch", "LaunchRecorder", "compile_launch", "nvdisasm_path", "nvidia_compiler_available",
+           "nvrtc_compile", "nvrtc_library", "nvrtc_sass"]
 
 _POINTER_TYPES = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.float64: "*fp64",
                   torch.int8: "*i8", torch.uint8: "*u8", torch.int16: "*i16", torch.int32: "*i32",
@@ -165,22 +168,24 @@ def nvrtc_compile(source: str, *, arch: str = "sm_90", options: tuple[str, ...] 
     return _nvrtc_program(source, arch, options, want_cubin=False)[0]
 
 
+def nvdisasm_path() -> Path | None:
+    """The ``nvdisasm`` that Triton's NVIDIA backend ships, or None where Triton or that backend is missing."""
+    try:
+        import triton
+    except ImportError:
+        return None
+    path = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
+    return path if path.exists() else None
+
+
 def nvrtc_sass(source: str, *, arch: str = "sm_90", options: tuple[str, ...] = ("-std=c++17",)) -> list[str]:
     """The SASS instructions of CUDA ``source`` compiled for ``arch``, one line each (``nvdisasm`` of the NVRTC
     cubin, the disassembler from Triton's NVIDIA backend). Why: what the compiler made of a kernel's hot loop (an
     address rebuilt at every unrolled step, say) can be read and counted here, with no GPU. Raises
-    ``RuntimeError`` where NVRTC or the disassembler is missing."""
-    import re
-    import subprocess
-    import tempfile
-
-    try:
-        import triton
-    except ImportError as exc:
-        raise RuntimeError("nvdisasm comes with Triton's NVIDIA backend: pip install triton") from exc
-    nvdisasm = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
-    if not nvdisasm.exists():
-        raise RuntimeError(f"no disassembler at {nvdisasm}")
+    ``RuntimeError`` where NVRTC or the disassembler is missing, and with the log on a compile error."""
+    nvdisasm = nvdisasm_path()
+    if nvdisasm is None:
+        raise RuntimeError("no nvdisasm: it comes with Triton's NVIDIA backend (pip install triton)")
     cubin = _nvrtc_program(source, arch, options, want_cubin=True)[1]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "kernel.cubin"
