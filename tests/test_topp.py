@@ -812,6 +812,11 @@ def test_bench_dry_run(tmp_path: Path) -> None:
                 "passes_mean", "rows_differing_from_reference", "min_kept_mass", "config", "best_us", "best_config"):
         assert key in result, key
     assert result["rows_differing_from_reference"] == 0 and result["min_kept_mass"] >= 0.9 * (1 - 1e-12)
+    # "one read" is the fastest reading kernel, and every one's time is kept
+    assert result["read_us"] == min(result["read_variants_us"].values())
+    assert result["read_variants_us"][result["read_kernel"]] == result["read_us"]
+    assert {"probs.sum(-1)", "probs.sum()"} <= set(result["read_variants_us"])
     assert len(report["sweep"]) >= 2 and all(s["matches_reference"] for s in report["sweep"]), report["sweep"]
     md = (tmp_path / "bench_topp.md").read_text()
     assert "Fastest exact configuration per shape" in md and "| 40 |" in md
+    assert "One read: every reading kernel" in md

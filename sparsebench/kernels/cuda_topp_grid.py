@@ -3,12 +3,14 @@
 Why this exists next to the one-CTA / cluster kernel (:mod:`sparsebench.kernels.cuda_topp`): that kernel keeps a row
 in one CTA, or a thread-block cluster of 2-4, and rows of 64K-128K entries held 43 entries a thread in shared memory
 and paid three shared-memory atomics for each in their histogram pass: 19.4 and 30.6 µs for 32 rows on the H200,
-2.4x and 3.2x one read of the input, where the project asks for 2x. Here a row takes ``CTAS`` ordinary CTAs
-(:data:`DEFAULT_CTAS`), each holding a slice in shared memory with one shared atomic an entry, and the CTAs meet
-through global memory: 8.3, 10.4, 12.9-13.0 and 17.3-17.4 µs at 16K, 32K, 64K and 128K entries (2.20-2.22x, 1.99x,
-1.60x and 1.80-1.83x one read; ``benchmarks/RESULTS.md``, twenty-first session). At 8K it loses to the radix
-kernel (8.4 against 7.0 µs, before the range-only slot writes; 7.5 with registers sized to the row, not merged: the
-row barriers and the level-1 exchange cost 3-4 µs at any length), so
+2.4x and 3.2x torch's row sum, and about 7.8x and 8.8x the read floor that :mod:`sparsebench.bench.read_floor`
+measured later. Here a row takes ``CTAS`` ordinary CTAs (:data:`DEFAULT_CTAS`), each holding a slice in shared memory
+with one shared atomic an entry, and the CTAs meet through global memory: 8.2-8.3, 10.4-10.5, 12.9-13.0 and 17.3-17.4
+µs at 16K, 32K, 64K and 128K entries (``benchmarks/RESULTS.md``, twenty-first and twenty-second sessions). That is
+4.8x, 5.3x, 5.2x and 5.0x one read of the input as :mod:`sparsebench.bench.read_floor` measures it (2x is asked). The
+twenty-first session's 2.2 / 1.99 / 1.60 / 1.8x were against torch's row sum, a slow read at these lengths. At 8K it
+loses to the radix kernel (8.4 against 7.0 µs, before the range-only slot writes; 7.5 with registers sized to the
+row, not merged: the row barriers and the level-1 exchange cost 3-4 µs at any length), so
 :func:`~sparsebench.kernels.cuda_topp.launch_topp` takes it from 16K entries up.
 
 Algorithm (every CTA of a row; they meet at two row barriers)
