@@ -89,8 +89,8 @@ differing from the reference, one pass at every length). 3.7 / 4.35 / 4.97-4.99 
 30.6 µs at 1K-128K entries, against the Triton kernel's 8.6 / 8.6 / 12.4 / 18.2 / 30.4 / 39.8 / 92.6 / 179.3 and
 sort's 40-658 µs: 10.0-21.5x faster than sort at every length (the project's target is 10x up to 32K; 4K is
 10.01-10.05x), and 0.65-3.2x the time of torch's row sum (then the benchmark's "one read"). Against the read
-floor of :mod:`sparsebench.bench.read_floor` the same kernel, unchanged since, is 2.6 / 3.0 / 3.2 / 4.4x one read at
-1K / 2K / 4K / 8K (twenty-second session): the target of 2x is missed at every length. The thirteenth
+floor of :mod:`sparsebench.bench.read_floor`, the twenty-second session measured this kernel at 3.7 / 4.3 / 4.9 /
+7.0 µs, 2.6 / 3.0 / 3.2 / 4.4x one read at 1K / 2K / 4K / 8K: the target of 2x is missed at every length. The thirteenth
 session's kernel took 3.9 / 4.5 / 5.4 / 7.6 µs at 1K-8K: the count histograms left out there are this session's; the
 twelfth's took 3.9-62.6 µs (64K 27.8, 128K 62.3). Where the time goes
 (``benchmarks/device/topp_timeline_probe.py``, cycles of thread 0 between the ``MARK`` points, fourteenth session):
