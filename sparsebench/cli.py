@@ -422,7 +422,9 @@ def cmd_bench(argv: Sequence[str]) -> int:
     module = importlib.import_module(BENCHMARKS[argv[0]][0])
     try:
         return int(module.main(list(argv[1:])))
-    except SystemExit as exc:  # argparse inside the benchmark
+    except SystemExit as exc:  # argparse inside the benchmark, or a benchmark's own message (no GPU, ...)
+        if isinstance(exc.code, str):
+            raise UsageError(f"sparsebench bench {argv[0]}: {exc.code}") from None
         if exc.code not in (0, None):
             raise UsageError(f"sparsebench bench {argv[0]}: bad arguments (see --help)") from None
         return 0

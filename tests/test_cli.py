@@ -104,3 +104,14 @@ def test_help_shows_policy_params(capsys: pytest.CaptureFixture[str]) -> None:
         main(["run", "--policy", "random_blocks", "--help"])
     assert exc.value.code == 0
     assert "--keep-frac" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message a machine without a GPU gets")
+def test_bench_passes_on_a_benchmarks_own_message(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """A benchmark that stops with its own message (here: no GPU) gets that message, not "bad arguments"."""
+    code, _, err = run_cli(capsys, "bench", "topp", "--out", str(tmp_path))
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1
+    assert "no CUDA device: run on a GPU machine, or pass --dry-run" in lines[0]
+    code, _, err = run_cli(capsys, "bench", "topp", "--no-such-flag")
+    assert code == 2 and "bad arguments (see --help)" in err

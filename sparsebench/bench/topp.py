@@ -49,7 +49,6 @@ from typing import Any
 import torch
 
 from sparsebench.bench.common import fmt, run_and_publish
-from sparsebench.bench.read_floor import read_variants
 from sparsebench.kernels.capture import capture
 
 SPEEDUP_TARGET = 10.0  # vs sort, for N <= SPEEDUP_TARGET_MAX_N
@@ -313,6 +312,9 @@ class Bench:
         nbytes = probs.numel() * probs.element_size()
         t_triton = self.timer(lambda: topp.topp_mask_triton(probs, args.p, check=False))
         t_sort = self.timer(lambda: sort_topp(probs, args.p))
+        # Imported here: read_floor imports triton, which must not happen before main() has chosen the interpreter.
+        from sparsebench.bench.read_floor import read_variants
+
         read_us = {name: self.timer(fn) for name, fn in read_variants(probs).items()}
         read_kernel = min(read_us, key=read_us.__getitem__)
         t_read = read_us[read_kernel]
