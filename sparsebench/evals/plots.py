@@ -130,21 +130,22 @@ def plot_kernel_speedups(topp_rows: list[dict[str, Any]], attention_rows: list[d
             continue
         label = f"{r['method']} ({r.get('selection', '')})"
         attention_curves.setdefault(label, []).append((int(r["context"]), float(r["speedup_vs_flashinfer"])))
+    # (curves, x label, y label, title, target lines, log y: the read ratios span about 1x to 50x)
     panels = [
         (sort_curves, "entries per row (N)", "speed-up over sort-based top-p (x)", "sorting-free top-p vs sort",
-         ((10.0, "10x (asked up to 32K entries)"),)),
+         ((10.0, "10x (asked up to 32K entries)"),), False),
         (read_curves, "entries per row (N)", "time / one read of the input (x)", "sorting-free top-p vs one read",
-         ((2.0, "2x (asked)"),)),
+         ((2.0, "2x (asked)"),), True),
         (dict(sorted(attention_curves.items())), "context (tokens)", "speed-up over dense FlashInfer decode (x)",
-         "block-sparse attention step (select + plan + kernel)", ()),
+         "block-sparse attention step (select + plan + kernel)", (), False),
     ]
     panels = [panel for panel in panels if panel[0]]
     if not panels:
         raise ValueError("no bench topp speed-up or bench attention sparse row to plot")
     fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.2), squeeze=False)
-    for ax, (curves, xlabel, ylabel, panel_title, targets) in zip(axes[0], panels, strict=True):
+    for ax, (curves, xlabel, ylabel, panel_title, targets, log_y) in zip(axes[0], panels, strict=True):
         _speedup_panel(ax, curves, xlabel, ylabel, panel_title, targets)
-        if curves is read_curves:  # ratios from about 1x to 50x: a log scale keeps the 2x line readable
+        if log_y:
             ax.set_yscale("log")
     fig.suptitle(title)
     paths = save_figure(fig, out)
