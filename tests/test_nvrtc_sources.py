@@ -14,7 +14,7 @@ import re
 
 import pytest
 
-from sparsebench.kernels import cuda_decode, cuda_topk, cuda_topp, cuda_topp_grid
+from sparsebench.kernels import cuda_decode, cuda_topk, cuda_topp, cuda_topp_grid, cuda_topp_short
 from sparsebench.kernels.compile_check import nvdisasm_path, nvrtc_compile, nvrtc_library, nvrtc_sass
 
 pytestmark = pytest.mark.skipif(nvrtc_library() is None, reason="needs NVRTC: pip install nvidia-cuda-nvrtc-cu12")
@@ -75,6 +75,18 @@ def test_topp_grid_sources_compile() -> None:
     log = compiled(cuda_topp_grid.source(threads=1024, ctas=4, dtype_code=0, write_passes=False, timeline=True))
     smem = max(int(m) for m in re.findall(r"(\d+) bytes smem", log))
     assert smem + 4 * cuda_topp_grid.MAX_SLICE <= H200_SMEM_OPTIN
+
+
+def test_topp_short_sources_compile() -> None:
+    """The short-row top-p kernel (:mod:`cuda_topp_short`) in every shape of its table at the longest row each takes,
+    every dtype, and with the probe's phase marks (``benchmarks/device/topp_short_probe.py --timeline``)."""
+    for (up_to, (threads, bins, pairwise)), dtype_code in itertools.product(cuda_topp_short.SHAPE_TABLE, (0, 1, 2)):
+        compiled(cuda_topp_short.source(items=-(-up_to // threads), threads=threads, dtype_code=dtype_code,
+                                        write_passes=True, bins=bins, pairwise=pairwise))
+    marks = ("#define MARK(i) if (threadIdx.x == 0) ((long long*)passes_out)[blockIdx.x * 32 + (i)] = clock64();\n"
+             "#define MARK_SCAN(i) if (n_pass == 0) MARK(16 + (i))\n")
+    compiled(marks + cuda_topp_short.source(items=2, threads=512, dtype_code=0, write_passes=False, bins=128,
+                                            pairwise=64))
 
 
 def test_topk_sources_compile() -> None:

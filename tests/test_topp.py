@@ -534,9 +534,10 @@ def test_triton_cuda_split(kw: dict) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("n", [1, 7, 100, 1000, 1024, 4097, 8192, 32768, 65536, 131072])
 def test_cuda_radix_kernel(n: int) -> None:
-    """The CUDA radix kernel (``backend="cuda"``) on every row kind, dtype and p,
-    against the exact reference (near-ties aside), with its pass count bounded."""
-    from sparsebench.kernels.topp import topp_mask_cuda
+    """The CUDA radix kernel (also at the lengths the short-row kernel takes by default) on every row kind, dtype and
+    p, against the exact reference (near-ties aside), with its pass count bounded; and ``backend="cuda"``, whichever
+    kernel it picks, against the same reference."""
+    from sparsebench.kernels.cuda_topp import launch_topp
 
     gen = torch.Generator().manual_seed(SEED)
     probs = torch.cat([torch.stack(list(row_kinds(n, gen).values())),
@@ -544,11 +545,60 @@ def test_cuda_radix_kernel(n: int) -> None:
     for dtype, p in itertools.product((torch.float32, torch.bfloat16, torch.float16), PS):
         x = probs.to(dtype).cuda()
         passes = torch.zeros(x.shape[0], dtype=torch.int32, device="cuda")
-        mask = topp_mask_cuda(x, p, passes_out=passes)
+        out = torch.empty(x.shape, dtype=torch.uint8, device="cuda")
+        launch_topp(x, p, out, passes, short=False)
+        mask = out.bool()
         check_mask(x.cpu(), mask.cpu(), p, f"cuda radix n={n} {dtype} p={p}")
         check_against_reference(x.cpu(), mask.cpu(), p, f"cuda radix n={n} {dtype} p={p}")
         assert int(passes.max()) <= 3, (n, dtype, p, passes.tolist())
-        assert torch.equal(topp_mask(x, p, backend="cuda"), mask)
+        picked = topp_mask(x, p, backend="cuda")
+        check_against_reference(x.cpu(), picked.cpu(), p, f"cuda default n={n} {dtype} p={p}")
+
+
+def short_test_rows(n: int, gen: torch.Generator) -> torch.Tensor:
+    """Rows for :func:`test_cuda_short_kernel`: every row kind, softmax rows at temperatures 1-8, and rows that take
+    the kernel's rarer paths: a crossing under its 256-bin window of 16 binades (every entry but one lies 17-18
+    binades under it: at p close to 1, and at 8K entries from p 0.95, the threshold lies among them), and many
+    distinct entries in one bin (more candidates than its pairwise step)."""
+    temps = torch.tensor([1.0, 2.0, 4.0, 8.0])[:, None]
+    rows = [*row_kinds(n, gen).values(), *torch.softmax(torch.randn(4, n, generator=gen) * temps, -1)]
+    if n >= 2:
+        deep = 2.0**-18 * (1 + torch.rand(n, generator=gen))
+        deep[int(torch.randint(n, (1,), generator=gen))] = 1.0
+        rows.append(deep / deep.sum())
+    if n >= 200:
+        one_bin = torch.full((n,), 1e-9)
+        picked = torch.randperm(n, generator=gen)[: n // 2]
+        one_bin[picked] = 2.0**-12 * (1 + torch.rand(len(picked), generator=gen) / 16)
+        rows.append(one_bin / one_bin.sum())
+    return torch.stack(rows)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("n", [1, 7, 100, 1000, 1024, 2048, 4097, 8192])
+def test_cuda_short_kernel(n: int) -> None:
+    """The short-row CUDA kernel (one CTA a row, fixed point scaled by the row's maximum, 256 bins under it) on every
+    row kind, dtype and p, at its default shape and others (block size, bins, pairwise limit), against the exact
+    reference (near-ties aside), twice in a row (its shared counters are cleared by each launch), with its pass count
+    bounded."""
+    from sparsebench.kernels.cuda_topp_short import MAX_ITEMS, launch_topp_short
+
+    gen = torch.Generator().manual_seed(SEED)
+    probs = short_test_rows(n, gen)
+    for kw in ({}, dict(threads=64), dict(threads=256, bins=128, pairwise=256), dict(threads=1024, bins=512)):
+        if kw and -(-n // kw["threads"]) > MAX_ITEMS:
+            continue
+        for dtype, p in itertools.product((torch.float32, torch.bfloat16, torch.float16), PS):
+            x = probs.to(dtype).cuda()
+            passes = torch.full((x.shape[0],), -1, dtype=torch.int32, device="cuda")
+            for _ in range(2):
+                out = torch.empty(x.shape, dtype=torch.uint8, device="cuda")
+                launch_topp_short(x, p, out, passes, **kw)
+            where = f"cuda short n={n} {kw} {dtype} p={p}"
+            check_mask(x.cpu(), out.bool().cpu(), p, where)
+            check_against_reference(x.cpu(), out.bool().cpu(), p, where)
+            assert int(passes.min()) >= 0 and int(passes.max()) <= 6, (where, passes.tolist())
 
 
 @pytest.mark.gpu
@@ -788,6 +838,47 @@ def test_cuda_radix_scope() -> None:
     assert "hold at most 32768 entries" in (check_shape(40000, 512, 2048, 2) or "")  # 32 in registers
     assert "from the cluster size (8)" in (check_shape(8192, 512, 4, 8) or "")
     assert check_shape(8192, 512, 8, 8) is None
+
+
+def test_cuda_short_scope(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The short-row kernel's shapes pass its own checks, its refusals say why, and the CUDA launch takes it by
+    default for rows of up to 4096 entries unless a radix or grid shape is asked for (checked without a GPU: the
+    launch is replaced by a spy, and the radix path stops at its first device query)."""
+    from sparsebench.kernels import cuda_topp, cuda_topp_short
+    from sparsebench.kernels.cuda_topp_short import DEFAULT_UP_TO, MAX_N, SHAPE_TABLE, check_short_shape, short_shape
+
+    for n in (1, 100, 1024, 2048, 2049, 4096, 4097, MAX_N):
+        threads, bins, pairwise = short_shape(n)
+        assert check_short_shape(n, threads, bins, pairwise) is None, n
+    assert [up_to for up_to, _ in SHAPE_TABLE] == sorted(up_to for up_to, _ in SHAPE_TABLE)
+    assert SHAPE_TABLE[-1][0] == MAX_N and DEFAULT_UP_TO <= MAX_N
+    assert "power of two from 64 to 1024" in (check_short_shape(100, 96, 256, 64) or "")
+    assert "at most 16" in (check_short_shape(MAX_N + 1, 512, 256, 64) or "")
+    assert "128, 256 or 512" in (check_short_shape(100, 256, 1024, 64) or "")
+    assert "to the threads (64)" in (check_short_shape(100, 64, 256, 128) or "")
+    # f(x) stays under 2**(24 + K) and a row of N entries under 2**63.
+    assert all(24 + cuda_topp_short.fixed_point_shift(n) + (n - 1).bit_length() <= 63 for n in (2, 1024, 8192))
+
+    calls: list[tuple[int, ...]] = []
+    monkeypatch.setattr(cuda_topp, "launch_topp_short", lambda x, p, out, passes=None: calls.append(tuple(x.shape)))
+
+    class NoDevice(Exception):
+        pass
+
+    def no_device(*_: object) -> None:
+        raise NoDevice
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", no_device)
+    out = torch.empty(2, DEFAULT_UP_TO, dtype=torch.uint8)
+    cuda_topp.launch_topp(torch.rand(2, DEFAULT_UP_TO), 0.9, out)
+    assert calls == [(2, DEFAULT_UP_TO)]
+    for kw in (dict(grid=False), dict(threads=512), dict(short=False)):
+        with pytest.raises(NoDevice):
+            cuda_topp.launch_topp(torch.rand(2, 1000), 0.9, out[:, :1000], **kw)
+    with pytest.raises(NoDevice):  # longer rows: the radix or grid kernel
+        cuda_topp.launch_topp(torch.rand(2, DEFAULT_UP_TO + 1), 0.9, torch.empty(2, DEFAULT_UP_TO + 1))
+    cuda_topp.launch_topp(torch.rand(2, MAX_N), 0.9, torch.empty(2, MAX_N), short=True)
+    assert calls[-1] == (2, MAX_N)
 
 
 # ---------------------------------------------------------------------------------------------

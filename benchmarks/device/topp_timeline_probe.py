@@ -110,7 +110,7 @@ def main() -> None:
         floor_call = functools.partial(floor, grid=(32, 1, 1), block=(threads, 1, 1),
                                        args=[probs, out, n, probs.stride(0), out.stride(0)])
         t_floor = statistics.median(time_gpu(floor_call, warmup=3, repeats=30, flush=None, calls=20))
-        call = functools.partial(cuda_topp.launch_topp, probs, 0.95, out)
+        call = functools.partial(cuda_topp.launch_topp, probs, 0.95, out, short=False)  # the radix kernel
         t_kernel = statistics.median(time_gpu(call, warmup=3, repeats=30, flush=None, calls=20))
         rows_out.append(dict(n=n, threads=threads, items=items, cluster=cluster, phases_cycles=phases,
                              kernel_us=t_kernel, floor_us=t_floor, exact=ok))

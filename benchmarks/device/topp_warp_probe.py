@@ -39,14 +39,6 @@ _WARP_TOPP = r"""
 // again (fully unrolled, the compiler hoists every load and spills).
 constexpr int UNR = E <= 32 && KEEP ? E / 4 : 4;
 
-__device__ __forceinline__ u64 shfl_u64(u64 v, int src) {
-    const u32 lo = __shfl_sync(FULL, (u32)v, src), hi = __shfl_sync(FULL, (u32)(v >> 32), src);
-    return ((u64)hi << 32) | lo;
-}
-__device__ __forceinline__ u64 shfl_up_u64(u64 v, int o) {
-    const u32 lo = __shfl_up_sync(FULL, (u32)v, o), hi = __shfl_up_sync(FULL, (u32)(v >> 32), o);
-    return ((u64)hi << 32) | lo;
-}
 __device__ __forceinline__ u64 warp_sum_u64(u64 v) {
     #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += shfl_u64(v, (threadIdx.x & 31) ^ o);

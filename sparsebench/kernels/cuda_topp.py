@@ -102,6 +102,11 @@ overall), or atomic contention (warp-aggregated adds were 1.4-12x slower; warp-a
 *number* of atomics an entry is (one fewer: 5-8% at 1K-8K). No host synchronisation: CUDA-graph safe.
 ``topp_mask(backend="auto")`` picks this kernel on a GPU where NVRTC runs.
 
+Rows of up to 4K entries take the short-row kernel instead (:mod:`sparsebench.kernels.cuda_topp_short`: one CTA a
+row, fixed point scaled by the row's maximum, a few hundred bins under it scanned by one warp): 3.18-3.21 / 3.89 /
+4.90 µs at 1K / 2K / 4K (twenty-third session), against this kernel's 3.68 / 4.34 / 4.94 (twenty-second); at 4K it
+was faster on flatter rows (temperature 1: 5.2 against 6.3 µs). ``launch_topp(short=False)`` runs this one.
+
 Rows over :data:`GRID_FROM` (8K) entries take the grid kernel instead (:mod:`sparsebench.kernels.cuda_topp_grid`:
 four ordinary CTAs a row that meet in global memory) where its CTAs all fit the GPU at once (:func:`uses_grid`):
 8.3 / 10.4 / 12.9 / 17.3-17.4 µs at 16K / 32K / 64K / 128K (twenty-first session), against this kernel's
@@ -121,6 +126,8 @@ import torch
 
 from sparsebench.errors import UsageError
 from sparsebench.kernels.cuda_topp_grid import grid_shape, launch_topp_grid
+from sparsebench.kernels.cuda_topp_short import DEFAULT_UP_TO as SHORT_UP_TO
+from sparsebench.kernels.cuda_topp_short import launch_topp_short
 from sparsebench.kernels.nvrtc import (
     COMMON_SOURCE,
     DTYPE_CODES,
@@ -851,9 +858,11 @@ def uses_grid(n: int, rows: int, sms: int) -> bool:
 
 
 def kernel_name(n: int, rows: int, device: torch.device | int) -> str:
-    """Which CUDA top-p kernel :func:`launch_topp` runs by default for ``rows`` rows of ``n`` entries: "grid",
-    "radix, cluster of C" or "radix, one CTA a row" (for the benchmark's tables)."""
+    """Which CUDA top-p kernel :func:`launch_topp` runs by default for ``rows`` rows of ``n`` entries: "short, one
+    CTA a row", "grid", "radix, cluster of C" or "radix, one CTA a row" (for the benchmark's tables)."""
     props = torch.cuda.get_device_properties(device)
+    if n <= SHORT_UP_TO:
+        return "short, one CTA a row"
     if uses_grid(n, rows, props.multi_processor_count):
         return "grid"
     cluster = launch_shape(n, props.major >= 9, rows, props.multi_processor_count)[2]
@@ -862,15 +871,23 @@ def kernel_name(n: int, rows: int, device: torch.device | int) -> str:
 
 def launch_topp(x: torch.Tensor, p: float, out: torch.Tensor, passes_out: torch.Tensor | None = None, *,
                 threads: int | None = None, bins: int | None = None, cluster: int | None = None,
-                smem_keys: bool | None = None, grid: bool | None = None) -> None:
+                smem_keys: bool | None = None, grid: bool | None = None, short: bool | None = None) -> None:
     """Write the top-p mask of ``x`` ``[rows, n]`` (float32/bfloat16/float16, last dim contiguous, ``n`` at most
     :func:`max_row`, values validated by the caller) into ``out`` (uint8 ``[rows, n]``); ``passes_out`` (int32
     ``[rows]``) gets each row's histogram passes. :func:`sparsebench.kernels.topp.topp_mask` validates.
     ``threads``, ``bins`` and ``cluster`` override the launch shape and the histogram size, and ``smem_keys``
     where the entries are kept (default: :func:`keys_in_shared`), for the benchmark's sweeps. ``grid``: the grid
     kernel (:mod:`sparsebench.kernels.cuda_topp_grid`; ``passes_out`` then gets 3, its levels, or 0) or not; by
-    default where :func:`uses_grid` says so and no radix shape is asked for."""
+    default where :func:`uses_grid` says so and no radix shape is asked for. ``short``: the short-row kernel
+    (:mod:`sparsebench.kernels.cuda_topp_short`) or not; by default for rows of up to ``SHORT_UP_TO`` (4096) entries
+    where neither a radix shape nor ``grid`` is asked for."""
     rows, n = x.shape
+    if short is None:
+        short = (n <= SHORT_UP_TO and threads is None and bins is None and cluster is None and smem_keys is None
+                 and grid is None)
+    if short:
+        launch_topp_short(x, p, out, passes_out)
+        return
     props = torch.cuda.get_device_properties(x.device)
     if grid is None:
         grid = (threads is None and bins is None and cluster is None and smem_keys is None

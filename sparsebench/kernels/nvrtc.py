@@ -34,8 +34,9 @@ MIN_THREADS, MAX_THREADS = 256, 1024
 #: ``IN_DTYPE`` values of :data:`COMMON_SOURCE`'s ``load_value``.
 DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
-#: Typedefs, ``load_value`` (element ``i`` of a float32/bfloat16/float16 array as float32, by ``IN_DTYPE``), and
-#: ``warp_sum`` and the block-wide ``block_scan`` over one value a thread (blockDim a multiple of 32, at most 1024).
+#: Typedefs, ``load_value`` (element ``i`` of a float32/bfloat16/float16 array as float32, by ``IN_DTYPE``), 64-bit
+#: shuffles, and ``warp_sum`` and the block-wide ``block_scan`` over one value a thread (blockDim a multiple of 32, at
+#: most 1024).
 COMMON_SOURCE = r"""
 #define FULL 0xffffffffu
 
@@ -89,6 +90,16 @@ __device__ __forceinline__ const void* row_of(const void* base, int row, int str
 #else
     return (const u16*)base + (long long)row * stride;
 #endif
+}
+
+// A 64-bit value shuffled as two 32-bit halves (the explicit form the top-p kernels were measured with).
+__device__ __forceinline__ u64 shfl_u64(u64 v, int src) {
+    const u32 lo = __shfl_sync(FULL, (u32)v, src), hi = __shfl_sync(FULL, (u32)(v >> 32), src);
+    return ((u64)hi << 32) | lo;
+}
+__device__ __forceinline__ u64 shfl_up_u64(u64 v, int o) {
+    const u32 lo = __shfl_up_sync(FULL, (u32)v, o), hi = __shfl_up_sync(FULL, (u32)(v >> 32), o);
+    return ((u64)hi << 32) | lo;
 }
 
 template <typename T> __device__ __forceinline__ T warp_sum(T v) {

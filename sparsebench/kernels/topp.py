@@ -846,10 +846,11 @@ def cuda_unusable_reason(probs: torch.Tensor) -> str | None:
 def topp_mask_cuda(probs: torch.Tensor, p: float, *, check: bool = True,
                    passes_out: torch.Tensor | None = None) -> torch.Tensor:
     """Top-p keep-mask of ``probs`` [R, N] (CUDA; ``N <= 32768``, or ``262144`` on GPUs with thread-block clusters)
-    by the radix-selection CUDA kernel
-    (:mod:`sparsebench.kernels.cuda_topp`), or for rows over 8K entries that fit it the grid kernel
-    (:mod:`sparsebench.kernels.cuda_topp_grid`): the semantics above with a near-tie margin of about ``2e-15 T``
-    (the grid kernel's: under ``5e-10 T`` at 128K entries).
+    by the short-row CUDA kernel for rows of up to 4K entries (:mod:`sparsebench.kernels.cuda_topp_short`), the
+    radix-selection CUDA kernel (:mod:`sparsebench.kernels.cuda_topp`), or for rows over 8K entries that fit it the
+    grid kernel (:mod:`sparsebench.kernels.cuda_topp_grid`): the semantics above with a near-tie margin of about
+    ``2e-15 T`` (the short-row kernel's: under ``1e-11 T`` at 4K entries; the grid kernel's: under ``5e-10 T`` at
+    128K entries).
     ``passes_out`` (int32 [R], on the device) receives each row's histogram passes (the grid kernel: its 3 levels).
     No host synchronisation with ``check=False``; the grid kernel's CTAs wait for each other, so do not run it on
     two streams of one device at once."""
@@ -879,12 +880,12 @@ def _cuda_mask(probs: torch.Tensor, pf: float, passes_out: torch.Tensor | None) 
 def topp_mask(probs: torch.Tensor, p: float, backend: Backend = "auto", *, check: bool = True) -> torch.Tensor:
     """Top-p keep-mask of ``probs`` [R, N]: per row the smallest set ``{x >= t}`` holding ``p`` of the mass.
 
-    ``backend="auto"`` uses the radix-selection CUDA kernel (:func:`topp_mask_cuda`) where
-    :func:`cuda_unusable_reason` finds nothing against it: on the H200 it is faster than the Triton kernel at every
-    length from 1K to 128K entries (rows over 16K in thread-block clusters; ``benchmarks/RESULTS.md``, tenth and
-    eleventh sessions). Elsewhere ``auto`` uses the Triton kernel where :func:`triton_usable` says so and the dtype
-    suits it (e.g. a GPU without NVRTC), else the exact torch reference. All follow the semantics in the module
-    docstring; the CUDA kernel's near-tie margin is the smallest.
+    ``backend="auto"`` uses the CUDA kernels (:func:`topp_mask_cuda`) where :func:`cuda_unusable_reason` finds
+    nothing against them: on the H200 they are faster than the Triton kernel at every length from 1K to 128K entries
+    (``benchmarks/RESULTS.md``, tenth, eleventh, eighteenth and twenty-third sessions). Elsewhere ``auto`` uses the
+    Triton kernel where :func:`triton_usable` says so and the dtype suits it (e.g. a GPU without NVRTC), else the
+    exact torch reference. All follow the semantics in the module docstring; the CUDA kernels' near-tie margins are
+    the smallest.
     """
     if backend not in ("auto", "cuda", "triton", "torch"):
         raise UsageError(f"unknown top-p backend {backend!r}; choose 'auto', 'cuda', 'triton' or 'torch'")
