@@ -20,9 +20,10 @@ fastest exact one is reported per shape ("best" columns, JSON ``best_*`` and ``s
 variants are compiled first by ``--jobs`` processes (compile only: split kernels of several processes
 must never run side by side), so the timing process only loads them.
 
-On a GPU every shape the CUDA radix kernel takes (32K entries, 256K where the GPU runs thread-block clusters) also
-times it (:mod:`sparsebench.kernels.cuda_topp`, ``topp_mask(backend="cuda")``, what ``backend="auto"`` runs on a GPU
-with NVRTC), checked against the same reference ("CUDA radix kernel" table, JSON ``cuda_*``). The main columns stay
+On a GPU every shape the CUDA kernels take (32K entries, 256K where the GPU runs thread-block clusters) also
+times them (``topp_mask(backend="cuda")``, what ``backend="auto"`` runs on a GPU with NVRTC: the short-row kernel up
+to 4K entries, the radix kernel, the grid kernel beyond 8K; :mod:`sparsebench.kernels.cuda_topp`), checked against
+the same reference ("CUDA kernel" table, JSON ``cuda_*``, the kernel's name in ``cuda_kernel``). The main columns stay
 the Triton kernel's, the first sorting-free kernel the issue asked for.
 
 "One read" is the fastest of several reading kernels timed the same way (torch's row and whole-tensor sums,
@@ -350,8 +351,8 @@ class Bench:
 
     def cuda_kernel(self, probs: torch.Tensor, ref: torch.Tensor, t_sort: float, t_read: float,
                     n: int) -> dict[str, Any]:
-        """The CUDA kernel ``topp_mask(backend="cuda")`` runs (:mod:`sparsebench.kernels.cuda_topp`: the radix kernel,
-        or the grid kernel for long rows) on the same input: time, check, passes."""
+        """The CUDA kernel ``topp_mask(backend="cuda")`` runs (:mod:`sparsebench.kernels.cuda_topp`: the short-row
+        kernel, the radix kernel, or the grid kernel for long rows) on the same input: time, check, passes."""
         from sparsebench.kernels.cuda_topp import kernel_name
         from sparsebench.kernels.cuda_topp_grid import grid_timeouts
 
@@ -524,8 +525,8 @@ def to_markdown(report: dict[str, Any]) -> str:
             lines += [f"## {title}: default configuration", "", *_table(rows), ""]
     radix = [r for r in report["results"] if "cuda_us" in r]
     if radix:
-        lines += ["## CUDA kernel (`topp_mask(backend=\"cuda\")`: radix, rows over 16K in thread-block clusters; "
-                  "grid over 8K where it fits)",
+        lines += ["## CUDA kernel (`topp_mask(backend=\"cuda\")`: short rows up to 4K, radix (rows over 16K in "
+                  "thread-block clusters), grid over 8K where it fits)",
                   "", "| suite | rows | N | kernel | CUDA µs | Triton µs | sort µs | read µs | speedup vs sort "
                   "| CUDA / read | passes (mean/max) | rows ≠ ref | min kept mass | speedup target | read target |",
                   "|:---|---:|---:|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|:---:|"]

@@ -497,7 +497,7 @@ def _kernel() -> Callable[..., Any]:
 
 
 def triton_usable(device: torch.device | str) -> bool:
-    """Whether the Triton kernel can run on ``device`` (``backend="auto"`` takes it where the CUDA radix kernel
+    """Whether the Triton kernel can run on ``device`` (``backend="auto"`` takes it where the CUDA kernels
     cannot run; the fused selection kernels built on its search helpers ask this too).
 
     CUDA tensors need only Triton; CPU tensors need Triton imported in interpreter mode
