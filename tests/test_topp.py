@@ -587,7 +587,7 @@ def test_cuda_short_kernel(n: int) -> None:
     gen = torch.Generator().manual_seed(SEED)
     probs = short_test_rows(n, gen)
     for kw in ({}, dict(threads=64), dict(threads=256, bins=128, pairwise=256), dict(threads=1024, bins=512)):
-        if kw and -(-n // kw["threads"]) > MAX_ITEMS:
+        if "threads" in kw and -(-n // kw["threads"]) > MAX_ITEMS:
             continue
         for dtype, p in itertools.product((torch.float32, torch.bfloat16, torch.float16), PS):
             x = probs.to(dtype).cuda()
