@@ -58,7 +58,8 @@ MAX_N = 8192
 #: Most entries a thread holds.
 MAX_ITEMS = 16
 #: Rows up to this length take this kernel by default (:func:`sparsebench.kernels.cuda_topp.launch_topp`). At 8K it
-#: was no faster than the radix kernel on the H200 (6.8-7.1 against 7.0 µs in its best shapes, twenty-third session).
+#: was no faster than the radix kernel on the H200 across temperatures 1-2 (its default shape there 6.98-7.06 µs
+#: against 7.03-7.14 in the same calls, twenty-third session).
 DEFAULT_UP_TO = 4096
 #: ``(up to n entries, (threads, bins, pairwise))``: the launch shape by row length, from the H200 sweeps of the
 #: twenty-third session (``benchmarks/device/topp_short_probe.py``; 32 rows of softmax(randn x 1 or 2), p 0.9, steady
