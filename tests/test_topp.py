@@ -863,7 +863,7 @@ def test_cuda_short_scope(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cuda_topp, "launch_topp_short", lambda x, p, out, passes=None: calls.append(tuple(x.shape)))
 
     class NoDevice(Exception):
-        pass
+        """Raised where the radix or grid path would first ask the device for its properties."""
 
     def no_device(*_: object) -> None:
         raise NoDevice

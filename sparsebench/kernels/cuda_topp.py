@@ -860,9 +860,9 @@ def uses_grid(n: int, rows: int, sms: int) -> bool:
 def kernel_name(n: int, rows: int, device: torch.device | int) -> str:
     """Which CUDA top-p kernel :func:`launch_topp` runs by default for ``rows`` rows of ``n`` entries: "short, one
     CTA a row", "grid", "radix, cluster of C" or "radix, one CTA a row" (for the benchmark's tables)."""
-    props = torch.cuda.get_device_properties(device)
     if n <= SHORT_UP_TO:
         return "short, one CTA a row"
+    props = torch.cuda.get_device_properties(device)
     if uses_grid(n, rows, props.multi_processor_count):
         return "grid"
     cluster = launch_shape(n, props.major >= 9, rows, props.multi_processor_count)[2]
