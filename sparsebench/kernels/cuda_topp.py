@@ -129,6 +129,7 @@ from sparsebench.kernels.cuda_topp_grid import grid_shape, launch_topp_grid
 from sparsebench.kernels.cuda_topp_short import DEFAULT_UP_TO as SHORT_UP_TO
 from sparsebench.kernels.cuda_topp_short import launch_topp_short
 from sparsebench.kernels.nvrtc import (
+    CLUSTER_SOURCE,
     COMMON_SOURCE,
     DTYPE_CODES,
     MAX_THREADS,
@@ -269,43 +270,7 @@ __device__ __forceinline__ void hist_add(u32* hlo, u32* hhi, u32* hcnt, u32 w, u
 
 #if CLUSTER > 1
 // Thread-block clusters (sm_90): the CTAs of a row meet at cluster barriers and read each other's shared memory.
-#define CLUSTER_ATTR __cluster_dims__(CLUSTER, 1, 1)
-__device__ __forceinline__ void cluster_arrive() {
-    asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
-}
-__device__ __forceinline__ void cluster_wait() {
-    asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
-}
-__device__ __forceinline__ void cluster_sync() { cluster_arrive(); cluster_wait(); }
-__device__ __forceinline__ u32 cluster_rank() {
-    u32 r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-    return r;
-}
-// The address of this CTA's shared variable `local` in the shared memory of the cluster's CTA `rank`.
-__device__ __forceinline__ u32 peer(const void* local, u32 rank) {
-    unsigned long long s;
-    asm("cvta.to.shared.u64 %0, %1;" : "=l"(s) : "l"(local));
-    u32 a;
-    asm("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(a) : "r"((u32)s), "r"(rank));
-    return a;
-}
-__device__ __forceinline__ u64 peer_u64(u32 a) {
-    u64 v;
-    asm volatile("ld.shared::cluster.u64 %0, [%1];" : "=l"(v) : "r"(a) : "memory");
-    return v;
-}
-__device__ __forceinline__ u32 peer_u32(u32 a) {
-    u32 v;
-    asm volatile("ld.shared::cluster.u32 %0, [%1];" : "=r"(v) : "r"(a) : "memory");
-    return v;
-}
-__device__ __forceinline__ float peer_f32(u32 a) {
-    float v;
-    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(a) : "memory");
-    return v;
-}
-#else
+#define CLUSTER_ATTR __cluster_dims__(CLUSTER, 1, 1)""" + CLUSTER_SOURCE + r"""#else
 #define CLUSTER_ATTR
 #endif
 

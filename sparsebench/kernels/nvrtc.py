@@ -17,6 +17,7 @@ import torch
 from sparsebench.errors import DependencyError
 
 __all__ = [
+    "CLUSTER_SOURCE",
     "COMMON_SOURCE",
     "DTYPE_CODES",
     "MAX_THREADS",
@@ -140,6 +141,47 @@ template <typename T> __device__ __forceinline__ T block_scan(T v, T* ws, T* tot
 }
 """
 
+
+#: Thread-block cluster helpers (sm_90): the cluster barrier's halves, this CTA's rank, and loads from a peer CTA's
+#: shared memory (distributed shared memory, ``mapa`` / ``ld.shared::cluster``). A kernel compiled with them needs
+#: ``__cluster_dims__`` or a cluster launch.
+CLUSTER_SOURCE = r"""
+__device__ __forceinline__ void cluster_arrive() {
+    asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+}
+__device__ __forceinline__ void cluster_wait() {
+    asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+__device__ __forceinline__ void cluster_sync() { cluster_arrive(); cluster_wait(); }
+__device__ __forceinline__ u32 cluster_rank() {
+    u32 r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+}
+// The address of this CTA's shared variable `local` in the shared memory of the cluster's CTA `rank`.
+__device__ __forceinline__ u32 peer(const void* local, u32 rank) {
+    unsigned long long s;
+    asm("cvta.to.shared.u64 %0, %1;" : "=l"(s) : "l"(local));
+    u32 a;
+    asm("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(a) : "r"((u32)s), "r"(rank));
+    return a;
+}
+__device__ __forceinline__ u64 peer_u64(u32 a) {
+    u64 v;
+    asm volatile("ld.shared::cluster.u64 %0, [%1];" : "=l"(v) : "r"(a) : "memory");
+    return v;
+}
+__device__ __forceinline__ u32 peer_u32(u32 a) {
+    u32 v;
+    asm volatile("ld.shared::cluster.u32 %0, [%1];" : "=r"(v) : "r"(a) : "memory");
+    return v;
+}
+__device__ __forceinline__ float peer_f32(u32 a) {
+    float v;
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(a) : "memory");
+    return v;
+}
+"""
 
 @functools.cache
 def nvrtc_unavailable_reason() -> str | None:
