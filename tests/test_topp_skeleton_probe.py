@@ -18,7 +18,6 @@ import torch
 from interpreted import REPO
 
 from sparsebench.kernels.compile_check import nvrtc_compile, nvrtc_library
-from sparsebench.kernels.nvrtc import CLUSTER_SOURCE, COMMON_SOURCE, specialise
 
 sys.path.insert(0, str(REPO / "benchmarks" / "device"))
 import topp_skeleton_probe as probe
@@ -31,9 +30,7 @@ def test_skeleton_sources_compile_without_spills() -> None:
             (False, True)):
         if bits and rounds == 0 and threads > 256:
             continue  # the known exception (module docstring)
-        log = nvrtc_compile(specialise(COMMON_SOURCE + CLUSTER_SOURCE + probe._SOURCE, THREADS=threads, CTAS=ctas,
-                                       ITEMS=items, ROUNDS=rounds, IN_DTYPE=0, EXCHANGE=probe.EXCHANGES[exchange],
-                                       BITS=int(bits)))
+        log = nvrtc_compile(probe.skeleton_source(threads, ctas, items, rounds, exchange, bits))
         assert "0 bytes spill stores" in log, (threads, items, exchange, ctas, rounds, bits, log)
 
 

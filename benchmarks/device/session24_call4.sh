@@ -6,15 +6,8 @@
 NAME=${1:-s24c4}; R=/tmp/$NAME; rm -rf $R; mkdir -p $R
 save() { tar czf $OUT/results.tar.gz -C /tmp $NAME; }
 . benchmarks/device/device_env.sh $R/env.txt
+. benchmarks/device/short_ab_runs.sh
 ROOT=$PWD
 timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_topp.py -k "short or radix_kernel or auto" \
   > $R/gpu_tests.txt 2>&1; echo "tests rc $?"; tail -3 $R/gpu_tests.txt | cut -c1-300; save
-SHORT="--sizes 1024,2048,4096,8192 --threads 512,1024 --pairwise 64,128 --bins 256 --temperatures 2,1 --p 0.9,0.99"
-for run in 1 2; do
-  for tree in new base; do
-    D=$ROOT; [ $tree = base ] && D=$ROOT/ab_base
-    (cd $D && PYTHONPATH=/tmp/site:$D timeout 150 python3 benchmarks/device/topp_short_probe.py $SHORT \
-      --out $R/short_${tree}_$run > $R/short_${tree}_$run.log 2>&1; echo "short $tree $run rc $?")
-    grep "^N=" $R/short_${tree}_$run.log | grep "p=0.9 " | cut -c1-120; save
-  done
-done
+short_ab_runs 2 --sizes 1024,2048,4096,8192 --threads 512,1024 --pairwise 64,128 --bins 256 --temperatures 2,1 --p 0.9,0.99

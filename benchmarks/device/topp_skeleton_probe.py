@@ -45,7 +45,7 @@ from sparsebench.bench.common import save_probe
 from sparsebench.bench.read_floor import read_variants
 from sparsebench.bench.topp import make_probs, time_gpu
 from sparsebench.kernels.cuda_topp import kernel_name, launch_topp
-from sparsebench.kernels.nvrtc import CLUSTER_SOURCE, COMMON_SOURCE, compile_kernel, specialise
+from sparsebench.kernels.nvrtc import CLUSTER_SOURCE, COMMON_SOURCE, GLOBAL_SYNC_SOURCE, compile_kernel, specialise
 
 #: Registers a thread may hold row entries in, by block size (65,536 registers a multiprocessor; the rest of the
 #: kernel needs about 20).
@@ -61,19 +61,6 @@ _SOURCE = r"""
 #else
 #define CLUSTER_ATTR
 #endif
-__device__ __forceinline__ u32 ld_acquire(const u32* p) {
-    u32 v;
-    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-    return v;
-}
-__device__ __forceinline__ u32 ld_relaxed(const u32* p) {
-    u32 v;
-    asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-    return v;
-}
-__device__ __forceinline__ void red_release(u32* p, u32 v) {
-    asm volatile("red.release.gpu.global.add.u32 [%0], %1;" :: "l"(p), "r"(v) : "memory");
-}
 
 // x: [rows, n] float32; out: [rows, n] bytes; slots: a float per CTA and round; sync: 8 u32 words a row (word 0 the
 // barrier, word 3 the waits given up). thr0 is a double: torch's launcher passes Python floats as doubles.
@@ -152,11 +139,17 @@ extern "C" __global__ void CLUSTER_ATTR __launch_bounds__(THREADS, 1) sb_skeleto
 """
 
 
+def skeleton_source(threads: int, ctas: int, items: int, rounds: int, exchange: str, bits: bool) -> str:
+    """One skeleton's CUDA source: ``ctas`` CTAs a row of ``threads`` threads holding ``items`` entries each,
+    ``rounds`` row-wide sums through ``exchange`` ("global" or "cluster"), the mask as bits or bytes."""
+    return specialise(COMMON_SOURCE + GLOBAL_SYNC_SOURCE + CLUSTER_SOURCE + _SOURCE, THREADS=threads, CTAS=ctas,
+                      ITEMS=items, ROUNDS=rounds, IN_DTYPE=0, EXCHANGE=EXCHANGES[exchange], BITS=int(bits))
+
+
 @functools.cache
 def _kernel(threads: int, ctas: int, items: int, rounds: int, exchange: str, bits: bool) -> object:
-    src = specialise(COMMON_SOURCE + CLUSTER_SOURCE + _SOURCE, THREADS=threads, CTAS=ctas, ITEMS=items, ROUNDS=rounds,
-                     IN_DTYPE=0, EXCHANGE=EXCHANGES[exchange], BITS=int(bits))
-    return compile_kernel(src, "sb_skeleton", "the top-p skeleton probe kernel")
+    return compile_kernel(skeleton_source(threads, ctas, items, rounds, exchange, bits), "sb_skeleton",
+                          "the top-p skeleton probe kernel")
 
 
 def expected_threshold(probs: torch.Tensor, rounds: int) -> torch.Tensor:

@@ -95,7 +95,14 @@ from typing import Any
 import torch
 
 from sparsebench.errors import UsageError
-from sparsebench.kernels.nvrtc import COMMON_SOURCE, DTYPE_CODES, allow_dynamic_shared, compile_kernel, specialise
+from sparsebench.kernels.nvrtc import (
+    COMMON_SOURCE,
+    DTYPE_CODES,
+    GLOBAL_SYNC_SOURCE,
+    allow_dynamic_shared,
+    compile_kernel,
+    specialise,
+)
 
 __all__ = ["grid_shape", "grid_timeouts", "launch_topp_grid", "source"]
 
@@ -138,20 +145,6 @@ _SOURCE = r"""
 // words): its level-1 bins, its candidate count (word NB1), its non-empty bins' range (word NB1 + 1, low << 32 | top);
 // its candidate list: CAND_CAP u32 words.
 
-__device__ __forceinline__ u32 ld_acquire(const u32* p) {
-    u32 v;
-    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-    return v;
-}
-__device__ __forceinline__ u32 ld_relaxed(const u32* p) {
-    u32 v;
-    asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-    return v;
-}
-// An arrival that releases what this CTA wrote before its barrier (no value returned: nothing waits on it).
-__device__ __forceinline__ void red_release(u32* p, u32 v) {
-    asm volatile("red.release.gpu.global.add.u32 [%0], %1;" :: "l"(p), "r"(v) : "memory");
-}
 
 // A row barrier, as cooperative groups' grid sync: thread 0 arrives with one reduction (the row's first CTA adds
 // 2**31 - (CTAS - 1), the others 1, so the word's top bit flips once all have arrived, and its low bits return to
@@ -692,7 +685,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sb_topp_grid(
 def source(*, threads: int, ctas: int, dtype_code: int, write_passes: bool, timeline: bool = False) -> str:
     """The kernel source for one specialisation: ``ctas`` CTAs of ``threads`` threads a row. ``timeline``: thread 0
     of each CTA records its cycle counter at 10 phase boundaries (the probe's)."""
-    return specialise(COMMON_SOURCE + _SOURCE, THREADS=threads, CTAS=ctas, IN_DTYPE=dtype_code,
+    return specialise(COMMON_SOURCE + GLOBAL_SYNC_SOURCE + _SOURCE, THREADS=threads, CTAS=ctas, IN_DTYPE=dtype_code,
                       WRITE_PASSES=int(write_passes), CAND_CAP=CAND_CAP, MAX_PER_THREAD=MAX_PER_THREAD,
                       HW=_HIST_WORDS, TIMELINE=int(timeline))
 

@@ -20,6 +20,7 @@ __all__ = [
     "CLUSTER_SOURCE",
     "COMMON_SOURCE",
     "DTYPE_CODES",
+    "GLOBAL_SYNC_SOURCE",
     "MAX_THREADS",
     "MIN_THREADS",
     "allow_dynamic_shared",
@@ -141,6 +142,25 @@ template <typename T> __device__ __forceinline__ T block_scan(T v, T* ws, T* tot
 }
 """
 
+
+#: Global-memory loads and an arrival with GPU-scope ordering, for CTAs that meet through global memory (a row's CTAs
+#: at a row barrier): an acquire load, a relaxed load, and a release reduction that returns no value.
+GLOBAL_SYNC_SOURCE = r"""
+__device__ __forceinline__ u32 ld_acquire(const u32* p) {
+    u32 v;
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+__device__ __forceinline__ u32 ld_relaxed(const u32* p) {
+    u32 v;
+    asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+// An arrival that releases what this CTA wrote before its barrier (no value returned: nothing waits on it).
+__device__ __forceinline__ void red_release(u32* p, u32 v) {
+    asm volatile("red.release.gpu.global.add.u32 [%0], %1;" :: "l"(p), "r"(v) : "memory");
+}
+"""
 
 #: Thread-block cluster helpers (sm_90): the cluster barrier's halves, this CTA's rank, and loads from a peer CTA's
 #: shared memory (distributed shared memory, ``mapa`` / ``ld.shared::cluster``). A kernel compiled with them needs
