@@ -145,7 +145,6 @@ _SOURCE = r"""
 // words): its level-1 bins, its candidate count (word NB1), its non-empty bins' range (word NB1 + 1, low << 32 | top);
 // its candidate list: CAND_CAP u32 words.
 
-
 // A row barrier, as cooperative groups' grid sync: thread 0 arrives with one reduction (the row's first CTA adds
 // 2**31 - (CTAS - 1), the others 1, so the word's top bit flips once all have arrived, and its low bits return to
 // where they were) and waits for the flip. `start` is the word as this CTA read it at its start: the flip cannot
