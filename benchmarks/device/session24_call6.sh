@@ -11,9 +11,4 @@ ROOT=$PWD
 timeout 300 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_topp.py > $R/gpu_tests_topp.txt 2>&1
 echo "topp tests rc $?"; tail -3 $R/gpu_tests_topp.txt | cut -c1-300; save
 short_ab_runs 2 --sizes 1024,2048,4096,8192 --threads 512,1024 --pairwise 64,128 --bins 256 --temperatures 2,1 --p 0.9,0.99
-for shape in "1024 512 64" "2048 512 64" "4096 1024 128"; do
-  set -- $shape
-  timeout 100 python3 benchmarks/device/topp_short_probe.py --sizes $1 --threads $2 --pairwise $3 --bins 256 \
-    --temperatures 2 --p 0.9 --timeline --out $R/timeline_$1 > $R/timeline_$1.log 2>&1
-  echo "timeline $1 rc $?"; grep -E "cycles" $R/timeline_$1.log | cut -c1-250; save
-done
+short_timelines

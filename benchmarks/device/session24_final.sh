@@ -6,12 +6,8 @@ NAME=${1:-s24c5}; R=/tmp/$NAME; rm -rf $R; mkdir -p $R
 save() { tar czf $OUT/results.tar.gz -C /tmp $NAME; }
 . benchmarks/device/device_env.sh $R/env.txt
 . benchmarks/device/topp_bench_runs.sh
+. benchmarks/device/short_ab_runs.sh
 timeout 300 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_topp.py > $R/gpu_tests_topp.txt 2>&1
 echo "topp tests rc $?"; tail -3 $R/gpu_tests_topp.txt | cut -c1-300; save
 topp_bench_runs 2
-for shape in "1024 512 64" "2048 512 64" "4096 1024 128"; do
-  set -- $shape
-  timeout 100 python3 benchmarks/device/topp_short_probe.py --sizes $1 --threads $2 --pairwise $3 --bins 256 \
-    --temperatures 2 --p 0.9 --timeline --out $R/timeline_$1 > $R/timeline_$1.log 2>&1
-  echo "timeline $1 rc $?"; grep -E "^N=|cycles" $R/timeline_$1.log | cut -c1-250; save
-done
+short_timelines
