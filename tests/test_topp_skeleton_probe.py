@@ -70,3 +70,18 @@ def test_expected_threshold_follows_the_kernel_rounds() -> None:
     assert torch.allclose(probe.expected_threshold(x, 1), torch.tensor([[0.25], [1.0]], dtype=torch.float64))
     # round 2: the mass at or above the mean, over n
     assert torch.allclose(probe.expected_threshold(x, 2), torch.tensor([[0.1875], [1.0]], dtype=torch.float64))
+
+
+def test_shapes_keep_only_launchable_skeletons() -> None:
+    import argparse
+
+    args = argparse.Namespace(ctas="1,2,4,8", writes="bytes,bits", threads="256,512,1024",
+                              exchanges="global,cluster", rows=32)
+    got = probe.shapes(131072, args, sms=132)
+    assert got and all(items <= probe.MAX_ITEMS[threads] for _, threads, items, _, _, _ in got)
+    # a grid whose row barriers need more CTAs running than there are multiprocessors is never launched
+    assert not [s for s in got if s[4] == "global" and 32 * s[0] > 132]
+    assert (8, 1024, 16, False, "cluster", 2) in got and (4, 512, 64, False, "global", 1) in got
+    short = probe.shapes(1024, args, sms=132)
+    assert not [s for s in short if s[0] == 1 and s[4] == "cluster"]  # one CTA a row has no cluster to meet in
+    assert not [s for s in short if s[2] == 1 and s[1] > 256]  # no idle threads

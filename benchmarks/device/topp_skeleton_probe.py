@@ -184,9 +184,9 @@ def fastest(rows: list[dict[str, Any]]) -> dict[tuple[int, int], dict[str, Any]]
 def plot(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     """Time over one read against row length: the top-p kernel, the fastest skeleton of each round count, and the
     issue's 2x line."""
-    from sparsebench.evals.plots import _pyplot, save_figure
+    from sparsebench.evals.plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     best = fastest(rows)
     ns = sorted({n for n, _ in best})
     fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -208,6 +208,24 @@ def plot(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     return paths
 
 
+def shapes(n: int, args: argparse.Namespace, sms: int) -> list[tuple[int, int, int, bool, str, int]]:
+    """``(ctas, threads, items, bits, exchange, rounds)`` of every skeleton the sweep times at length ``n``."""
+    out = []
+    for ctas, bits in ((int(c), w == "bits") for c in args.ctas.split(",") for w in args.writes.split(",")):
+        for threads in (int(s) for s in args.threads.split(",")):
+            slice_n = -(-n // ctas)
+            items = -(-slice_n // threads)
+            if items > MAX_ITEMS[threads] or (items == 1 and threads > 256) or (bits and slice_n % 32):
+                continue  # too many registers; idle threads; ballot words across slices
+            for exchange, rounds in [("none", 0)] + [(e, r) for e in args.exchanges.split(",") for r in (1, 2)]:
+                if exchange == "global" and args.rows * ctas > sms:
+                    continue  # its row barriers need every CTA of the grid running at once
+                if ctas == 1 and exchange == "cluster":
+                    continue  # one CTA a row: the global variant's block reduction is all there is
+                out.append((ctas, threads, items, bits, exchange, rounds))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path)
@@ -227,7 +245,9 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     sync = torch.zeros(args.rows * 8, dtype=torch.int32, device="cuda")
-    slots = torch.zeros(args.rows * 4 * 2, dtype=torch.float32, device="cuda")
+    # a float per CTA and round: as many CTAs a row as the sweep asks for
+    slots = torch.zeros(args.rows * max(int(c) for c in args.ctas.split(",")) * 2, dtype=torch.float32,
+                        device="cuda")
     timing = functools.partial(time_gpu, warmup=5, repeats=50, flush=None, calls=20)
     results = []
     for n in (int(s) for s in args.sizes.split(",")):
@@ -235,41 +255,29 @@ def main() -> None:
         t_read = min(statistics.median(timing(fn)) for fn in read_variants(probs).values())
         topp_out = torch.empty(probs.shape, dtype=torch.uint8, device="cuda")
         t_topp = statistics.median(timing(functools.partial(launch_topp, probs, 0.9, topp_out)))
-        print(f"N={n:>6}: one read {t_read:5.2f} us, top-p ({kernel_name(n, args.rows, 0)}) {t_topp:5.2f} us = "
+        topp_kernel = kernel_name(n, args.rows, 0)
+        print(f"N={n:>6}: one read {t_read:5.2f} us, top-p ({topp_kernel}) {t_topp:5.2f} us = "
               f"{t_topp / t_read:4.2f}x", flush=True)
         x = probs.double()
-        for ctas, bits in ((int(c), w == "bits") for c in args.ctas.split(",") for w in args.writes.split(",")):
-            out = torch.empty(args.rows, n // 8 if bits else n, dtype=torch.uint8, device="cuda")
-            for threads in (int(s) for s in args.threads.split(",")):
-                slice_n = -(-n // ctas)
-                items = -(-slice_n // threads)
-                if items > MAX_ITEMS[threads] or (items == 1 and threads > 256) or (bits and slice_n % 32):
-                    continue  # too many registers; idle threads; ballot words across slices
-                for exchange, rounds in [("none", 0)] + [(e, r) for e in args.exchanges.split(",") for r in (1, 2)]:
-                    if exchange == "global" and args.rows * ctas > sms:
-                        continue  # its row barriers need every CTA of the grid running at once
-                    if ctas == 1 and exchange == "cluster":
-                        continue  # one CTA a row: the global variant's block reduction is all there is
-                    kind = "global" if exchange == "none" else exchange
-                    kernel = _kernel(threads, ctas, items, rounds, kind, bits)
-                    launch = functools.partial(kernel, grid=(args.rows * ctas, 1, 1), block=(threads, 1, 1),
-                                               args=[probs, out, slots, sync, n, 1.0 / n])
-                    out.zero_()
-                    launch()
-                    torch.cuda.synchronize()
-                    thr = expected_threshold(probs, rounds)
-                    clear = (x - thr).abs() > 1e-4 * thr
-                    mask = unpack_bits(out, n) if bits else out.bool()
-                    wrong = int(((mask != (x >= thr)) & clear).sum())
-                    t = statistics.median(timing(launch))
-                    timeouts = int(sync.view(-1, 8)[:, 3].sum())
-                    results.append(dict(n=n, ctas=ctas, threads=threads, items=items, exchange=exchange,
-                                        rounds=rounds, mask="bits" if bits else "bytes", us=t,
-                                        read_us=t_read, topp_us=t_topp, topp_kernel=kernel_name(n, args.rows, 0),
-                                        wrong_entries=wrong, barrier_timeouts=timeouts))
-                    print(f"    {ctas} x {threads:>4} ({items:>2} a thread) {exchange:>7} rounds {rounds} "
-                          f"{'bits' if bits else 'bytes'}: "
-                          f"{t:5.2f} us = {t / t_read:4.2f}x read; wrong {wrong}, timeouts {timeouts}", flush=True)
+        for ctas, threads, items, bits, exchange, rounds in shapes(n, args, sms):
+            out = torch.zeros(args.rows, n // 8 if bits else n, dtype=torch.uint8, device="cuda")
+            kernel = _kernel(threads, ctas, items, rounds, "global" if exchange == "none" else exchange, bits)
+            launch = functools.partial(kernel, grid=(args.rows * ctas, 1, 1), block=(threads, 1, 1),
+                                       args=[probs, out, slots, sync, n, 1.0 / n])
+            launch()
+            torch.cuda.synchronize()
+            thr = expected_threshold(probs, rounds)
+            clear = (x - thr).abs() > 1e-4 * thr
+            mask = unpack_bits(out, n) if bits else out.bool()
+            wrong = int(((mask != (x >= thr)) & clear).sum())
+            t = statistics.median(timing(launch))
+            timeouts = int(sync.view(-1, 8)[:, 3].sum())
+            results.append(dict(n=n, ctas=ctas, threads=threads, items=items, exchange=exchange, rounds=rounds,
+                                mask="bits" if bits else "bytes", us=t, read_us=t_read, topp_us=t_topp,
+                                topp_kernel=topp_kernel, wrong_entries=wrong, barrier_timeouts=timeouts))
+            print(f"    {ctas} x {threads:>4} ({items:>2} a thread) {exchange:>7} rounds {rounds} "
+                  f"{'bits' if bits else 'bytes'}: {t:5.2f} us = {t / t_read:4.2f}x read; wrong {wrong}, "
+                  f"timeouts {timeouts}", flush=True)
     save_probe(args.out, "topp_skeleton.json", results,
                f"us: 20 calls a CUDA-graph replay, no flush, median of 50 replays; {args.rows} rows of "
                f"softmax(randn x {args.temperature:g}), float32; read: the fastest of bench.read_floor's variants; "

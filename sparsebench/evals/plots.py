@@ -8,7 +8,9 @@ from typing import Any
 from sparsebench.errors import DependencyError
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (files only, no display), or a DependencyError saying what to install;
+    public so that the device probes draw their figures the same way."""
     try:
         import matplotlib
 
@@ -34,7 +36,7 @@ def plot_layer_map(kl: list[list[float]], path: list[tuple[int, int]], target_to
     """KL-divergence heatmap (target layers x draft layers, log colour scale) with the chosen alignment."""
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.colors import LogNorm
 
     matrix = np.asarray(kl, dtype=float)
@@ -62,7 +64,7 @@ def plot_cumulative_log_ppl(runs: list[tuple[str, list[list[float]]]], *, title:
     """
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for label, traces in runs:
         length = min(len(t) for t in traces)
@@ -75,7 +77,7 @@ def plot_cumulative_log_ppl(runs: list[tuple[str, list[list[float]]]], *, title:
 
 def plot_pareto(points: dict[str, list[tuple[float, float, str]]], *, title: str, out: str | Path) -> list[Path]:
     """Perplexity increase vs KV reduction, one curve per policy; ``points[policy] = [(kv, rel, label)]``."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for policy, pts in sorted(points.items()):
         pts = sorted(pts)
@@ -113,7 +115,7 @@ def plot_kernel_speedups(topp_rows: list[dict[str, Any]], attention_rows: list[d
     read panel: a speed-up over sort says nothing about how far a kernel is from the memory bound; issue 4 asks
     both (10x over sort up to 32K entries, 2x of one read), drawn as dashed lines.
     """
-    plt = _pyplot()
+    plt = pyplot()
     sort_curves: dict[str, list[tuple[int, float]]] = {}
     read_curves: dict[str, list[tuple[int, float]]] = {}
     for r in topp_rows:
